@@ -1,0 +1,42 @@
+"""Backends: where jobs run and where their state lives. See :class:`Backend` for the interface."""
+
+from __future__ import annotations
+
+import importlib
+import typing as t
+
+from .base import MISSING as MISSING
+from .base import Backend as Backend
+from .base import JobRequest as JobRequest
+from .thread import ThreadBackend as ThreadBackend
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+#: ``LONGTASK_BACKEND`` names and the classes they stand for. Any other value is read as an
+#: import path, ``"package.module:Class"``.
+BACKENDS: dict[str, str] = {
+    "thread": "flask_longtask.backends.thread:ThreadBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class for a ``LONGTASK_BACKEND`` value.
+
+    :raises ValueError: unknown name or import path.
+    """
+    path = BACKENDS.get(name, name)
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(
+            f"Unknown LONGTASK_BACKEND {name!r}: use one of {sorted(BACKENDS)} or 'package.module:Class'."
+        )
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ValueError(f"LONGTASK_BACKEND {name!r} is not a flask_longtask.backends.Backend subclass.")
+    return cls
+
+
+def backend_from_app(app: Flask) -> Backend:
+    """Make the backend that ``app.config["LONGTASK_BACKEND"]`` names, configured from the app."""
+    return backend_class(app.config["LONGTASK_BACKEND"]).from_app(app)

@@ -1,0 +1,153 @@
+"""The backend interface.
+
+A backend does two things and decides nothing: it **stores** small records under string keys,
+and it **runs** jobs somewhere else by calling :func:`flask_longtask.worker.execute`. Every job
+semantic -- statuses, progress, results, errors, cancellation, memoization, single-flight and
+signals -- is written once, in the core, over these primitives. A custom backend implements the
+abstract methods below and proves itself with :mod:`flask_longtask.testing`.
+"""
+
+from __future__ import annotations
+
+import abc
+import pickle
+import typing as t
+from dataclasses import dataclass
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+    from ..task import Task
+
+
+class _Missing:
+    """The type of :data:`MISSING`; ``None`` is a legitimate stored value, so absence is not."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<MISSING>"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+#: Returned by :meth:`Backend.get` for a key that is absent or expired.
+MISSING: t.Final = _Missing()
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What :meth:`Backend.enqueue` receives for one submitted job.
+
+    ``job_id`` and ``task_name`` are all an out-of-process backend needs to send: the arguments
+    are already in storage under ``request:<job_id>``. ``task`` and ``app`` are the live objects
+    in the submitting process; an in-process backend may hand them straight to
+    :func:`~flask_longtask.worker.execute` and skip the lookup by name.
+    """
+
+    job_id: str
+    task_name: str
+    task: Task[..., t.Any]
+    app: Flask
+
+
+class Backend(abc.ABC):
+    """Stores job state and runs jobs.
+
+    **Storage.** Keys are short strings (``"job:<id>"``, ``"progress:<id>"`` ...) chosen by the
+    core; a backend may prefix them for its own namespace. Values are plain data: ``None``,
+    ``bool``, ``int``, ``float``, ``str``, ``bytes``, and ``list``/``dict`` of those. User values
+    (arguments, results, progress) reach storage already serialised to ``bytes`` by
+    :meth:`dumps`. Stored values are never mutated after :meth:`set`. ``expire`` is in seconds;
+    ``None`` means "keep until deleted". Every method must be safe to call from several threads,
+    and, for a backend shared across processes, from several processes at once.
+
+    **Execution.** :meth:`enqueue` arranges for the job to run elsewhere, once, by calling
+    :func:`flask_longtask.worker.execute` with this backend (or an equivalent backend instance in
+    another process). Jobs start in submission order when the backend has a queue.
+    """
+
+    #: Whether :meth:`terminate` can stop a running job that ignores the cancel flag.
+    can_terminate: t.ClassVar[bool] = False
+
+    # -- serialisation --------------------------------------------------------------------------
+
+    def dumps(self, value: t.Any) -> bytes:
+        """Serialise a user value (arguments, result, progress) to bytes.
+
+        Raise any exception for a value this backend cannot carry; the core turns it into a
+        clear error that names the argument, or a failed job for a result. The default is pickle.
+        """
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> t.Any:
+        """Inverse of :meth:`dumps`."""
+        return pickle.loads(data)
+
+    # -- storage --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get(self, key: str) -> t.Any:
+        """Return the value stored under ``key``, or :data:`MISSING`."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any old value and its expiry."""
+
+    @abc.abstractmethod
+    def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; return whether it was stored.
+
+        This must be atomic across every thread and process sharing the backend: it is the one
+        primitive behind claiming a job exactly once and single-flight memoization.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; no error if it is absent."""
+
+    @abc.abstractmethod
+    def scan(self, prefix: str) -> t.Iterator[str]:
+        """Yield every live key that starts with ``prefix`` (any order; used for listings)."""
+
+    # -- execution ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, request: JobRequest) -> None:
+        """Arrange for the job to run once, off the caller's thread, and return at once.
+
+        Raise if the job cannot be queued (broker down, queue full): the core then removes the
+        job's records and re-raises, so nothing is left half-submitted.
+        """
+
+    def terminate(self, job_id: str, grace: float) -> None:
+        """Stop a running job by force if it is still running ``grace`` seconds from now.
+
+        Called after the core has set the job's cancel flag, and only for a job that a worker
+        has already claimed. A backend that can stop work (processes, Celery) ends it and then
+        calls :func:`flask_longtask.worker.mark_lost` so the job is recorded as cancelled. The
+        default does nothing: cancellation is cooperative.
+        """
+
+    @classmethod
+    def from_app(cls, app: Flask) -> Backend:
+        """Make an instance configured from ``app.config`` (for ``LONGTASK_BACKEND``)."""
+        return cls()
+
+    def init_app(self, app: Flask) -> None:
+        """Called once for each app the backend is registered on. Optional."""
+
+    def close(self) -> None:
+        """Release threads, processes and connections. Optional; idempotent."""
+
+
+__all__ = ["MISSING", "Backend", "JobRequest"]

@@ -1,0 +1,110 @@
+"""ThreadBackend: jobs in a bounded thread pool inside the web process, state in memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import typing as t
+from concurrent.futures import ThreadPoolExecutor
+
+from .base import MISSING, Backend, JobRequest
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+_log = logging.getLogger(__name__)
+
+
+class ThreadBackend(Backend):
+    """Run jobs in a bounded pool of threads in this process; keep their state in memory.
+
+    For I/O-bound work, development, and your own tests. Jobs and their records live only as long
+    as the process, and only this process sees them. Cancellation is cooperative only (a thread
+    cannot be stopped from outside). Values are still pickled, exactly as a process backend
+    would, so a test on this backend catches arguments the real one could not carry.
+
+    :param workers: how many jobs run at once (default ``LONGTASK_WORKERS``, else the CPU count).
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._data: dict[str, tuple[t.Any, float | None]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        return f"<ThreadBackend workers={self.workers}>"
+
+    @classmethod
+    def from_app(cls, app: Flask) -> ThreadBackend:
+        return cls(workers=app.config.get("LONGTASK_WORKERS"))
+
+    # -- storage --------------------------------------------------------------------------------
+
+    def _live(self, key: str, now: float) -> t.Any:
+        item = self._data.get(key)
+        if item is None:
+            return MISSING
+        if item[1] is not None and item[1] <= now:
+            del self._data[key]
+            return MISSING
+        return item[0]
+
+    def _put(self, key: str, value: t.Any, expire: float | None, now: float) -> None:
+        self._data[key] = (value, None if expire is None else now + expire)
+        self._writes += 1
+        if self._writes % 10_000 == 0:  # keep memory bounded: drop what has expired
+            for k in [k for k, (_, at) in self._data.items() if at is not None and at <= now]:
+                del self._data[k]
+
+    def get(self, key: str) -> t.Any:
+        with self._lock:
+            return self._live(key, time.time())
+
+    def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
+        with self._lock:
+            self._put(key, value, expire, time.time())
+
+    def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
+        with self._lock:
+            now = time.time()
+            if self._live(key, now) is not MISSING:
+                return False
+            self._put(key, value, expire, now)
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def scan(self, prefix: str) -> t.Iterator[str]:
+        now = time.time()
+        with self._lock:
+            keys = [k for k, (_, at) in self._data.items() if k.startswith(prefix) and (at is None or at > now)]
+        return iter(keys)
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def enqueue(self, request: JobRequest) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="longtask")
+            pool = self._pool
+        pool.submit(self._execute, request)
+
+    def _execute(self, request: JobRequest) -> None:
+        from ..worker import execute
+
+        try:
+            execute(self, request.job_id, task=request.task, app=request.app)
+        except Exception:  # pragma: no cover - execute() records job errors itself
+            _log.exception("Internal error running job %s", request.job_id)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,47 @@
+"""Errors raised by Flask-LongTask. Misuse raises builtins (``TypeError``, ``RuntimeError``)."""
+
+from __future__ import annotations
+
+
+class LongTaskError(Exception):
+    """Base class of every error about a job."""
+
+
+class JobNotFoundError(LongTaskError, LookupError):
+    """No job has this id: it never existed, or its record expired."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No job with id {job_id!r} (unknown, or its record has expired).")
+        self.job_id = job_id
+
+
+class JobFailedError(LongTaskError):
+    """The job raised, its worker died, or its result could not be stored.
+
+    ``str(err)`` is ``"<ExceptionType>: <message>"`` of the job's own exception; ``type``,
+    ``message`` and ``traceback`` (the remote one, a string) are attributes.
+    """
+
+    def __init__(self, job_id: str, error: dict[str, str]) -> None:
+        self.job_id = job_id
+        self.type = error.get("type", "Exception")
+        self.message = error.get("message", "")
+        self.traceback = error.get("traceback", "")
+        super().__init__(f"{self.type}: {self.message}" if self.message else self.type)
+
+
+class JobCancelledError(LongTaskError):
+    """The job was cancelled, so it has no result."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Job {job_id!r} was cancelled.")
+        self.job_id = job_id
+
+
+class JobTimeoutError(LongTaskError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(f"Job {job_id!r} did not finish within {timeout:g} seconds.")
+        self.job_id = job_id
+        self.timeout = timeout

@@ -1,0 +1,240 @@
+"""The Flask extension."""
+
+from __future__ import annotations
+
+import secrets
+import typing as t
+import weakref
+
+from flask import Flask, current_app, has_app_context
+
+from . import memo, signals
+from .backends import backend_from_app
+from .backends.base import Backend, JobRequest
+from .job import Job
+from .store import JobStore
+from .task import Task
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+#: Every ``LONGTASK_*`` key and its default, set on the app at ``init_app``.
+DEFAULT_CONFIG: dict[str, t.Any] = {
+    "LONGTASK_BACKEND": "thread",
+    "LONGTASK_WORKERS": None,
+    "LONGTASK_RESULT_EXPIRE": 24 * 3600,
+    "LONGTASK_CANCEL_GRACE": 0.5,
+    "LONGTASK_PROGRESS_INTERVAL": 0.05,
+    "LONGTASK_HEARTBEAT_TIMEOUT": 30.0,
+}
+
+
+class _State:
+    """Per-app state, kept in ``app.extensions["longtask"]``."""
+
+    def __init__(self, longtask: LongTask, backend: Backend, store: JobStore) -> None:
+        self.longtask = longtask
+        self.backend = backend
+        self.store = store
+
+
+class LongTask:
+    """Run long work off the request: submit, watch progress, cancel, get results, memoize.
+
+    >>> app = Flask(__name__)
+    >>> longtask = LongTask(app, backend=ThreadBackend(workers=2))
+    >>> @longtask.task
+    ... def double(n: int) -> int:
+    ...     return n * 2
+    >>> with app.app_context():
+    ...     double.submit(21).result(timeout=10)
+    42
+
+    :param app: the app to register on now; or call :meth:`init_app` later (one instance may
+        serve several apps). A Dash app's Flask server is ``dash_app.server``.
+    :param backend: where jobs run and their state lives, shared by every app this instance is
+        registered on. Default: built from ``LONGTASK_BACKEND`` for each app.
+    :param app_factory: for worker processes that import your tasks' module but not a module
+        that creates the app (the app-factory pattern): called with no arguments to make the app
+        jobs run in.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        backend: Backend | None = None,
+        app_factory: t.Callable[[], Flask] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._app_factory = app_factory
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<LongTask backend={self._backend!r}>"
+
+    def init_app(self, app: Flask) -> None:
+        """Register on ``app``: set config defaults and make its backend.
+
+        :raises RuntimeError: a LongTask is already registered on this app.
+        """
+        if "longtask" in app.extensions:
+            raise RuntimeError(
+                "A 'LongTask' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        for key, value in DEFAULT_CONFIG.items():
+            app.config.setdefault(key, value)
+        backend = self._backend if self._backend is not None else backend_from_app(app)
+        backend.init_app(app)
+        app.extensions["longtask"] = _State(self, backend, JobStore.from_config(backend, app.config))
+        self._apps.add(app)
+
+    def _state(self, app: Flask | None = None) -> _State:
+        if app is None:
+            if not has_app_context():
+                raise RuntimeError(
+                    "Working outside of application context: submit jobs and look them up inside a"
+                    " request or 'with app.app_context():'."
+                )
+            app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        state = app.extensions.get("longtask")
+        if state is None or state.longtask is not self:
+            raise RuntimeError(
+                "The current Flask app is not registered with this 'LongTask' instance."
+                " Did you forget to call 'init_app', or did you import a different instance?"
+            )
+        return t.cast(_State, state)
+
+    @property
+    def backend(self) -> Backend:
+        """The current app's backend."""
+        return self._state().backend
+
+    @t.overload
+    def task(self, func: t.Callable[P, R], /) -> Task[P, R]: ...
+
+    @t.overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
+        expire: float | None = None,
+    ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: t.Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
+        expire: float | None = None,
+    ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
+        """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
+
+        :param name: the task's name (default ``module.qualname``); workers find it by name.
+        :param cache_by: turn on memoization: zero-argument callables, evaluated at each submit
+            in the submitting request, whose values join the arguments in the memo key (``[]``
+            memoizes on the arguments alone).
+        :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
+        """
+
+        def decorate(f: t.Callable[P, R]) -> Task[P, R]:
+            return Task(self, f, name=name, cache_by=cache_by, expire=expire)
+
+        return decorate if func is None else decorate(func)
+
+    def get_job(self, job_id: str) -> Job[t.Any]:
+        """The job with this id, from any process sharing the backend.
+
+        :raises JobNotFoundError: no such job, or its record has expired.
+        """
+        store = self._state().store
+        store.read_record(job_id)
+        return store.job(job_id)
+
+    def clear_cache(self, task: Task[..., t.Any] | None = None) -> None:
+        """Forget memoized results: of one task, or of every task when ``task`` is ``None``."""
+        self._state().store.clear_memo(None if task is None else task.name)
+
+    # -- used by Task and the worker ------------------------------------------------------------
+
+    def _submit(self, task: Task[P, R], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> Job[R]:
+        state = self._state()
+        app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        store, backend = state.store, state.backend
+        try:
+            bound = task.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{task.name}(): {exc}") from None
+        bound.apply_defaults()
+        call = (bound.args, bound.kwargs)
+        try:
+            payload = backend.dumps(call)
+        except Exception as exc:
+            raise _unserialisable(task, backend, bound.arguments) from exc
+
+        memo_key = None
+        if task.cache_by is not None:
+            values = [f() for f in task.cache_by]
+            memo_key = memo.make_key(task.name, bound, values, store.memo_generation(task.name))
+            hit = store.find_memo(memo_key)
+            if hit is not None:
+                signals.send(signals.cache_hit, app, job=hit, in_flight=False)
+                return hit
+
+        job_id = secrets.token_hex(16)
+        if memo_key is not None:
+            other = store.join_inflight(memo_key, job_id)
+            if other is not None:
+                signals.send(signals.cache_hit, app, job=other, in_flight=True)
+                return other
+
+        request = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
+        store.create(job_id, request, memo_key)
+        job: Job[R] = store.job(job_id)
+        signals.send(signals.job_submitted, app, job=job)
+        try:
+            backend.enqueue(JobRequest(job_id, task.name, task, app))
+        except BaseException:
+            store.discard(job_id, memo_key)
+            raise
+        return job
+
+    def _app_for(self, import_name: str) -> Flask:
+        """The app a job submitted by app ``import_name`` runs in, in this (worker) process."""
+        apps = list(self._apps)
+        for app in apps:
+            if app.import_name == import_name:
+                return app
+        if len(apps) == 1:
+            return apps[0]
+        if self._app_factory is not None:
+            app = self._app_factory()
+            if app not in self._apps:
+                self.init_app(app)
+            return app
+        raise LookupError(
+            f"No Flask app {import_name!r} is registered with this LongTask in this worker process."
+            " Create the app where the tasks are defined, or pass 'LongTask(app_factory=create_app)'."
+        )
+
+
+def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any]) -> TypeError:
+    for name, value in arguments.items():
+        try:
+            backend.dumps(value)
+        except Exception as exc:
+            return TypeError(
+                f"Argument {name!r} of task {task.name!r} cannot be serialised by"
+                f" {type(backend).__name__}: {exc}. Nothing was queued."
+            )
+    return TypeError(f"The arguments of task {task.name!r} cannot be serialised by {type(backend).__name__}.")
+
+
+if t.TYPE_CHECKING:  # for the doctest's names in type checkers
+    from .backends.thread import ThreadBackend  # noqa: F401

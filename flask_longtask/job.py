@@ -1,0 +1,156 @@
+"""The job handle and its status."""
+
+from __future__ import annotations
+
+import enum
+import time
+import typing as t
+from datetime import datetime, timezone
+
+from .exceptions import JobCancelledError, JobFailedError, JobTimeoutError
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .store import JobStore
+
+R = t.TypeVar("R")
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its lifecycle: queued -> running -> succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the job has ended (succeeded, failed or cancelled)."""
+        return self in _FINISHED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def _when(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)
+
+
+class Job(t.Generic[R]):
+    """A handle on one submitted job; every read asks the backend, so it is always current.
+
+    Get one from :meth:`Task.submit <flask_longtask.task.Task.submit>` or
+    :meth:`LongTask.get_job <flask_longtask.LongTask.get_job>`. Handles are cheap and hold no
+    state but the id: any process sharing the backend sees the same job.
+    """
+
+    __slots__ = ("id", "_store")
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        #: The job's id: a random, unguessable string.
+        self.id: str = job_id
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.task} {self.status.value}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _record(self) -> dict[str, t.Any]:
+        return self._store.read_record(self.id)
+
+    @property
+    def task(self) -> str:
+        """The name of the task this job runs."""
+        return t.cast(str, self._record()["task"])
+
+    @property
+    def status(self) -> JobStatus:
+        """The current :class:`JobStatus`.
+
+        :raises JobNotFoundError: the job's record has expired.
+        """
+        return JobStatus(self._record()["status"])
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the job has ended (succeeded, failed or cancelled)."""
+        return self.status.is_finished
+
+    @property
+    def progress(self) -> t.Any:
+        """The latest value the job passed to ``set_progress``; ``None`` before the first."""
+        return self._store.read_progress(self.id)[1]
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """``None``, or ``{"type", "message", "traceback"}`` for a failed job."""
+        return t.cast("dict[str, str] | None", self._record().get("error"))
+
+    @property
+    def created_at(self) -> datetime:
+        """When the job was submitted (UTC)."""
+        return t.cast(datetime, _when(self._record()["created"]))
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When a worker started it (UTC), or ``None``."""
+        return _when(self._record().get("started"))
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When it ended (UTC), or ``None``."""
+        return _when(self._record().get("finished"))
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Block until the job has ended and return its final status.
+
+        :param timeout: seconds to wait at most; ``None`` waits for ever.
+        :raises JobTimeoutError: the job had not ended within ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            status = self.status
+            if status.is_finished:
+                return status
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeoutError(self.id, t.cast(float, timeout))
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the job to end and return its value.
+
+        :param timeout: seconds to wait at most; ``None`` waits for ever.
+        :raises JobFailedError: the job raised; its message is the job's exception.
+        :raises JobCancelledError: the job was cancelled.
+        :raises JobTimeoutError: it had not ended within ``timeout``.
+        :raises JobNotFoundError: its record (or result) has expired.
+        """
+        status = self.wait(timeout)
+        if status is JobStatus.SUCCEEDED:
+            return t.cast(R, self._store.read_result(self.id))
+        if status is JobStatus.CANCELLED:
+            raise JobCancelledError(self.id)
+        raise JobFailedError(self.id, self.error or {})
+
+    def cancel(self) -> None:
+        """Ask the job to stop; a no-op once it has ended.
+
+        A queued job never starts. A running job sees ``current_job.is_cancel_requested``; on
+        backends that can, it is stopped by force after ``LONGTASK_CANCEL_GRACE`` seconds. Either
+        way it ends ``cancelled``, even if it then returns a value.
+        """
+        self._store.cancel(self.id)

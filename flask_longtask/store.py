@@ -1,0 +1,263 @@
+"""Job records over a backend's storage: the one copy of the job semantics.
+
+Keys (a backend may prefix them):
+
+===================  =================================================================
+``job:<id>``         the record: id, task, app, status, timestamps, error, memo key
+``request:<id>``     what the worker needs: task name, app name, serialised arguments
+``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
+``result:<id>``      the serialised return value of a succeeded job
+``cancel:<id>``      present once cancellation was requested
+``claim:<id>``       taken atomically by whoever moves the job out of "queued"
+``end:<id>``         taken atomically by whoever moves the job to its final status
+``alive:<id>``       heartbeat of a running job; expires when its worker is gone
+``inflight:<key>``   the queued or running job of a memo key (single-flight)
+``memo:<key>``       the succeeded job whose result answers a memo key
+``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
+===================  =================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import typing as t
+
+from . import signals
+from .backends.base import MISSING, Backend
+from .exceptions import JobNotFoundError
+from .job import Job, JobStatus
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+_log = logging.getLogger(__name__)
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def error_record(exc: BaseException, *, message: str | None = None) -> dict[str, str]:
+    """The stored ``{type, message, traceback}`` of an exception."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return {
+        "type": name,
+        "message": str(exc) if message is None else message,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class JobStore:
+    """Reads and writes job records on one backend, with one app's settings."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        result_expire: float = 86400,
+        cancel_grace: float = 0.5,
+        heartbeat_timeout: float = 30.0,
+        progress_interval: float = 0.05,
+    ) -> None:
+        self.backend = backend
+        self.result_expire = result_expire
+        self.cancel_grace = cancel_grace
+        self.heartbeat_timeout = heartbeat_timeout
+        self.progress_interval = progress_interval
+
+    @classmethod
+    def from_config(cls, backend: Backend, config: t.Mapping[str, t.Any]) -> JobStore:
+        return cls(
+            backend,
+            result_expire=float(config["LONGTASK_RESULT_EXPIRE"]),
+            cancel_grace=float(config["LONGTASK_CANCEL_GRACE"]),
+            heartbeat_timeout=float(config["LONGTASK_HEARTBEAT_TIMEOUT"]),
+            progress_interval=float(config["LONGTASK_PROGRESS_INTERVAL"]),
+        )
+
+    def job(self, job_id: str) -> Job[t.Any]:
+        return Job(self, job_id)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read_record(self, job_id: str) -> dict[str, t.Any]:
+        """The job's record; a running job whose heartbeat stopped is ended here as lost."""
+        record = self.backend.get(f"job:{job_id}")
+        if record is MISSING:
+            raise JobNotFoundError(job_id)
+        if record["status"] == JobStatus.RUNNING.value and self.backend.get(f"alive:{job_id}") is MISSING:
+            self.mark_lost(job_id, f"its worker sent no heartbeat for {self.heartbeat_timeout:g} seconds")
+            record = self.backend.get(f"job:{job_id}")
+            if record is MISSING:  # pragma: no cover - expired in between
+                raise JobNotFoundError(job_id)
+        return t.cast("dict[str, t.Any]", record)
+
+    def read_progress(self, job_id: str) -> tuple[int, t.Any]:
+        """``(sequence number, value)`` of the latest progress; ``(0, None)`` before the first."""
+        stored = self.backend.get(f"progress:{job_id}")
+        if stored is MISSING:
+            if self.backend.get(f"job:{job_id}") is MISSING:
+                raise JobNotFoundError(job_id)
+            return 0, None
+        return stored["seq"], self.backend.loads(stored["value"])
+
+    def read_result(self, job_id: str) -> t.Any:
+        stored = self.backend.get(f"result:{job_id}")
+        if stored is MISSING:
+            raise JobNotFoundError(job_id)
+        return self.backend.loads(stored)
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return self.backend.get(f"cancel:{job_id}") is not MISSING
+
+    # -- transitions ----------------------------------------------------------------------------
+
+    def create(self, job_id: str, request: dict[str, t.Any], memo_key: str | None) -> None:
+        """Write a new queued job: its request first, so a worker never finds a bare record.
+
+        ``request`` holds ``task`` and ``module`` (the task's name and defining module), ``app``
+        (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
+        """
+        self.backend.set(f"request:{job_id}", request, self.result_expire)
+        record = {
+            "id": job_id,
+            "task": request["task"],
+            "app": request["app"],
+            "status": JobStatus.QUEUED.value,
+            "created": time.time(),
+            "started": None,
+            "finished": None,
+            "error": None,
+            "memo_key": memo_key,
+        }
+        self.backend.set(f"job:{job_id}", record)
+
+    def discard(self, job_id: str, memo_key: str | None) -> None:
+        """Remove a job that could not be queued, as if it had never been submitted."""
+        for key in (f"job:{job_id}", f"request:{job_id}"):
+            self.backend.delete(key)
+        if memo_key is not None:
+            self._release_inflight(memo_key, job_id)
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        """Atomically take the job out of "queued"; only one caller ever wins."""
+        return self.backend.add(f"claim:{job_id}", owner, self.result_expire)
+
+    def start(self, record: dict[str, t.Any]) -> dict[str, t.Any]:
+        """Mark a claimed job running and start its heartbeat."""
+        self.beat(record["id"])
+        running = {**record, "status": JobStatus.RUNNING.value, "started": time.time()}
+        self.backend.set(f"job:{record['id']}", running)
+        return running
+
+    def beat(self, job_id: str) -> None:
+        self.backend.set(f"alive:{job_id}", time.time(), self.heartbeat_timeout)
+
+    def write_progress(self, job_id: str, seq: int, value: bytes) -> None:
+        self.backend.set(f"progress:{job_id}", {"seq": seq, "value": value}, self.result_expire)
+
+    def finish(
+        self,
+        record: dict[str, t.Any],
+        status: JobStatus,
+        *,
+        app: Flask | None,
+        result: bytes | None = None,
+        value: t.Any = None,
+        error: dict[str, str] | None = None,
+        memo_expire: float | None = None,
+    ) -> bool:
+        """Move a job to its final status, once; return whether this call did it.
+
+        The result is stored before the record says "succeeded", so a reader that sees the
+        status can always read the value. Then the memo entry, then single-flight is released.
+        """
+        job_id = record["id"]
+        if not self.backend.add(f"end:{job_id}", status.value, self.result_expire):
+            return False
+        expire = self.result_expire
+        memo_key = record.get("memo_key")
+        if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
+            expire = max(expire, memo_expire)
+        if status is JobStatus.SUCCEEDED:
+            self.backend.set(f"result:{job_id}", result, expire)
+        final = {**record, "status": status.value, "finished": time.time(), "error": error}
+        self.backend.set(f"job:{job_id}", final, expire)
+        if memo_key is not None:
+            if status is JobStatus.SUCCEEDED:
+                self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
+            self._release_inflight(memo_key, job_id)
+        self.backend.delete(f"request:{job_id}")
+        if app is not None:
+            job = self.job(job_id)
+            if status is JobStatus.SUCCEEDED:
+                signals.send(signals.job_succeeded, app, job=job, result=value)
+            elif status is JobStatus.FAILED:
+                signals.send(signals.job_failed, app, job=job, error=error)
+            else:
+                signals.send(signals.job_cancelled, app, job=job)
+        return True
+
+    def cancel(self, job_id: str, *, app: Flask | None = None) -> None:
+        """Request cancellation; end a queued job here, or let the running worker end it."""
+        record = self.read_record(job_id)
+        if record["status"] not in _ACTIVE:
+            return
+        self.backend.set(f"cancel:{job_id}", time.time(), self.result_expire)
+        if self.claim(job_id, "cancel"):
+            # Nobody runs it, and now nobody will: a worker's claim fails and it skips the job.
+            self.finish(record, JobStatus.CANCELLED, app=app)
+        else:
+            self.backend.terminate(job_id, self.cancel_grace)
+
+    def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None) -> bool:
+        """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed".
+
+        Backends call this when they see a worker process die; readers call it when a running
+        job's heartbeat expires. Returns whether this call ended the job.
+        """
+        record = self.backend.get(f"job:{job_id}")
+        if record is MISSING or record["status"] not in _ACTIVE:
+            return False
+        if self.is_cancel_requested(job_id):
+            return self.finish(record, JobStatus.CANCELLED, app=app)
+        error = {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
+        _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
+        return self.finish(record, JobStatus.FAILED, app=app, error=error)
+
+    # -- memoization ----------------------------------------------------------------------------
+
+    def memo_generation(self, task_name: str) -> tuple[t.Any, t.Any]:
+        return self.backend.get("memo-gen:"), self.backend.get(f"memo-gen:{task_name}")
+
+    def clear_memo(self, task_name: str | None) -> None:
+        self.backend.set(f"memo-gen:{task_name or ''}", time.time_ns())
+
+    def find_memo(self, memo_key: str) -> Job[t.Any] | None:
+        """The succeeded job answering ``memo_key``, if its result is still stored."""
+        job_id = self.backend.get(f"memo:{memo_key}")
+        if job_id is MISSING:
+            return None
+        record = self.backend.get(f"job:{job_id}")
+        if record is MISSING or record["status"] != JobStatus.SUCCEEDED.value:
+            return None
+        return self.job(job_id)
+
+    def join_inflight(self, memo_key: str, job_id: str) -> Job[t.Any] | None:
+        """Register ``job_id`` as the in-flight job of ``memo_key``, or return the one already there."""
+        for _ in range(10):
+            if self.backend.add(f"inflight:{memo_key}", job_id):
+                return None
+            other = self.backend.get(f"inflight:{memo_key}")
+            if other is MISSING:
+                continue
+            record = self.backend.get(f"job:{other}")
+            if record is not MISSING and record["status"] in _ACTIVE + (JobStatus.SUCCEEDED.value,):
+                return self.job(other)
+            # A leftover from a job that ended without releasing it: take its place.
+            self._release_inflight(memo_key, other)
+        raise RuntimeError(f"Could not register memo key {memo_key!r}: the backend's add() is not atomic.")
+
+    def _release_inflight(self, memo_key: str, job_id: str) -> None:
+        if self.backend.get(f"inflight:{memo_key}") == job_id:
+            self.backend.delete(f"inflight:{memo_key}")

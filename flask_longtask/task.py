@@ -1,0 +1,91 @@
+"""Tasks: functions registered with :meth:`LongTask.task <flask_longtask.LongTask.task>`."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import typing as t
+
+from .worker import run_inline
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .extension import LongTask
+    from .job import Job
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+# Every task defined in this process, by name: how a worker process finds the function of a job.
+_registry: dict[str, Task[..., t.Any]] = {}
+
+
+class Task(t.Generic[P, R]):
+    """A function that can run as a job. Call it to run it inline; :meth:`submit` to queue it."""
+
+    def __init__(
+        self,
+        longtask: LongTask,
+        func: t.Callable[P, R],
+        *,
+        name: str | None = None,
+        cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
+        expire: float | None = None,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"@longtask.task needs a function, got {func!r}.")
+        if cache_by is not None and not all(callable(f) for f in cache_by):
+            raise TypeError("'cache_by' must be a list of zero-argument callables.")
+        #: The extension this task belongs to.
+        self.longtask = longtask
+        #: The undecorated function.
+        self.func = func
+        #: The task's name, unique in the app: ``module.qualname`` unless given.
+        self.name: str = name or f"{func.__module__}.{func.__qualname__}"
+        #: ``None`` (no memoization), or zero-argument callables whose values join the memo key.
+        self.cache_by: tuple[t.Callable[[], t.Any], ...] | None = None if cache_by is None else tuple(cache_by)
+        #: Seconds a memoized result is reused; ``None`` means ``LONGTASK_RESULT_EXPIRE``.
+        self.expire = expire
+        self.signature = inspect.signature(func)
+        self._module = func.__module__
+        functools.update_wrapper(self, func)
+        _registry[self.name] = self
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, now, as a plain call (``current_job`` is a stand-in)."""
+        return t.cast(R, run_inline(self.func, args, kwargs))
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Queue a job that runs this task with these arguments, and return at once.
+
+        Needs an app context of an app registered with the task's :class:`LongTask`.
+        A memoized task (``cache_by`` given) may return an existing job instead: a succeeded one
+        for the same key, or the one already queued or running for it (single-flight).
+
+        :raises TypeError: the arguments do not fit the signature, or one cannot be serialised
+            by the backend (nothing is queued).
+        """
+        return self.longtask._submit(self, args, kwargs)
+
+    @property
+    def is_memoized(self) -> bool:
+        return self.cache_by is not None
+
+    def __reduce__(self) -> tuple[t.Any, ...]:
+        return (lookup_task, (self.name, self._module))
+
+
+def lookup_task(name: str, module: str | None = None) -> Task[..., t.Any]:
+    """The task registered under ``name`` in this process, importing ``module`` if needed."""
+    if name not in _registry and module:
+        importlib.import_module(module)
+    try:
+        return _registry[name]
+    except KeyError:
+        raise LookupError(
+            f"No task named {name!r} in this process (module {module!r}). Define tasks at module level"
+            " in a module the worker imports."
+        ) from None

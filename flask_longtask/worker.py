@@ -1,0 +1,256 @@
+"""The one function that runs a job off the request: :func:`execute`.
+
+Every backend ends up here, in whatever thread or process it runs jobs in. It claims the job
+exactly once, runs it inside the app context, feeds progress, cancellation and the heartbeat
+through :data:`current_job`, and stores the outcome through :class:`~flask_longtask.store.JobStore`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+
+from werkzeug.local import LocalProxy
+
+from . import signals
+from .backends.base import MISSING, Backend
+from .job import JobStatus
+from .store import JobStore, error_record
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+    from .task import Task
+
+_log = logging.getLogger(__name__)
+
+
+class JobContext:
+    """What a running job sees as :data:`current_job`."""
+
+    def __init__(self, job_id: str | None, app: Flask | None = None, store: JobStore | None = None) -> None:
+        #: The running job's id (``None`` when the task is called inline as a plain function).
+        self.id = job_id
+        self._app = app
+        self._store = store
+        self._value: t.Any = None
+        self._dirty = False
+        self._seq = 0
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._next_beat = 0.0
+
+    @property
+    def is_cancel_requested(self) -> bool:
+        """Whether someone asked this job to stop; check it in loops and return early."""
+        return self._cancelled
+
+    @property
+    def progress(self) -> t.Any:
+        """The last value given to :meth:`set_progress`."""
+        return self._value
+
+    def set_progress(self, value: t.Any) -> None:
+        """Publish ``value`` (any serialisable value) as the job's progress.
+
+        Cheap enough for a tight loop: the value is stored in memory and written to the backend
+        at most once every ``LONGTASK_PROGRESS_INTERVAL`` seconds, and always at the end, so the
+        last value is never lost.
+
+        :raises TypeError: an earlier progress value could not be serialised.
+        """
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise TypeError(f"A progress value could not be serialised: {err}") from err
+        self._value = value
+        self._dirty = True
+
+    # -- driven by the ticker thread and by execute() -------------------------------------------
+
+    def _flush(self) -> None:
+        store = self._store
+        if store is None or not self._dirty:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            value = self._value
+            try:
+                data = store.backend.dumps(value)
+            except Exception as exc:
+                self._error = exc
+                return
+            self._seq += 1
+            store.write_progress(t.cast(str, self.id), self._seq, data)
+        signals.send(signals.job_progress, self._app, job=store.job(t.cast(str, self.id)), progress=value)
+
+    def _tick(self, now: float) -> None:
+        store = t.cast(JobStore, self._store)
+        job_id = t.cast(str, self.id)
+        self._flush()
+        if not self._cancelled:
+            self._cancelled = store.is_cancel_requested(job_id)
+        if now >= self._next_beat:
+            self._next_beat = now + store.heartbeat_timeout / 4
+            store.beat(job_id)
+
+
+class _Ticker:
+    """One daemon thread per process that flushes progress, polls cancel flags and beats."""
+
+    def __init__(self) -> None:
+        self._jobs: set[JobContext] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, ctx: JobContext) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the old thread is not ours
+                self._thread, self._pid = None, os.getpid()
+            self._jobs.add(ctx)
+            self._cond.notify()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="longtask-ticker", daemon=True)
+                self._thread.start()
+
+    def remove(self, ctx: JobContext) -> None:
+        with self._cond:
+            self._jobs.discard(ctx)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                jobs = list(self._jobs)
+            interval = min((t.cast(JobStore, j._store).progress_interval for j in jobs), default=0.05)
+            now = time.monotonic()
+            for ctx in jobs:
+                try:
+                    ctx._tick(now)
+                except Exception:  # a backend hiccup must not kill the ticker
+                    _log.exception("Progress/heartbeat update of job %s failed.", ctx.id)
+            time.sleep(interval)
+
+
+_ticker = _Ticker()
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("flask_longtask.current_job")
+
+#: The job running in this thread: ``set_progress(value)``, ``is_cancel_requested``, ``id``.
+#: Inside a task called inline as a plain function it is a stand-in whose progress goes nowhere.
+current_job: JobContext = t.cast(
+    JobContext,
+    LocalProxy(_current, unbound_message="Working outside of a job: 'current_job' is only set inside a task."),
+)
+
+
+def run_inline(func: t.Callable[..., t.Any], args: t.Any, kwargs: t.Any) -> t.Any:
+    """Call a task's function directly, with a stand-in :data:`current_job`."""
+    token = _current.set(JobContext(None))
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _current.reset(token)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def execute(
+    backend: Backend,
+    job_id: str,
+    *,
+    task: Task[..., t.Any] | None = None,
+    app: Flask | None = None,
+) -> JobStatus | None:
+    """Run job ``job_id`` here and now, if nobody else has; return its final status.
+
+    ``task`` and ``app`` are the live objects when the job runs in the process that submitted
+    it; otherwise they are found by name (importing the task's module if needed). Returns
+    ``None`` when the job was not run here: unknown, already claimed, or already ended.
+    """
+    record = backend.get(f"job:{job_id}")
+    if record is MISSING or record["status"] != JobStatus.QUEUED.value:
+        return None
+    request = backend.get(f"request:{job_id}")
+    try:
+        if request is MISSING:
+            raise LookupError("the job's request record is missing (expired or deleted)")
+        if task is None:
+            from .task import lookup_task
+
+            task = lookup_task(request["task"], request.get("module"))
+        if app is None:
+            app = task.longtask._app_for(request["app"])
+    except Exception as exc:
+        store = JobStore(backend)
+        if store.claim(job_id, _owner()):
+            store.finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
+        return JobStatus.FAILED
+
+    store = JobStore.from_config(backend, app.config)
+    if not store.claim(job_id, _owner()):
+        return None
+    with app.app_context():
+        record = store.start(record)
+        job = store.job(job_id)
+        signals.send(signals.job_started, app, job=job)
+        if store.is_cancel_requested(job_id):
+            store.finish(record, JobStatus.CANCELLED, app=app)
+            return JobStatus.CANCELLED
+        try:
+            args, kwargs = backend.loads(request["args"])
+        except Exception as exc:
+            err = error_record(exc, message=f"The job's arguments could not be deserialised here: {exc}")
+            store.finish(record, JobStatus.FAILED, app=app, error=err)
+            return JobStatus.FAILED
+        return _run(store, record, task, app, args, kwargs)
+
+
+def _run(
+    store: JobStore, record: dict[str, t.Any], task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any
+) -> JobStatus:
+    ctx = JobContext(record["id"], app, store)
+    _ticker.add(ctx)
+    token = _current.set(ctx)
+    failure: BaseException | None = None
+    value: t.Any = None
+    try:
+        value = task.func(*args, **kwargs)
+    except Exception as exc:
+        failure = exc
+    finally:
+        _current.reset(token)
+        _ticker.remove(ctx)
+        ctx._flush()
+    if ctx._cancelled or store.is_cancel_requested(record["id"]):
+        status = JobStatus.CANCELLED
+        store.finish(record, status, app=app)
+    elif failure is not None:
+        status = JobStatus.FAILED
+        store.finish(record, status, app=app, error=error_record(failure))
+    elif ctx._error is not None:
+        status = JobStatus.FAILED
+        err = error_record(ctx._error, message=f"The job's last progress value could not be serialised: {ctx._error}")
+        store.finish(record, status, app=app, error=err)
+    else:
+        try:
+            data = store.backend.dumps(value)
+        except Exception as exc:
+            status = JobStatus.FAILED
+            err = error_record(exc, message=f"The job's result could not be serialised: {exc}")
+            store.finish(record, status, app=app, error=err)
+        else:
+            status = JobStatus.SUCCEEDED
+            expire = task.expire if task.expire is not None else store.result_expire
+            store.finish(record, status, app=app, result=data, value=value, memo_expire=expire)
+    return status

@@ -1,0 +1,20 @@
+"""Shared test helpers: wait on conditions with deadlines, never bare sleeps."""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+
+def wait_for(condition: t.Callable[[], t.Any], timeout: float = 10.0, what: str = "condition") -> t.Any:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
