@@ -41,6 +41,7 @@ class _State:
 class LongTask:
     """Run long work off the request: submit, watch progress, cancel, get results, memoize.
 
+    >>> from flask_longtask.backends import ThreadBackend
     >>> app = Flask(__name__)
     >>> longtask = LongTask(app, backend=ThreadBackend(workers=2))
     >>> @longtask.task
@@ -75,9 +76,11 @@ class LongTask:
     def __repr__(self) -> str:
         return f"<LongTask backend={self._backend!r}>"
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, *, backend: Backend | None = None) -> None:
         """Register on ``app``: set config defaults and make its backend.
 
+        :param backend: this app's backend, overriding the one given to the constructor and
+            ``LONGTASK_BACKEND``.
         :raises RuntimeError: a LongTask is already registered on this app.
         """
         if "longtask" in app.extensions:
@@ -87,7 +90,7 @@ class LongTask:
             )
         for key, value in DEFAULT_CONFIG.items():
             app.config.setdefault(key, value)
-        backend = self._backend if self._backend is not None else backend_from_app(app)
+        backend = backend or self._backend or backend_from_app(app)
         backend.init_app(app)
         app.extensions["longtask"] = _State(self, backend, JobStore.from_config(backend, app.config))
         self._apps.add(app)
@@ -234,7 +237,3 @@ def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mappi
                 f" {type(backend).__name__}: {exc}. Nothing was queued."
             )
     return TypeError(f"The arguments of task {task.name!r} cannot be serialised by {type(backend).__name__}.")
-
-
-if t.TYPE_CHECKING:  # for the doctest's names in type checkers
-    from .backends.thread import ThreadBackend  # noqa: F401
