@@ -24,6 +24,8 @@ import time
 import traceback
 import typing as t
 
+from flask import current_app, has_app_context
+
 from . import signals
 from .backends.base import MISSING, Backend
 from .exceptions import JobNotFoundError
@@ -34,6 +36,12 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 _log = logging.getLogger(__name__)
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def _app_or_current(app: Flask | None) -> Flask | None:
+    if app is None and has_app_context():
+        return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    return app
 
 
 def error_record(exc: BaseException, *, message: str | None = None) -> dict[str, str]:
@@ -129,6 +137,7 @@ class JobStore:
             "finished": None,
             "error": None,
             "memo_key": memo_key,
+            "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
         }
         self.backend.set(f"job:{job_id}", record)
 
@@ -169,13 +178,15 @@ class JobStore:
     ) -> bool:
         """Move a job to its final status, once; return whether this call did it.
 
+        Sends the matching signal with ``app`` (default: the current app, if any) as sender.
+
         The result is stored before the record says "succeeded", so a reader that sees the
         status can always read the value. Then the memo entry, then single-flight is released.
         """
         job_id = record["id"]
         if not self.backend.add(f"end:{job_id}", status.value, self.result_expire):
             return False
-        expire = self.result_expire
+        expire = record.get("expire", self.result_expire)
         memo_key = record.get("memo_key")
         if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
             expire = max(expire, memo_expire)
@@ -188,6 +199,7 @@ class JobStore:
                 self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
             self._release_inflight(memo_key, job_id)
         self.backend.delete(f"request:{job_id}")
+        app = _app_or_current(app)
         if app is not None:
             job = self.job(job_id)
             if status is JobStatus.SUCCEEDED:

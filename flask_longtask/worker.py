@@ -197,7 +197,8 @@ def execute(
             store.finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
         return JobStatus.FAILED
 
-    store = JobStore.from_config(backend, app.config)
+    state = app.extensions.get("longtask")
+    store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
     if not store.claim(job_id, _owner()):
         return None
     with app.app_context():

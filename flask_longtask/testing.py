@@ -1,0 +1,425 @@
+"""The backend conformance suite: the contract every backend must honour, as pytest tests.
+
+Subclass :class:`BackendConformance` in a test module, give it a function-scoped ``backend``
+fixture that returns a fresh backend (and closes it afterwards), and pytest runs every test
+below against it::
+
+    import pytest
+    from flask_longtask.testing import BackendConformance
+    from mypackage import MyBackend
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        def backend(self, tmp_path):
+            backend = MyBackend(tmp_path)
+            yield backend
+            backend.close()
+
+The job functions live at module level here so that backends running jobs in other processes
+find them by name. Those processes make their own app through this module's ``app_factory``.
+Cross-process waits use files in ``tmp_path`` (a "gate" a job waits for, a "log" a job appends
+to), so the suite needs every worker on the same host as the tests.
+
+A class, not loose functions, because a user's suite must bind one ``backend`` fixture to
+every test at once: subclassing is pytest's own way to do that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask, current_app
+
+from . import JobCancelledError, JobFailedError, JobNotFoundError, JobStatus, JobTimeoutError, LongTask, current_job
+from . import signals
+from .backends.base import MISSING, Backend
+
+TIMEOUT = 30.0
+_MARK = "LONGTASK_CONFORMANCE"
+
+
+def _make_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update({_MARK: "conformance-app", "LONGTASK_BACKEND": "thread"})
+    return app
+
+
+#: The extension the suite's tasks are registered on; each test registers a fresh app on it.
+longtask = LongTask(app_factory=_make_app)
+
+
+def _wait_path(path: str, limit: float, cooperative: bool) -> bool:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if cooperative and current_job.is_cancel_requested:
+            return False
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} never opened")
+        time.sleep(0.005)
+    return True
+
+
+def _log(path: str | None, line: str) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+@longtask.task
+def echo(value: t.Any, log: str | None = None) -> t.Any:
+    _log(log, "echo")
+    return value
+
+
+@longtask.task(cache_by=[])
+def memo_echo(value: t.Any, log: str | None = None, gate: str | None = None) -> t.Any:
+    _log(log, f"memo {value!r}")
+    if gate:
+        _wait_path(gate, TIMEOUT, cooperative=True)
+    return value
+
+
+@longtask.task(cache_by=[])
+def memo_fail(log: str) -> None:
+    _log(log, "fail")
+    raise ValueError("memoized failure")
+
+
+@longtask.task
+def add(a: int, b: int = 2, *rest: int, scale: int = 1, **extra: int) -> int:
+    return (a + b + sum(rest) + sum(extra.values())) * scale
+
+
+@longtask.task
+def count_to(n: int, gate: str | None = None) -> int:
+    for i in range(1, n + 1):
+        current_job.set_progress((i, n))
+    if gate:
+        _wait_path(gate, TIMEOUT, cooperative=True)
+    return n
+
+
+@longtask.task
+def block(gate: str, log: str | None = None) -> str:
+    """Wait for ``gate`` cooperatively (returns early on cancel)."""
+    _log(log, "started")
+    finished = _wait_path(gate, TIMEOUT, cooperative=True)
+    _log(log, "finished" if finished else "saw-cancel")
+    return "opened" if finished else "cancel-seen"
+
+
+@longtask.task
+def ignore_cancel(gate: str, log: str) -> str:
+    """Never looks at the cancel flag; only a backend that can terminate stops it early."""
+    _log(log, "started")
+    _wait_path(gate, TIMEOUT, cooperative=False)
+    _log(log, "finished")
+    return "finished"
+
+
+@longtask.task
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@longtask.task
+def bad_result() -> t.Any:
+    return (i for i in range(3))  # generators cannot be pickled, nor sent as JSON
+
+
+@longtask.task
+def app_config() -> t.Any:
+    return current_app.config[_MARK]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _until(condition: t.Callable[[], t.Any], what: str, timeout: float = TIMEOUT) -> t.Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+class BackendConformance:
+    """Every behaviour the core relies on from a backend. Subclass and provide ``backend``."""
+
+    #: How many jobs the backend runs at once (default: its ``workers`` attribute).
+    concurrency: int | None = None
+
+    @pytest.fixture
+    def backend(self) -> t.Iterator[Backend]:
+        raise NotImplementedError("Define a 'backend' fixture in your BackendConformance subclass.")
+
+    @pytest.fixture
+    def app(self, backend: Backend) -> t.Iterator[Flask]:
+        app = _make_app()
+        app.config.update(LONGTASK_PROGRESS_INTERVAL=0.01, LONGTASK_CANCEL_GRACE=0.5)
+        longtask.init_app(app, backend=backend)
+        with app.app_context():
+            yield app
+
+    def _concurrency(self, backend: Backend) -> int:
+        n = self.concurrency or getattr(backend, "workers", None)
+        if not n:
+            raise NotImplementedError("Set 'concurrency' on your BackendConformance subclass.")
+        return int(n)
+
+    # -- storage primitives ---------------------------------------------------------------------
+
+    def test_get_set_delete_plain_data(self, backend: Backend) -> None:
+        value = {"a": [1, 2.5, "x", None, True], "b": b"\x00\xff", "c": {"d": []}}
+        assert backend.get("conf:missing") is MISSING
+        backend.set("conf:k", value)
+        assert backend.get("conf:k") == value
+        backend.set("conf:k", None)
+        assert backend.get("conf:k") is None
+        backend.delete("conf:k")
+        backend.delete("conf:k")
+        assert backend.get("conf:k") is MISSING
+
+    def test_add_is_atomic(self, backend: Backend) -> None:
+        wins: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def contend(i: int) -> None:
+            barrier.wait()
+            if backend.add("conf:once", i):
+                wins.append(i)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(wins) == 1
+        assert backend.get("conf:once") == wins[0]
+        assert backend.add("conf:once", "again") is False
+
+    def test_expire(self, backend: Backend) -> None:
+        backend.set("conf:short", 1, expire=0.2)
+        backend.set("conf:long", 2, expire=60)
+        assert backend.add("conf:addshort", 3, expire=0.2)
+        assert backend.get("conf:short") == 1
+        _until(lambda: backend.get("conf:short") is MISSING, "an expired key to vanish")
+        _until(lambda: backend.add("conf:addshort", 4), "add() to succeed on an expired key")
+        assert backend.get("conf:long") == 2
+
+    def test_scan(self, backend: Backend) -> None:
+        for i in range(3):
+            backend.set(f"conf-scan:{i}", i)
+        backend.set("conf-other:0", 0)
+        assert sorted(backend.scan("conf-scan:")) == ["conf-scan:0", "conf-scan:1", "conf-scan:2"]
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def test_result_and_lifecycle(self, app: Flask) -> None:
+        job = add.submit(1, 2, 3, 4, scale=2, x=10)
+        assert job.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        assert job.result(timeout=TIMEOUT) == 40
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.error is None
+        assert job.result() == 40  # reads are not destructive
+        assert job.created_at <= t.cast(t.Any, job.started_at) <= t.cast(t.Any, job.finished_at)
+        assert longtask.get_job(job.id).result() == 40
+        assert job.task == add.name
+
+    def test_unknown_job(self, app: Flask) -> None:
+        with pytest.raises(JobNotFoundError):
+            longtask.get_job("no-such-job")
+        with pytest.raises(JobNotFoundError):
+            longtask.get_job("0" * 32).status
+
+    def test_job_runs_in_app_context(self, app: Flask) -> None:
+        assert app_config.submit().result(timeout=TIMEOUT) == "conformance-app"
+
+    def test_progress_visible_while_running_and_kept_at_end(self, app: Flask, tmp_path: Path) -> None:
+        gate = tmp_path / "gate"
+        job = count_to.submit(500, str(gate))
+        assert job.progress in (None,) or isinstance(job.progress, tuple)
+        _until(lambda: job.progress == (500, 500), "the last progress value while running")
+        assert job.status is JobStatus.RUNNING
+        gate.touch()
+        assert job.result(timeout=TIMEOUT) == 500
+        assert job.progress == (500, 500)
+        assert job.progress == (500, 500)
+
+    def test_exception_fails_the_job(self, app: Flask) -> None:
+        job = fail.submit("kaboom")
+        with pytest.raises(JobFailedError) as info:
+            job.result(timeout=TIMEOUT)
+        assert "ValueError" in str(info.value) and "kaboom" in str(info.value)
+        assert job.status is JobStatus.FAILED
+        error = t.cast(dict, job.error)
+        assert error["type"] == "ValueError" and error["message"] == "kaboom"
+        assert "Traceback" in error["traceback"] and "kaboom" in error["traceback"]
+
+    def test_unserialisable_result_fails_clearly(self, app: Flask) -> None:
+        job = bad_result.submit()
+        with pytest.raises(JobFailedError, match="result could not be serialised"):
+            job.result(timeout=TIMEOUT)
+
+    def test_unserialisable_argument_is_refused_at_submit(self, app: Flask, backend: Backend) -> None:
+        before = set(backend.scan("job:"))
+        with pytest.raises(TypeError, match="'value'"):
+            echo.submit((i for i in range(3)))
+        assert set(backend.scan("job:")) == before
+
+    def test_wrong_arguments_are_refused_at_submit(self, app: Flask, backend: Backend) -> None:
+        before = set(backend.scan("job:"))
+        with pytest.raises(TypeError):
+            echo.submit(1, 2, 3, 4)
+        with pytest.raises(TypeError):
+            echo.submit(nonsense=1)
+        assert set(backend.scan("job:")) == before
+
+    def test_wait_timeout(self, app: Flask, tmp_path: Path) -> None:
+        job = block.submit(str(tmp_path / "gate"))
+        with pytest.raises(JobTimeoutError):
+            job.result(timeout=0.2)
+        (tmp_path / "gate").touch()
+        assert job.result(timeout=TIMEOUT) == "opened"
+
+    def test_cancel_queued_job_never_runs(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
+        gate, log = tmp_path / "gate", tmp_path / "log"
+        blockers = [block.submit(str(gate)) for _ in range(self._concurrency(backend))]
+        _until(lambda: all(j.status is JobStatus.RUNNING for j in blockers), "every worker to be busy")
+        victim = echo.submit("victim", str(log))
+        assert victim.status is JobStatus.QUEUED
+        with signals.job_cancelled.connected_to(_record := _Recorder(), sender=app):
+            victim.cancel()
+        assert victim.status is JobStatus.CANCELLED
+        assert _record.jobs == [victim]
+        gate.touch()
+        for j in blockers:
+            assert j.result(timeout=TIMEOUT) == "opened"
+        assert echo.submit("after", str(log)).result(timeout=TIMEOUT) == "after"
+        assert _lines(log) == ["echo"]  # only "after" ran
+        with pytest.raises(JobCancelledError):
+            victim.result(timeout=TIMEOUT)
+
+    def test_cancel_running_job_cooperatively(self, app: Flask, tmp_path: Path) -> None:
+        log = tmp_path / "log"
+        job = block.submit(str(tmp_path / "gate"), str(log))
+        _until(lambda: _lines(log) == ["started"], "the job to start")
+        job.cancel()
+        assert job.wait(timeout=TIMEOUT) is JobStatus.CANCELLED
+        with pytest.raises(JobCancelledError):
+            job.result()
+        job.cancel()  # no-op once finished
+        assert job.status is JobStatus.CANCELLED
+
+    def test_cancel_running_job_that_ignores_the_flag(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
+        gate, log = tmp_path / "gate", tmp_path / "log"
+        job = ignore_cancel.submit(str(gate), str(log))
+        _until(lambda: _lines(log) == ["started"], "the job to start")
+        job.cancel()
+        if backend.can_terminate:
+            # Stopped by force after the grace period (0.5 s here), without any help from the job.
+            assert job.wait(timeout=5) is JobStatus.CANCELLED
+            gate.touch()
+            assert echo.submit("next").result(timeout=TIMEOUT) == "next"
+            assert "finished" not in _lines(log)
+        else:
+            assert job.status is JobStatus.RUNNING
+            gate.touch()
+            # It returned normally, but cancellation was requested: the value is discarded.
+            assert job.wait(timeout=TIMEOUT) is JobStatus.CANCELLED
+
+    def test_cancel_finished_job_is_a_noop(self, app: Flask) -> None:
+        job = echo.submit(1)
+        assert job.result(timeout=TIMEOUT) == 1
+        job.cancel()
+        assert job.status is JobStatus.SUCCEEDED and job.result() == 1
+
+    def test_memoized_result_is_reused(self, app: Flask, tmp_path: Path) -> None:
+        log = tmp_path / "log"
+        first = memo_echo.submit(1, str(log))
+        assert first.result(timeout=TIMEOUT) == 1
+        with signals.cache_hit.connected_to(hits := _Recorder(), sender=app):
+            again = memo_echo.submit(value=1, log=str(log))
+        assert again == first and again.status is JobStatus.SUCCEEDED
+        assert hits.jobs == [first]
+        assert memo_echo.submit(2, str(log)).result(timeout=TIMEOUT) == 2
+        assert _lines(log) == ["memo 1", "memo 2"]
+        longtask.clear_cache(memo_echo)
+        assert memo_echo.submit(1, str(log)).result(timeout=TIMEOUT) == 1
+        assert _lines(log) == ["memo 1", "memo 2", "memo 1"]
+
+    def test_single_flight(self, app: Flask, tmp_path: Path) -> None:
+        gate, log = tmp_path / "gate", tmp_path / "log"
+        jobs = [memo_echo.submit("same", str(log), str(gate)) for _ in range(5)]
+        assert len({j.id for j in jobs}) == 1
+        gate.touch()
+        assert jobs[0].result(timeout=TIMEOUT) == "same"
+        assert _lines(log) == ["memo 'same'"]
+
+    def test_failures_are_not_memoized(self, app: Flask, tmp_path: Path) -> None:
+        log = tmp_path / "log"
+        for _ in range(2):
+            with pytest.raises(JobFailedError):
+                memo_fail.submit(str(log)).result(timeout=TIMEOUT)
+        assert _lines(log) == ["fail", "fail"]
+
+    def test_signals_in_order(self, app: Flask) -> None:
+        seen: list[str] = []
+
+        def on(name: str) -> t.Callable[..., None]:
+            return lambda sender, job, **kw: seen.append(name)
+
+        receivers = {name: on(name) for name in ("submitted", "started", "succeeded")}
+        with (
+            signals.job_submitted.connected_to(receivers["submitted"], sender=app),
+            signals.job_started.connected_to(receivers["started"], sender=app),
+            signals.job_succeeded.connected_to(receivers["succeeded"], sender=app),
+        ):
+            job = echo.submit(5)
+            job.result(timeout=TIMEOUT)
+            _until(lambda: "succeeded" in seen, "job_succeeded")
+        if not _runs_in_this_process(app, job.id):
+            pytest.skip("this backend runs jobs in other processes: only job_submitted is sent here")
+        assert seen == ["submitted", "started", "succeeded"]
+
+    def test_record_expires(self, app: Flask) -> None:
+        app.extensions["longtask"].store.result_expire = 0.5
+        job = echo.submit(1)
+        assert job.result(timeout=TIMEOUT) == 1
+        _until(lambda: _gone(job), "the finished job's record to expire")
+
+    def test_many_jobs_each_run_once(self, app: Flask, tmp_path: Path) -> None:
+        log = tmp_path / "log"
+        jobs = [echo.submit(i, str(log)) for i in range(100)]
+        assert [j.result(timeout=TIMEOUT) for j in jobs] == list(range(100))
+        assert len(_lines(log)) == 100
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.jobs: list[t.Any] = []
+
+    def __call__(self, sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
+        self.jobs.append(job)
+
+
+def _gone(job: t.Any) -> bool:
+    try:
+        job.status
+    except JobNotFoundError:
+        return True
+    return False
+
+
+def _runs_in_this_process(app: Flask, job_id: str) -> bool:
+    claim = app.extensions["longtask"].backend.get(f"claim:{job_id}")
+    return isinstance(claim, str) and claim.split(":")[1] == str(os.getpid())
