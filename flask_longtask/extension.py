@@ -130,13 +130,12 @@ class LongTask:
 
     def task(
         self,
-        func: t.Callable[P, R] | None = None,
-        /,
+        func: t.Callable[..., t.Any] | None = None,
         *,
         name: str | None = None,
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
-    ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
+    ) -> t.Any:
         """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
 
         :param name: the task's name (default ``module.qualname``); workers find it by name.
@@ -146,7 +145,7 @@ class LongTask:
         :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
         """
 
-        def decorate(f: t.Callable[P, R]) -> Task[P, R]:
+        def decorate(f: t.Callable[..., t.Any]) -> Task[..., t.Any]:
             return Task(self, f, name=name, cache_by=cache_by, expire=expire)
 
         return decorate if func is None else decorate(func)

@@ -49,4 +49,4 @@ def send(signal: Signal, sender: t.Any, **kwargs: t.Any) -> None:
         try:
             receiver(sender, **kwargs)
         except Exception:
-            _log.exception("Receiver %r of signal %r raised; ignored.", receiver, signal.name)
+            _log.exception("Receiver %r of signal %r raised; ignored.", receiver, getattr(signal, "name", signal))

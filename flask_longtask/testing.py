@@ -261,7 +261,7 @@ class BackendConformance:
             job.result(timeout=TIMEOUT)
         assert "ValueError" in str(info.value) and "kaboom" in str(info.value)
         assert job.status is JobStatus.FAILED
-        error = t.cast(dict, job.error)
+        error = t.cast("dict[str, str]", job.error)
         assert error["type"] == "ValueError" and error["message"] == "kaboom"
         assert "Traceback" in error["traceback"] and "kaboom" in error["traceback"]
 
@@ -279,9 +279,9 @@ class BackendConformance:
     def test_wrong_arguments_are_refused_at_submit(self, app: Flask, backend: Backend) -> None:
         before = set(backend.scan("job:"))
         with pytest.raises(TypeError):
-            echo.submit(1, 2, 3, 4)
+            echo.submit(1, 2, 3, 4)  # type: ignore[call-arg, arg-type]
         with pytest.raises(TypeError):
-            echo.submit(nonsense=1)
+            echo.submit(nonsense=1)  # type: ignore[call-arg]
         assert set(backend.scan("job:")) == before
 
     def test_wait_timeout(self, app: Flask, tmp_path: Path) -> None:
@@ -299,7 +299,7 @@ class BackendConformance:
         assert victim.status is JobStatus.QUEUED
         with signals.job_cancelled.connected_to(_record := _Recorder(), sender=app):
             victim.cancel()
-        assert victim.status is JobStatus.CANCELLED
+        assert victim.status is JobStatus.CANCELLED  # type: ignore[comparison-overlap]
         assert _record.jobs == [victim]
         gate.touch()
         for j in blockers:
