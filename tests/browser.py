@@ -1,0 +1,142 @@
+"""Real servers and a real browser for tests: Debian's headless Chromium and server subprocesses.
+
+Use them from a test module with ``from .browser import chrome, free_port, live_server_process``
+(``chrome`` is a fixture: importing it into the module makes pytest find it).
+
+Chromium and chromedriver come from the system (``apt-get install chromium chromium-driver``,
+which ``scripts/test`` does); Selenium is given the driver's path, so Selenium Manager never
+downloads anything. Without them the browser tests skip, and under ``CI=true`` a skip fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import typing as t
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("LONGTASK_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("LONGTASK_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from selenium.webdriver.chrome.webdriver import WebDriver
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> t.Iterator[WebDriver]:
+    """A headless Chromium driven by Selenium, with a fresh profile; quit after the test."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason='pip install -e ".[test]"')
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument("--window-size=1000,700")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return t.cast(int, sock.getsockname()[1])
+
+
+def _answers_http(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:  # any HTTP status means the server is up
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def live_server_process(
+    cmd: t.Sequence[str],
+    port: int,
+    *,
+    path: str = "/",
+    env: t.Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 30.0,
+) -> t.Iterator[str]:
+    """Run ``cmd`` (a server that listens on ``port``) and yield its base URL once it answers HTTP.
+
+    The server runs in its own process group; on exit the whole group (the server and any
+    workers it forked) gets SIGTERM, then SIGKILL if it has not ended within 5 seconds. If the
+    server exits or does not answer within ``timeout`` seconds, the test fails with its output.
+
+    :param path: the path polled until it answers (any HTTP status counts).
+    :param env: extra environment variables for the server.
+    """
+    base = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def output() -> str:
+        log.seek(0)
+        return t.cast(str, log.read().decode(errors="replace"))
+
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while not _answers_http(base + path):
+            if proc.poll() is not None:
+                raise AssertionError(f"Server {list(cmd)} exited with {proc.returncode}:\n{output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Server {list(cmd)} did not answer on {base} in {timeout}s:\n{output()}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        yield base
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    # SIGTERM lets the server shut down cleanly; SIGKILL then takes whatever is left of the group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)

@@ -1,0 +1,177 @@
+"""The demo in examples/demo: its JSON routes, and its page in a real headless Chromium.
+
+``LONGTASK_UPDATE_SCREENSHOTS=1`` also saves the README's screenshots to docs/images/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from .browser import chrome as chrome  # noqa: F401 (a fixture)
+from .browser import free_port, live_server_process
+from .helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "examples" / "demo" / "app.py"
+SCREENSHOTS = ROOT / "docs" / "images"
+UPDATE_SCREENSHOTS = os.environ.get("LONGTASK_UPDATE_SCREENSHOTS") == "1"
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from selenium.webdriver.chrome.webdriver import WebDriver
+
+
+def demo_env(tmp_path: Path, step_seconds: float) -> dict[str, str]:
+    # Flask reads FLASK_* variables into app.config (app.config.from_prefixed_env()).
+    return {
+        "FLASK_DEMO_STEP_SECONDS": str(step_seconds),
+        # Keeps a file-based default backend's state out of the source tree.
+        "FLASK_LONGTASK_DISKCACHE_DIR": str(tmp_path / "longtask"),
+    }
+
+
+# -- the JSON routes, through Flask's test client ------------------------------------------------
+
+
+@pytest.fixture
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[t.Any]:
+    """The demo module, imported afresh from its file."""
+    for key, value in demo_env(tmp_path, 0.001).items():
+        monkeypatch.setenv(key, value)
+    name = f"longtask_demo_{tmp_path.name}"
+    spec = importlib.util.spec_from_file_location(name, DEMO)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # tasks are found by module name
+    spec.loader.exec_module(module)
+    module.app.config["TESTING"] = True
+    yield module
+    with module.app.app_context():
+        module.longtask.backend.close()
+    del sys.modules[name]
+
+
+def test_demo_job_runs_to_its_result(demo: t.Any) -> None:
+    client = demo.app.test_client()
+    assert b'<progress id="progress"' in client.get("/").data
+
+    response = client.post("/jobs", json={"steps": 4})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+
+    state = wait_for(
+        lambda: (s := client.get(f"/jobs/{job_id}").json)["status"] == "succeeded" and s,
+        what="the demo job to succeed",
+    )
+    assert state == {"id": job_id, "status": "succeeded", "progress": [4, 4], "result": 30, "error": None}
+
+
+def test_demo_job_cancel(demo: t.Any) -> None:
+    demo.app.config["DEMO_STEP_SECONDS"] = 0.02
+    client = demo.app.test_client()
+    job_id = client.post("/jobs", json={"steps": 1000}).json["id"]
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["progress"], what="the first progress")
+
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    assert response.json["id"] == job_id
+    state = wait_for(
+        lambda: (s := client.get(f"/jobs/{job_id}").json)["status"] == "cancelled" and s,
+        what="the demo job to be cancelled",
+    )
+    assert state["result"] is None
+    assert state["progress"][0] < 1000
+
+
+@pytest.mark.parametrize("steps", [0, 1001, "10", 2.5, True, None])
+def test_demo_rejects_bad_steps(demo: t.Any, steps: t.Any) -> None:
+    response = demo.app.test_client().post("/jobs", json={"steps": steps})
+    assert response.status_code == 400
+    assert "'steps' must be an integer" in response.json["error"]
+
+
+def test_demo_unknown_job_is_404(demo: t.Any) -> None:
+    client = demo.app.test_client()
+    assert client.get("/jobs/no-such-job").status_code == 404
+    assert client.post("/jobs/no-such-job/cancel").status_code == 404
+
+
+# -- the page, served by a real server process, in headless Chromium -----------------------------
+
+
+def progress_value(driver: WebDriver) -> float:
+    from selenium.webdriver.common.by import By
+
+    return float(driver.find_element(By.ID, "progress").get_attribute("value") or 0)
+
+
+def status_of(driver: WebDriver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, "status").get_attribute("data-status") or ""
+
+
+def start_job(driver: WebDriver, steps: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = driver.find_element(By.ID, "steps")
+    field.clear()
+    field.send_keys(str(steps))
+    driver.find_element(By.ID, "start").click()
+
+
+def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path) -> None:
+    """``flask --app examples/demo/app.py run``: Start, the bar advances, the result appears."""
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "flask", "--app", str(DEMO), "run", "--port", str(port)]
+    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1), cwd=ROOT) as url:
+        if UPDATE_SCREENSHOTS:
+            chrome.set_window_size(1000, 530)
+        chrome.get(url)
+        assert chrome.title == "Flask-LongTask demo"
+        start_job(chrome, 20)
+
+        first = wait_for(lambda: progress_value(chrome), what="the progress bar to move")
+        assert status_of(chrome) == "running"
+        wait_for(lambda: progress_value(chrome) > first, what="the progress bar to advance")
+        if UPDATE_SCREENSHOTS:
+            wait_for(lambda: progress_value(chrome) >= 8, what="the bar to be well under way")
+            chrome.save_screenshot(str(SCREENSHOTS / "demo-running.png"))
+
+        wait_for(lambda: status_of(chrome) == "succeeded", what="the job to succeed")
+        assert progress_value(chrome) == 20
+        assert chrome.find_element(By.ID, "status").text == "Succeeded (20/20)"
+        # 1² + 2² + ... + 20²
+        assert chrome.find_element(By.ID, "result").text == "Result: 2870"
+        assert chrome.find_element(By.ID, "start").is_enabled()
+        assert not chrome.find_element(By.ID, "cancel").is_enabled()
+
+
+def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path) -> None:
+    """``python examples/demo/app.py``: Start, then Cancel, and the job ends "cancelled"."""
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    cmd = [sys.executable, str(DEMO), "--port", str(port)]
+    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1), cwd=ROOT) as url:
+        if UPDATE_SCREENSHOTS:
+            chrome.set_window_size(1000, 530)
+        chrome.get(url)
+        start_job(chrome, 200)
+        wait_for(lambda: progress_value(chrome) >= 3, what="the job to make progress")
+        chrome.find_element(By.ID, "cancel").click()
+
+        wait_for(lambda: status_of(chrome) == "cancelled", what="the job to be cancelled")
+        assert chrome.find_element(By.ID, "status").text.startswith("Cancelled")
+        assert progress_value(chrome) < 200
+        assert not chrome.find_element(By.ID, "result").is_displayed()
+        wait_for(lambda: chrome.find_element(By.ID, "start").is_enabled(), what="Start to be enabled again")
+        if UPDATE_SCREENSHOTS:
+            chrome.save_screenshot(str(SCREENSHOTS / "demo-cancelled.png"))
