@@ -100,35 +100,34 @@ def live_server_process(
     :param env: extra environment variables for the server.
     """
     base = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        list(cmd),
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    def output() -> str:
-        log.seek(0)
-        return t.cast(str, log.read().decode(errors="replace"))
+        def failure(why: str) -> AssertionError:
+            log.seek(0)
+            return AssertionError(f"Server {list(cmd)} {why}. Its output:\n{log.read().decode(errors='replace')}")
 
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while not _answers_http(base + path):
-            if proc.poll() is not None:
-                raise AssertionError(f"Server {list(cmd)} exited with {proc.returncode}:\n{output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Server {list(cmd)} did not answer on {base} in {timeout}s:\n{output()}")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        yield base
-    finally:
-        _stop_group(proc)
-        log.close()
+        try:
+            deadline = time.monotonic() + timeout
+            delay = 0.01
+            while not _answers_http(base + path):
+                if proc.poll() is not None:
+                    raise failure(f"exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise failure(f"did not answer on {base} within {timeout}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            yield base
+        finally:
+            _stop_group(proc)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -1,4 +1,5 @@
-"""The demo in examples/demo: its JSON routes, and its page in a real headless Chromium.
+"""The demo in examples/demo (its JSON routes, and its page in a real headless Chromium) and
+the README's quick start and configuration table.
 
 ``LONGTASK_UPDATE_SCREENSHOTS=1`` also saves the README's screenshots to docs/images/.
 """
@@ -7,14 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 import typing as t
 from pathlib import Path
 
 import pytest
 
-from .browser import chrome as chrome  # noqa: F401 (a fixture)
-from .browser import free_port, live_server_process
+from .browser import chrome, free_port, live_server_process
 from .helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,8 @@ UPDATE_SCREENSHOTS = os.environ.get("LONGTASK_UPDATE_SCREENSHOTS") == "1"
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from selenium.webdriver.chrome.webdriver import WebDriver
+
+__all__ = ["chrome"]  # a fixture: importing it here is how pytest finds it
 
 
 def demo_env(tmp_path: Path, step_seconds: float) -> dict[str, str]:
@@ -175,3 +178,39 @@ def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path) -> None:
         wait_for(lambda: chrome.find_element(By.ID, "start").is_enabled(), what="Start to be enabled again")
         if UPDATE_SCREENSHOTS:
             chrome.save_screenshot(str(SCREENSHOTS / "demo-cancelled.png"))
+
+
+# -- the README: its quick start runs, its configuration table matches the code ------------------
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_quick_start_runs(tmp_path: Path) -> None:
+    section = readme_section("Quick start")
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "quickstart.py"
+    script.write_text(code)
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    first, result, last = out.stdout.splitlines()
+    assert first.split()[1] in ("queued", "running")
+    assert result == str(sum(i * i for i in range(1_000_000)))
+    assert last == "succeeded (1000000, 1000000)"
+
+
+def test_readme_configuration_table_lists_every_key() -> None:
+    from flask_longtask.extension import DEFAULT_CONFIG
+
+    rows = [line for line in readme_section("Configuration").splitlines() if line.startswith("| `LONGTASK_")]
+    documented = {}
+    for row in rows:
+        key, default = (cell.strip().split("`")[1] for cell in row.strip("|").split("|")[:2])
+        documented[key] = default
+    assert documented == {key: repr(value).replace("'", '"') for key, value in DEFAULT_CONFIG.items()}
