@@ -1,0 +1,199 @@
+"""CeleryBackend: jobs on Celery workers, state in Redis, for work that outgrows one host."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import typing as t
+import weakref
+
+try:
+    import redis
+    from celery import Celery, signals as celery_signals
+except ImportError as err:  # pragma: no cover
+    raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
+
+from . import _json
+from .base import MISSING, Backend, JobRequest
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+_log = logging.getLogger(__name__)
+
+#: The one Celery task that runs every Flask-LongTask job; its only argument is the job id.
+RUN_TASK = "flask_longtask.run"
+
+# Which CeleryBackend serves a Celery app in this process (for the worker's signal handlers).
+_by_celery: weakref.WeakKeyDictionary[Celery, CeleryBackend] = weakref.WeakKeyDictionary()
+
+
+class CeleryBackend(Backend):
+    """Run jobs on Celery workers; keep job state, progress, results and memos in Redis.
+
+    Only the job id crosses the broker. Arguments, results and progress are stored in Redis as
+    tagged JSON (:mod:`flask_longtask.backends._json`: tuples, bytes, sets, datetimes, NumPy
+    arrays and Plotly figures round-trip; anything else fails at ``submit()``), so nothing is
+    ever unpickled from Redis. Pass ``serializer="pickle"`` to carry any picklable value, if
+    everything that can write to your Redis is trusted.
+
+    Workers run the task ``flask_longtask.run`` that this backend registers on ``celery_app``:
+    start them with ``celery -A yourapp:celery_app worker`` from a module that creates this
+    backend, your Flask app and your tasks.
+
+    :param celery_app: your Celery app (its broker carries job ids).
+    :param redis_url: where job state lives; default: the Celery app's result backend if it is
+        a Redis URL, else its broker.
+    :param prefix: prefix of every Redis key this backend writes.
+    :param serializer: ``"json"`` (default, tagged JSON) or ``"pickle"``.
+    """
+
+    can_terminate = True
+
+    def __init__(
+        self,
+        celery_app: Celery,
+        *,
+        redis_url: str | None = None,
+        prefix: str = "longtask:",
+        serializer: t.Literal["json", "pickle"] = "json",
+    ) -> None:
+        self.celery = celery_app
+        url = redis_url or _redis_url(celery_app)
+        self.redis: redis.Redis = redis.Redis.from_url(url)
+        self.prefix = prefix
+        if serializer not in ("json", "pickle"):
+            raise ValueError(f"serializer must be 'json' or 'pickle', not {serializer!r}.")
+        self.serializer = serializer
+        self._timers: set[threading.Timer] = set()
+        _register(celery_app, self)
+
+    def __repr__(self) -> str:
+        return f"<CeleryBackend {self.celery.main!r} prefix={self.prefix!r}>"
+
+    @classmethod
+    def from_app(cls, app: Flask) -> CeleryBackend:
+        broker = app.config.get("LONGTASK_CELERY_BROKER_URL")
+        result = app.config.get("LONGTASK_CELERY_RESULT_BACKEND") or broker
+        if not broker:
+            raise RuntimeError(
+                "LONGTASK_BACKEND = 'celery' needs LONGTASK_CELERY_BROKER_URL (e.g. 'redis://localhost:6379/0'),"
+                " or pass LongTask(app, backend=CeleryBackend(celery_app))."
+            )
+        celery_app = Celery(app.import_name, broker=broker, backend=result)
+        return cls(celery_app, redis_url=result)
+
+    # -- serialisation --------------------------------------------------------------------------
+
+    def dumps(self, value: t.Any) -> bytes:
+        return _json.dumps(value) if self.serializer == "json" else super().dumps(value)
+
+    def loads(self, data: bytes) -> t.Any:
+        return _json.loads(data) if self.serializer == "json" else super().loads(data)
+
+    # -- storage: plain data as tagged JSON under prefixed keys ---------------------------------
+
+    def get(self, key: str) -> t.Any:
+        data = self.redis.get(self.prefix + key)
+        return MISSING if data is None else _json.loads(t.cast(bytes, data))
+
+    def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
+        if expire is not None and expire <= 0:
+            self.redis.delete(self.prefix + key)
+            return
+        px = None if expire is None else max(1, int(expire * 1000))
+        self.redis.set(self.prefix + key, _json.dumps(value), px=px)
+
+    def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
+        px = None if expire is None else max(1, int(expire * 1000))
+        return bool(self.redis.set(self.prefix + key, _json.dumps(value), px=px, nx=True))
+
+    def delete(self, key: str) -> None:
+        self.redis.delete(self.prefix + key)
+
+    def scan(self, prefix: str) -> t.Iterator[str]:
+        pattern = _glob_escape(self.prefix + prefix) + "*"
+        cut = len(self.prefix)
+        for raw in self.redis.scan_iter(match=pattern, count=1000):
+            yield raw.decode()[cut:]
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def enqueue(self, request: JobRequest) -> None:
+        # The Celery task id is the job id, so a revoke can name the job.
+        self.celery.send_task(RUN_TASK, args=[request.job_id], task_id=request.job_id)
+
+    def terminate(self, job_id: str, grace: float) -> None:
+        timer = threading.Timer(grace, self._force_stop, args=(job_id,))
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def _force_stop(self, job_id: str) -> None:
+        self._timers = {tm for tm in self._timers if tm.is_alive() and tm is not threading.current_thread()}
+        record = self.get(f"job:{job_id}")
+        if record is MISSING or record["status"] != "running":
+            return
+        # Prefork (the default pool) kills the process running it; the worker's main process
+        # then reports the task revoked and we record the job as cancelled (see _on_revoked).
+        # Pools that cannot terminate (solo, threads, gevent) ignore this: cancel is cooperative.
+        self.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
+
+    def close(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
+        self._timers.clear()
+        self.redis.close()
+
+
+def _redis_url(celery_app: Celery) -> str:
+    for url in (celery_app.conf.result_backend, celery_app.conf.broker_url):
+        if isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://")):
+            return url
+    raise ValueError("CeleryBackend needs a Redis URL: pass redis_url=..., or use Redis as Celery's result backend.")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _register(celery_app: Celery, backend: CeleryBackend) -> None:
+    """Register the run task on ``celery_app`` (once) and make ``backend`` the one it uses."""
+    _by_celery[celery_app] = backend
+    if RUN_TASK in celery_app.tasks:
+        return
+
+    @celery_app.task(name=RUN_TASK, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
+    def run(job_id: str) -> None:
+        from ..worker import execute
+
+        execute(_by_celery[celery_app], job_id)
+
+
+def _backend_for(sender: t.Any) -> CeleryBackend | None:
+    if getattr(sender, "name", None) != RUN_TASK:
+        return None
+    return _by_celery.get(sender.app)
+
+
+@celery_signals.task_revoked.connect(weak=False)
+def _on_revoked(sender: t.Any = None, request: t.Any = None, terminated: bool = False, signum: t.Any = None, **kw: t.Any) -> None:
+    backend = _backend_for(sender)
+    if backend is not None and request is not None and terminated:
+        from ..store import JobStore
+
+        JobStore(backend).mark_lost(request.id, f"its Celery task was terminated (signal {signum})")
+
+
+@celery_signals.task_failure.connect(weak=False)
+def _on_failure(sender: t.Any = None, task_id: str | None = None, exception: BaseException | None = None, **kw: t.Any) -> None:
+    # execute() records every exception of a job itself; a failure that reaches Celery means the
+    # process running the job died (WorkerLostError) or execute() itself could not run.
+    backend = _backend_for(sender)
+    if backend is not None and task_id is not None:
+        from ..store import JobStore
+
+        JobStore(backend).mark_lost(task_id, f"{type(exception).__name__}: {exception}")
+
+
+__all__ = ["RUN_TASK", "CeleryBackend"]
