@@ -17,6 +17,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 #: import path, ``"package.module:Class"``.
 BACKENDS: dict[str, str] = {
     "thread": "flask_longtask.backends.thread:ThreadBackend",
+    "diskcache": "flask_longtask.backends.diskcache:DiskcacheBackend",
     "celery": "flask_longtask.backends.celery:CeleryBackend",
 }
 

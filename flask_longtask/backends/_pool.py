@@ -1,0 +1,447 @@
+"""The worker pool behind :class:`~flask_longtask.backends.diskcache.DiskcacheBackend`.
+
+One process per directory, the *host*, holds an ``flock`` on ``pool.lock`` and owns the pool.
+The kernel drops the lock the instant the host dies, so a standby process takes over without
+any lease to expire. Other processes talk to the host through the named pipe ``pool.fifo``:
+one line per message, each written atomically (a write of at most ``PIPE_BUF`` bytes never
+interleaves with another):
+
+==========================  ============================================================
+``q <job id>``              a job was queued
+``k <job id> <deadline>``   end this job by force if it still runs at ``deadline`` (epoch)
+``r``                       rescan storage for queued jobs (a message could not be sent)
+==========================  ============================================================
+
+The host dispatches job ids to idle worker processes over pipes and watches their exit
+sentinels: a worker that dies is reaped and replaced, and its job is passed to
+:meth:`~flask_longtask.store.JobStore.mark_lost`. Workers are started with the ``spawn``
+context, so they never inherit a lock held by a thread of a threaded web server, and each
+holds a *lifeline* pipe to the host: when the host dies, the pipe closes and they exit.
+Job records stay the source of truth: a new host scans them, fails the jobs that were running
+on the dead host and queues the ones that never started.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+import typing as t
+
+try:
+    import multiprocess
+    from multiprocess.connection import wait as _wait
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'DiskcacheBackend needs "multiprocess" and "diskcache": pip install "Flask-LongTask[diskcache]"'
+    ) from err
+
+from ..job import JobStatus
+from .base import MISSING
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .diskcache import DiskcacheBackend
+
+_log = logging.getLogger(__name__)
+
+FIFO_NAME = "pool.fifo"
+LOCK_NAME = "pool.lock"
+#: Messages that could not be written to the FIFO (full) wait here, in storage.
+MAILBOX = "_lt-mail"
+#: How often the host wakes with nothing to do: mailbox, kill deadlines, maintenance.
+TICK = 0.25
+
+#: True inside a pool worker process: a backend there only stores, it never hosts a pool.
+IN_WORKER = False
+
+
+class _Slot:
+    """One worker process and the job it runs."""
+
+    __slots__ = ("process", "conn", "lifeline", "job_id", "started")
+
+    def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.lifeline = lifeline
+        self.job_id: str | None = None
+        self.started = time.monotonic()
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a worker process ended, for the job's error message."""
+    if exitcode is None:
+        return "its process vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"its process was killed by {name}"
+    return f"its process exited with code {exitcode}"
+
+
+class PoolHost:
+    """The pool of one directory, run by the process holding the directory's lock."""
+
+    def __init__(self, backend: DiskcacheBackend, lock_fd: int, workers: int) -> None:
+        self.backend = backend
+        self.workers = workers
+        self._lock_fd = lock_fd
+        self._ctx = multiprocess.get_context("spawn")
+        self._fifo_path = os.path.join(backend.directory, FIFO_NAME)
+        self._fifo_r, self._fifo_keep = _open_fifo_reader(self._fifo_path)
+        self._buffer = b""
+        self._slots: list[_Slot] = []
+        self._queue: collections.deque[str] = collections.deque()
+        self._known: set[str] = set()
+        self._kills: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._rescan = True  # the first loop recovers what a previous host left behind
+        self._started = False  # workers start with the first job, then the pool keeps its size
+        self._respawn_delay = 0.0
+        self._next_spawn = 0.0
+        self._next_mail = 0.0
+        self._next_cleanup = time.monotonic() + backend.cleanup_interval
+        #: Every worker pid this host started (tests use it to prove none outlives the pool).
+        self.pids: list[int] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="longtask-pool", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """The dispatcher loop; returns when :meth:`stop` is called."""
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._step()
+                except Exception:  # storage hiccup (disk full, locked): log, back off, carry on
+                    _log.exception("Worker pool of %s: dispatcher error; retrying.", self.backend.directory)
+                    self._stopping.wait(TICK)
+        finally:
+            self._shutdown()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # pragma: no cover - already closed
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptors, touch nothing else."""
+        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w, self._lock_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _shutdown(self) -> None:
+        for slot in self._slots:
+            _close(slot.lifeline)  # workers see their lifeline close and exit at once
+            if slot.process.is_alive():
+                slot.process.kill()
+        for slot in self._slots:
+            slot.process.join(5)
+            if slot.job_id is not None:
+                self.backend._lost(slot.job_id, "the worker pool was shut down while it ran")
+            _close(slot.conn)
+            slot.process.close()
+        self._slots.clear()
+        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.close(self._lock_fd)  # releases the flock: a standby process takes over
+        _log.info("Worker pool of %s stopped.", self.backend.directory)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        timeout = TICK
+        if self._kills:
+            timeout = max(0.0, min(timeout, min(self._kills.values()) - time.time()))
+        if (self._queue or self._started) and len(self._slots) < self.workers:
+            timeout = max(0.0, min(timeout, self._next_spawn - now))
+        watched: list[t.Any] = [self._fifo_r, self._wake_r]
+        for slot in self._slots:
+            watched += (slot.conn, slot.process.sentinel)
+        ready = set(_wait(watched, timeout))
+        if self._fifo_r in ready:
+            self._read_fifo()
+        if self._wake_r in ready:
+            os.read(self._wake_r, 4096)
+        for slot in list(self._slots):
+            if slot.conn in ready:
+                self._read_done(slot)
+            if slot.process.sentinel in ready:
+                self._reap(slot, None)
+        now = time.monotonic()
+        if now >= self._next_mail:
+            self._next_mail = now + TICK
+            self._read_mailbox()
+        if self._rescan:
+            self._rescan = False
+            self._recover()
+        if self._kills:
+            self._run_kills()
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + self.backend.cleanup_interval
+            self.backend.cleanup()
+        self._dispatch()
+
+    def _handle(self, line: bytes) -> None:
+        parts = line.decode("ascii", "replace").split()
+        if not parts:
+            return
+        if parts[0] == "q" and len(parts) == 2:
+            self._push(parts[1])
+        elif parts[0] == "k" and len(parts) == 3:
+            self._kills[parts[1]] = float(parts[2])
+        elif parts[0] == "r":
+            self._rescan = True
+        else:
+            _log.warning("Worker pool: ignored a malformed message %r.", line)
+
+    def _push(self, job_id: str) -> None:
+        if job_id not in self._known:
+            self._known.add(job_id)
+            self._queue.append(job_id)
+
+    def _read_fifo(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fifo_r, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._handle(line)
+
+    def _read_mailbox(self) -> None:
+        cache = self.backend.cache
+        while True:
+            _, line = cache.pull(prefix=MAILBOX)
+            if line is None:
+                return
+            self._handle(line)
+
+    def _read_done(self, slot: _Slot) -> None:
+        try:
+            slot.conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # it died; the sentinel says how
+        if slot.job_id is not None:
+            self._known.discard(slot.job_id)
+            self._kills.pop(slot.job_id, None)
+        slot.job_id = None
+        self._respawn_delay = 0.0
+
+    def _reap(self, slot: _Slot, how: str | None) -> None:
+        slot.process.join()
+        reason = how or exit_reason(slot.process.exitcode)
+        self._slots.remove(slot)
+        _close(slot.conn)
+        _close(slot.lifeline)
+        slot.process.close()
+        if slot.job_id is not None:
+            self._known.discard(slot.job_id)
+            self._kills.pop(slot.job_id, None)
+            self.backend._lost(slot.job_id, reason)
+        elif how is None:
+            # Died idle, most often at start-up (an import error in __main__): do not spin.
+            self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
+            self._next_spawn = time.monotonic() + self._respawn_delay
+            _log.error("A pool worker of %s died while idle: %s.", self.backend.directory, reason)
+
+    def _run_kills(self) -> None:
+        now = time.time()
+        for job_id, deadline in list(self._kills.items()):
+            slot = next((s for s in self._slots if s.job_id == job_id), None)
+            if slot is None:
+                if job_id not in self._known:  # not ours, or already over
+                    del self._kills[job_id]
+                continue
+            if deadline <= now:
+                del self._kills[job_id]
+                slot.process.kill()
+                self._reap(slot, "it was stopped by force after cancellation")
+
+    def _dispatch(self) -> None:
+        if self._queue:
+            self._started = True
+        if self._started:
+            while len(self._slots) < self.workers and time.monotonic() >= self._next_spawn:
+                self._spawn()
+        for slot in self._slots:
+            if not self._queue:
+                return
+            if slot.job_id is None:
+                job_id = self._queue.popleft()
+                try:
+                    slot.conn.send_bytes(job_id.encode())
+                except OSError:  # it is dying: put the job back, the sentinel will fire
+                    self._queue.appendleft(job_id)
+                    continue
+                slot.job_id = job_id
+
+    def _spawn(self) -> None:
+        conn, child_conn = self._ctx.Pipe()
+        life_r, life_w = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(self.backend.directory, child_conn, life_r),
+            name="longtask-worker",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        life_r.close()
+        self._slots.append(_Slot(process, conn, life_w))
+        self.pids.append(process.pid)
+        _log.debug("Started pool worker %s for %s.", process.pid, self.backend.directory)
+
+    def _recover(self) -> None:
+        """Queue the jobs nobody is running; end those the previous host was running."""
+        backend = self.backend
+        running_here = {s.job_id for s in self._slots if s.job_id is not None}
+        found: list[tuple[float, str]] = []
+        for key in backend.scan("job:"):
+            job_id = key[4:]
+            if job_id in self._known or job_id in running_here:
+                continue
+            record = backend.get(key)
+            if record is MISSING:
+                continue
+            status = record["status"]
+            if status == JobStatus.RUNNING.value:
+                backend._lost(job_id, "the process hosting the worker pool died")
+            elif status == JobStatus.QUEUED.value:
+                if backend.get(f"claim:{job_id}") is MISSING:
+                    found.append((record["created"], job_id))
+                else:  # claimed by a worker of the dead host, which never started it
+                    backend._lost(job_id, "the process hosting the worker pool died")
+        for _, job_id in sorted(found):
+            self._push(job_id)
+        if found:
+            _log.info("Worker pool of %s: queued %d waiting job(s).", backend.directory, len(found))
+
+
+def _open_fifo_reader(path: str) -> tuple[int, int]:
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        import stat
+
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    # Our own writer keeps the pipe from reporting end-of-file whenever the last client closes.
+    keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    return reader, keep
+
+
+def _close(conn: t.Any) -> None:
+    try:
+        conn.close()
+    except OSError:  # pragma: no cover
+        pass
+
+
+class FifoClient:
+    """Sends messages to whichever process hosts the pool of a directory."""
+
+    def __init__(self, backend: DiskcacheBackend) -> None:
+        self.backend = backend
+        self._path = os.path.join(backend.directory, FIFO_NAME)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def send(self, line: str) -> bool:
+        """Deliver ``line``; return ``False`` when no host is listening (nothing to do then)."""
+        data = line.encode("ascii") + b"\n"
+        with self._lock:
+            for _ in range(2):
+                if self._fd is None:
+                    try:
+                        self._fd = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENXIO, errno.ENOENT):
+                            return False  # no host yet: the next one finds queued jobs in storage
+                        raise
+                try:
+                    os.write(self._fd, data)
+                    return True
+                except BlockingIOError:  # the host is behind: leave the message in storage
+                    self.backend.cache.push(data, prefix=MAILBOX)
+                    return True
+                except BrokenPipeError:  # the host died since we opened it
+                    self.reset()
+            return False
+
+
+def _alias_main_tasks() -> None:
+    # Under spawn, the parent's ``__main__`` is imported as ``__mp_main__``: its tasks register
+    # as "__mp_main__.f" while jobs name them "__main__.f".
+    from ..task import _registry
+
+    for name, task in list(_registry.items()):
+        if name.startswith("__mp_main__."):
+            _registry.setdefault("__main__." + name[len("__mp_main__.") :], task)
+
+
+def _watch_lifeline(lifeline: t.Any) -> None:
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
+
+
+def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
+    """The body of a pool worker process: run the job ids the host sends, one at a time."""
+    global IN_WORKER
+    IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
+
+    from ..worker import execute
+    from .diskcache import DiskcacheBackend
+
+    backend = DiskcacheBackend(directory, embedded=False)
+    _alias_main_tasks()
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            execute(backend, data.decode())
+        except Exception:
+            _log.exception("Internal error running job %s", data.decode())
+        conn.send_bytes(data)

@@ -1,0 +1,313 @@
+"""DiskcacheBackend: state in a diskcache directory, jobs in a persistent pool of processes."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import os
+import pickle
+import threading
+import time
+import typing as t
+import weakref
+
+try:
+    import diskcache
+    import dill
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'DiskcacheBackend needs "diskcache" and "multiprocess": pip install "Flask-LongTask[diskcache]"'
+    ) from err
+
+from . import _pool
+from .base import MISSING, Backend, JobRequest
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+_log = logging.getLogger(__name__)
+
+#: Every live backend that may host a pool: closed at exit, reset in a forked child.
+_instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
+
+
+class DiskcacheBackend(Backend):
+    """Keep job state in a diskcache directory and run jobs in a persistent pool of processes.
+
+    The default backend. Every process that opens the same directory on the same host -- the
+    workers of gunicorn, the Flask reloader, ``flask longtask`` commands -- shares the same
+    jobs, progress, results and memo cache. Exactly one of them hosts the pool of ``workers``
+    processes: the first to use the backend wins an ``flock`` on the directory, and when it dies
+    another takes over, fails the jobs that were running there ("worker lost") and runs the jobs
+    still queued. Worker processes are started once (``spawn``: no lock of a threaded server is
+    ever inherited) and reused; at most ``workers`` jobs run at once, the rest wait in FIFO order.
+    A job that ignores cancellation is ended by stopping its process after
+    ``LONGTASK_CANCEL_GRACE`` seconds; a worker that dies fails its job, saying how, and is
+    replaced. POSIX only (``flock`` and a named pipe).
+
+    >>> import tempfile
+    >>> backend = DiskcacheBackend(tempfile.mkdtemp(), workers=2)
+    >>> backend.set("greeting", "hello")
+    >>> backend.get("greeting")
+    'hello'
+    >>> backend.close()
+
+    :param directory: the diskcache directory; created if missing. ``from_app`` uses
+        ``LONGTASK_DISKCACHE_DIR``, by default ``<instance folder>/longtask``.
+    :param workers: the pool's size when this process hosts it (default: the CPU count).
+    :param embedded: whether this process may host the pool. ``False`` for web processes when
+        ``flask longtask worker`` runs the pool (``LONGTASK_EMBEDDED_WORKER = False``).
+    :param cleanup_interval: seconds between sweeps of expired records by the pool host.
+    """
+
+    can_terminate = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        workers: int | None = None,
+        *,
+        embedded: bool = True,
+        cleanup_interval: float = 60.0,
+    ) -> None:
+        if directory is None:
+            import tempfile
+
+            directory = os.path.join(tempfile.gettempdir(), "flask-longtask")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.workers = workers or os.cpu_count() or 1
+        self.embedded = embedded
+        self.cleanup_interval = cleanup_interval
+        self._cache: diskcache.Cache | None = None
+        self._lock = threading.RLock()
+        self._elected = False  # whether this process has joined the election for the pool
+        self._closed = threading.Event()
+        self._host: _pool.PoolHost | None = None
+        self._fifo: _pool.FifoClient | None = None
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._warned_no_host = False
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        return f"<DiskcacheBackend {self.directory!r} workers={self.workers}>"
+
+    @classmethod
+    def from_app(cls, app: Flask) -> DiskcacheBackend:
+        directory = app.config.get("LONGTASK_DISKCACHE_DIR") or os.path.join(app.instance_path, "longtask")
+        return cls(
+            directory,
+            workers=app.config.get("LONGTASK_WORKERS"),
+            embedded=bool(app.config.get("LONGTASK_EMBEDDED_WORKER", True)),
+        )
+
+    def init_app(self, app: Flask) -> None:
+        self._apps.add(app)
+
+    # -- serialisation --------------------------------------------------------------------------
+
+    def dumps(self, value: t.Any) -> bytes:
+        """Pickle ``value``; values plain pickle refuses (lambdas, closures) go through dill."""
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return t.cast(bytes, dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+    # -- storage --------------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> diskcache.Cache:
+        """The :class:`diskcache.Cache` holding everything; opening it joins the pool election."""
+        cache = self._cache
+        if cache is None:
+            cache = self._open()
+        if not self._elected:
+            self._join_election()
+        return cache
+
+    def _open(self) -> diskcache.Cache:
+        with self._lock:
+            if self._cache is None:
+                try:
+                    self._cache = diskcache.Cache(
+                        self.directory,
+                        eviction_policy="none",  # job records must never be evicted for space
+                        statistics=False,
+                        cull_limit=0,  # expired rows are swept by the pool host, not on each write
+                    )
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"DiskcacheBackend cannot open its directory {self.directory!r}: {exc}."
+                        " Check that it exists, is writable and holds a diskcache (delete a corrupted"
+                        " one), or set LONGTASK_DISKCACHE_DIR to another directory."
+                    ) from exc
+            return self._cache
+
+    def get(self, key: str) -> t.Any:
+        return self.cache.get(key, MISSING, retry=True)
+
+    def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
+        self.cache.set(key, value, expire=expire, retry=True)
+
+    def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
+        return bool(self.cache.add(key, value, expire=expire, retry=True))
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key, retry=True)
+
+    def scan(self, prefix: str) -> t.Iterator[str]:
+        # A range query on the key index; diskcache stores str keys as raw TEXT (its ``_sql``
+        # is private but stable since 3.0: iterating every key would be O(all keys)).
+        sql = self.cache._sql
+        rows = sql(
+            "SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ?"
+            " AND (expire_time IS NULL OR expire_time > ?)",
+            (prefix, prefix + "\U0010ffff", time.time()),
+        ).fetchall()
+        return iter([row[0] for row in rows if isinstance(row[0], str)])
+
+    def cleanup(self) -> int:
+        """Remove every expired record, result and progress value now; return how many.
+
+        The pool host calls this every ``cleanup_interval`` seconds, which keeps the directory
+        bounded by ``LONGTASK_RESULT_EXPIRE``.
+        """
+        return int(self.cache.expire(retry=True))
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def enqueue(self, request: JobRequest) -> None:
+        self._send(f"q {request.job_id}")
+
+    def terminate(self, job_id: str, grace: float) -> None:
+        self._send(f"k {job_id} {time.time() + grace:.3f}")
+
+    def _send(self, line: str) -> None:
+        self.cache  # noqa: B018 - opens the directory and joins the election first
+        fifo = self._fifo
+        if fifo is None:
+            with self._lock:
+                fifo = self._fifo = self._fifo or _pool.FifoClient(self)
+        if not fifo.send(line) and not self._warned_no_host and not (self.embedded and not self._closed.is_set()):
+            self._warned_no_host = True
+            _log.warning(
+                "No worker pool serves %s: jobs wait until one starts. Run 'flask longtask worker',"
+                " or set LONGTASK_EMBEDDED_WORKER = True.",
+                self.directory,
+            )
+
+    def _lost(self, job_id: str, how: str) -> None:
+        """End a job whose worker process is gone, in the job's own app when it is ours."""
+        from ..store import JobStore
+
+        record = self.get(f"job:{job_id}")
+        app = None
+        if record is not MISSING:
+            app = next((a for a in list(self._apps) if a.import_name == record.get("app")), None)
+        if app is None:
+            JobStore(self).mark_lost(job_id, how)
+            return
+        with app.app_context():
+            JobStore.from_config(self, app.config).mark_lost(job_id, how, app=app)
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    @property
+    def is_pool_host(self) -> bool:
+        """Whether this process, through this backend, hosts the directory's worker pool."""
+        return self._host is not None
+
+    def _join_election(self) -> None:
+        with self._lock:
+            if self._elected:
+                return
+            self._elected = True
+            if not self.embedded or _pool.IN_WORKER or self._closed.is_set():
+                return
+        if not self._try_host(start=True):
+            threading.Thread(target=self._stand_by, name="longtask-standby", daemon=True).start()
+
+    def _stand_by(self) -> None:
+        while not self._closed.wait(_pool.TICK):
+            if self._try_host(start=True):
+                return
+
+    def _try_host(self, *, start: bool) -> bool:
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(os.path.join(self.directory, _pool.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            if self._closed.is_set():
+                os.close(fd)
+                return False
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._host = host = _pool.PoolHost(self, fd, self.workers)
+            if start:
+                host.start()
+        _log.info("Process %s hosts the worker pool of %s (%d workers).", os.getpid(), self.directory, self.workers)
+        return True
+
+    def run_pool(self) -> None:
+        """Host the pool in this thread until :meth:`close` (or Ctrl+C): ``flask longtask worker``.
+
+        Waits for the lock first if another process hosts the pool, and takes over when it exits.
+        """
+        with self._lock:
+            self._elected = True  # never start a background host as well
+        self._open()
+        while not self._try_host(start=False):
+            if self._closed.wait(_pool.TICK):
+                return
+        host = t.cast(_pool.PoolHost, self._host)
+        try:
+            host.run()
+        finally:
+            self._host = None
+
+    def close(self) -> None:
+        """Stop the pool if this process hosts it (running jobs fail as "worker lost")."""
+        self._closed.set()
+        with self._lock:
+            host, self._host = self._host, None
+            fifo, self._fifo = self._fifo, None
+        if host is not None:
+            host.stop()
+            if host._thread is None:  # never started its loop: release what it holds
+                host._shutdown()
+        if fifo is not None:
+            fifo.reset()
+        if self._cache is not None:
+            self._cache.close()
+
+    def _after_fork(self) -> None:
+        # A forked child shares our open files but not our threads: it hosts nothing, and must
+        # not keep the lock alive after we die.
+        if self._host is not None:
+            self._host.forget()
+        self._host = None
+        self._fifo = None
+        self._elected = False
+        self._lock = threading.RLock()
+
+
+def _close_all() -> None:
+    for backend in list(_instances):
+        if backend._host is not None:
+            backend.close()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_instances):
+        backend._after_fork()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)

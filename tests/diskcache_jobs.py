@@ -1,0 +1,123 @@
+"""Module-level tasks for the DiskcacheBackend tests: worker processes import them by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import typing as t
+
+from flask import Flask
+
+from flask_longtask import LongTask, current_job
+from flask_longtask.backends import ThreadBackend
+
+longtask = LongTask()
+
+# The app jobs run in inside a worker process. Tests register the same ``longtask`` on their own
+# app with a DiskcacheBackend; workers only need an app to enter, and store through their own.
+app = Flask(__name__)
+longtask.init_app(app, backend=ThreadBackend(workers=1))
+
+
+@longtask.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@longtask.task
+def noop() -> None:
+    return None
+
+
+@longtask.task
+def whoami() -> dict[str, int]:
+    return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+@longtask.task
+def record(log: str, n: int, duration: float = 0.0) -> int:
+    """Append "start"/"end" lines (pid, time) to ``log``: proves exactly-once and concurrency."""
+    with open(log, "a") as f:
+        f.write(f"start {n} {os.getpid()} {time.time()}\n")
+    if duration:
+        time.sleep(duration)
+    with open(log, "a") as f:
+        f.write(f"end {n} {os.getpid()} {time.time()}\n")
+    return n * 2
+
+
+@longtask.task
+def stubborn(pid_file: str) -> str:
+    """Never checks the cancel flag: only killing its process stops it."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+@longtask.task
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+@longtask.task
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+@longtask.task
+def sleeper(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@longtask.task
+def count_progress(n: int) -> int:
+    for i in range(n):
+        current_job.set_progress(i)
+    return n
+
+
+@longtask.task
+def cooperative() -> str:
+    while not current_job.is_cancel_requested:
+        time.sleep(0.01)
+    return "stopped"
+
+
+@longtask.task
+def unpicklable_result() -> t.Any:
+    return threading.Lock()
+
+
+@longtask.task
+def echo(value: t.Any) -> t.Any:
+    return value
+
+
+def _explode() -> None:
+    raise RuntimeError("this argument only unpickles in the process that made it")
+
+
+class Poison:
+    """Pickles fine; unpickling it in a worker process raises."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __reduce__(self) -> tuple[t.Any, ...]:
+        return (_check_pid, (self.pid,))
+
+
+def _check_pid(pid: int) -> Poison:
+    if os.getpid() != pid:
+        _explode()
+    p = Poison.__new__(Poison)
+    p.pid = pid
+    return p
+
+
+SIGKILL = int(signal.SIGKILL)
