@@ -213,4 +213,5 @@ def test_readme_configuration_table_lists_every_key() -> None:
     for row in rows:
         key, default = (cell.strip().split("`")[1] for cell in row.strip("|").split("|")[:2])
         documented[key] = default
-    assert documented == {key: repr(value).replace("'", '"') for key, value in DEFAULT_CONFIG.items()}
+    expected = {key: repr(value).replace("'", '"') for key, value in DEFAULT_CONFIG.items()}
+    assert documented == expected, "README.md's Configuration table must list every key of DEFAULT_CONFIG"
