@@ -1,0 +1,46 @@
+"""The module Celery workers import in the tests: `celery -A tests.celery_app:celery_app worker`."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+from flask import Flask, current_app
+
+from flask_longtask import LongTask, current_job
+from flask_longtask.backends.celery import CeleryBackend
+
+REDIS_URL = os.environ.get("LONGTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+celery_app = Celery("tests.celery_app", broker=REDIS_URL, backend=REDIS_URL)
+celery_app.conf.broker_connection_retry_on_startup = True
+app = Flask("tests.celery_app")
+app.config.update(WHO="celery-worker-app", LONGTASK_PROGRESS_INTERVAL=0.01)
+longtask = LongTask(app, backend=CeleryBackend(celery_app))
+
+
+@longtask.task
+def roundtrip(value: object) -> object:
+    return value
+
+
+@longtask.task
+def pid_then_wait(path: str, seconds: float) -> str:
+    """Write the worker process's pid, then work for a while (checking the cancel flag)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if current_job.is_cancel_requested:
+            return "cancel-seen"
+        time.sleep(0.01)  # the job's work
+    return "done"
+
+
+@longtask.task
+def progress_steps(n: int) -> str:
+    for i in range(n):
+        current_job.set_progress({"step": i + 1, "of": n})
+        time.sleep(0.01)  # the job's work
+    return current_app.config["WHO"]

@@ -1,0 +1,192 @@
+"""CeleryBackend against a real redis-server and a real prefork Celery worker (no eager mode)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from flask import Flask
+
+from flask_longtask import JobStatus, LongTask
+from flask_longtask.testing import BackendConformance
+
+from .helpers import wait_for
+from .services import start_celery_worker, start_redis, stop, wait_until
+
+celery = pytest.importorskip("celery")
+from flask_longtask.backends.celery import CeleryBackend  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("celery")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def celery_worker(redis_url, tmp_path_factory):
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    proc = start_celery_worker("tests.celery_app:celery_app", redis_url, log, concurrency=2)
+    probe = celery.Celery("probe", broker=redis_url)
+    try:
+        wait_until(lambda: probe.control.ping(timeout=0.5), 60, "the Celery worker to answer ping")
+    except RuntimeError:
+        stop(proc)
+        raise RuntimeError("Celery worker did not start:\n" + log.read_text()[-3000:]) from None
+    yield proc
+    stop(proc)
+    with pytest.raises(ProcessLookupError):  # no orphaned pool process survives the worker
+        os.killpg(proc.pid, 0)
+
+
+def _clean_backend(redis_url: str) -> CeleryBackend:
+    backend = CeleryBackend(celery.Celery("tests.client", broker=redis_url), redis_url=redis_url)
+    for key in list(backend.scan("")):
+        backend.delete(key)
+    return backend
+
+
+class TestCeleryConformance(BackendConformance):
+    concurrency = 2
+
+    @pytest.fixture
+    def backend(self, redis_url, celery_worker):
+        backend = _clean_backend(redis_url)
+        yield backend
+        backend.close()
+
+
+@pytest.fixture
+def app(redis_url, celery_worker):
+    """An app whose tasks are those of tests/celery_app.py, the module the worker imported."""
+    from tests import celery_app as worker_module
+
+    app = Flask("tests.celery_client")
+    app.config.update(LONGTASK_CANCEL_GRACE=0.5)
+    backend = _clean_backend(redis_url)
+    worker_module.longtask.init_app(app, backend=backend)
+    with app.app_context():
+        yield app
+    backend.close()
+
+
+def test_tagged_json_values_round_trip_through_a_worker(app):
+    from tests.celery_app import roundtrip
+
+    value = {"tuple": (1, 2), "bytes": b"\x00\xff", "when": dt.datetime(2024, 5, 6, 7, 8, 9), 3: {"a"}}
+    assert roundtrip.submit(value).result(timeout=30) == value
+
+
+def test_value_json_cannot_carry_fails_at_submit(app):
+    from tests.celery_app import roundtrip
+
+    with pytest.raises(TypeError, match="'value'.*as JSON"):
+        roundtrip.submit(object())
+
+
+def test_progress_and_app_context_on_the_worker(app):
+    from tests.celery_app import progress_steps
+
+    job = progress_steps.submit(20)
+    assert job.result(timeout=30) == "celery-worker-app"
+    assert job.progress == {"step": 20, "of": 20}
+
+
+def test_killed_worker_process_fails_the_job(app, tmp_path):
+    from tests.celery_app import pid_then_wait, roundtrip
+
+    pid_file = tmp_path / "pid"
+    job = pid_then_wait.submit(str(pid_file), 60)
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="the job's pid"))
+    os.kill(pid, signal.SIGKILL)
+    assert job.wait(timeout=15) is JobStatus.FAILED
+    assert job.error["type"] == "WorkerLostError"
+    assert "died" in job.error["message"]
+    assert roundtrip.submit("still works").result(timeout=30) == "still works"
+
+
+OTHER_PROCESS = textwrap.dedent(
+    """
+    import sys, json
+    from celery import Celery
+    from flask import Flask
+    from flask_longtask import LongTask
+    from flask_longtask.backends.celery import CeleryBackend
+    import tests.celery_app  # the tasks, as any web process of the app has them
+
+    url, action, arg = sys.argv[1:4]
+    app = Flask("another-web-process")
+    backend = CeleryBackend(Celery("other", broker=url), redis_url=url)
+    tests.celery_app.longtask.init_app(app, backend=backend)
+    with app.app_context():
+        if action == "submit":
+            print(tests.celery_app.pid_then_wait.submit(arg, 60).id)
+        else:
+            job = tests.celery_app.longtask.get_job(arg)
+            out = {"status": job.status.value}
+            if action == "cancel":
+                job.cancel()
+                out["final"] = job.wait(20).value
+            print(json.dumps(out))
+    """
+)
+
+
+def _other_process(redis_url: str, action: str, arg: str) -> str:
+    env = {**os.environ, "LONGTASK_TEST_REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, redis_url, action, arg],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_job_is_read_and_cancelled_by_another_process(app, redis_url, tmp_path):
+    from tests.celery_app import pid_then_wait
+
+    pid_file = tmp_path / "pid"
+    job = pid_then_wait.submit(str(pid_file), 60)
+    wait_for(pid_file.exists, what="the job to start")
+    assert _other_process(redis_url, "cancel", job.id) == '{"status": "running", "final": "cancelled"}'
+    assert job.status is JobStatus.CANCELLED
+
+
+def test_job_submitted_by_another_process_is_read_here(app, redis_url, tmp_path):
+    from tests.celery_app import longtask
+
+    pid_file = tmp_path / "pid"
+    job_id = _other_process(redis_url, "submit", str(pid_file))
+    job = longtask.get_job(job_id)
+    wait_for(pid_file.exists, what="the job to start")
+    job.cancel()
+    assert job.wait(timeout=20) is JobStatus.CANCELLED
+
+
+def test_configured_by_longtask_keys(redis_url):
+    app = Flask(__name__)
+    app.config.update(LONGTASK_BACKEND="celery")
+    with pytest.raises(RuntimeError, match="LONGTASK_CELERY_BROKER_URL"):
+        LongTask(app)
+    app = Flask(__name__)
+    app.config.update(LONGTASK_BACKEND="celery", LONGTASK_CELERY_BROKER_URL=redis_url)
+    LongTask(app)
+    backend = app.extensions["longtask"].backend
+    assert isinstance(backend, CeleryBackend)
+    key = f"probe:{uuid.uuid4().hex}"
+    backend.set(key, {"ok": b"yes"}, expire=5)
+    assert backend.get(key) == {"ok": b"yes"}
+    backend.close()
