@@ -11,6 +11,7 @@ from flask import Flask, current_app, has_app_context
 from . import memo, signals
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
+from .cli import longtask_cli
 from .job import Job
 from .store import JobStore
 from .task import Task
@@ -26,6 +27,8 @@ DEFAULT_CONFIG: dict[str, t.Any] = {
     "LONGTASK_CANCEL_GRACE": 0.5,
     "LONGTASK_PROGRESS_INTERVAL": 0.05,
     "LONGTASK_HEARTBEAT_TIMEOUT": 30.0,
+    "LONGTASK_DISKCACHE_DIR": None,
+    "LONGTASK_EMBEDDED_WORKER": True,
     "LONGTASK_CELERY_BROKER_URL": None,
     "LONGTASK_CELERY_RESULT_BACKEND": None,
 }
@@ -96,6 +99,7 @@ class LongTask:
         backend.init_app(app)
         app.extensions["longtask"] = _State(self, backend, JobStore.from_config(backend, app.config))
         self._apps.add(app)
+        app.cli.add_command(longtask_cli)
 
     def _state(self, app: Flask | None = None) -> _State:
         if app is None:

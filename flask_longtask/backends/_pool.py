@@ -37,7 +37,8 @@ try:
     from multiprocess.connection import wait as _wait
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'DiskcacheBackend needs "multiprocess" and "diskcache": pip install "Flask-LongTask[diskcache]"'
+        'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
+        ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
 from ..job import JobStatus
@@ -103,6 +104,8 @@ class PoolHost:
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
+        #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
+        self.ran = False
         self._rescan = True  # the first loop recovers what a previous host left behind
         self._started = False  # workers start with the first job, then the pool keeps its size
         self._respawn_delay = 0.0
@@ -120,6 +123,7 @@ class PoolHost:
 
     def run(self) -> None:
         """The dispatcher loop; returns when :meth:`stop` is called."""
+        self.ran = True
         try:
             while not self._stopping.is_set():
                 try:

@@ -17,7 +17,8 @@ try:
     import dill
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'DiskcacheBackend needs "diskcache" and "multiprocess": pip install "Flask-LongTask[diskcache]"'
+        'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
+        ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
 from . import _pool
@@ -272,6 +273,13 @@ class DiskcacheBackend(Backend):
         finally:
             self._host = None
 
+    def stop_pool(self) -> None:
+        """Ask a pool run by :meth:`run_pool` to stop; safe in a signal handler."""
+        self._closed.set()
+        host = self._host
+        if host is not None:
+            host.stop()
+
     def close(self) -> None:
         """Stop the pool if this process hosts it (running jobs fail as "worker lost")."""
         self._closed.set()
@@ -280,7 +288,7 @@ class DiskcacheBackend(Backend):
             fifo, self._fifo = self._fifo, None
         if host is not None:
             host.stop()
-            if host._thread is None:  # never started its loop: release what it holds
+            if not host.ran:  # never entered its loop: release what it holds here
                 host._shutdown()
         if fifo is not None:
             fifo.reset()

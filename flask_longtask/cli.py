@@ -1,0 +1,139 @@
+"""``flask longtask ...``: run the worker pool, list, cancel and purge jobs."""
+
+from __future__ import annotations
+
+import signal
+import typing as t
+from datetime import datetime
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .backends.base import MISSING
+from .exceptions import JobNotFoundError
+from .job import JobStatus
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .extension import _State
+
+#: Keys a job leaves in storage; ``purge`` removes them all for a finished job.
+_JOB_KEYS = ("job", "request", "progress", "result", "cancel", "claim", "end", "alive")
+
+longtask_cli = AppGroup("longtask", help="Run the worker pool and manage Flask-LongTask jobs.")
+
+
+def _state() -> _State:
+    state = current_app.extensions.get("longtask")
+    if state is None:
+        raise click.ClickException("Flask-LongTask is not registered on this app: call 'LongTask(app)'.")
+    return t.cast("_State", state)
+
+
+def _quiet_backend() -> _State:
+    # A command that only reads or cancels must not become the pool host (and kill jobs at exit).
+    state = _state()
+    if hasattr(state.backend, "embedded"):
+        state.backend.embedded = False
+    return state
+
+
+@longtask_cli.command("worker")
+@click.option("--workers", "-w", type=int, default=None, help="Pool size (default: LONGTASK_WORKERS or CPUs).")
+def worker_command(workers: int | None) -> None:
+    """Run the worker pool in this process until interrupted.
+
+    For deployments where web processes should not host the pool (LONGTASK_EMBEDDED_WORKER =
+    False). If another process hosts the pool already, waits and takes over when it exits.
+    """
+    backend = _state().backend
+    run_pool = getattr(backend, "run_pool", None)
+    if run_pool is None:
+        raise click.ClickException(
+            f"{type(backend).__name__} has no worker pool to run here: its workers are started"
+            " by the backend's own tooling (e.g. 'celery worker')."
+        )
+    if workers:
+        backend.workers = workers  # type: ignore[attr-defined]
+
+    def stop(signum: int, frame: t.Any) -> None:
+        backend.stop_pool()  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, stop)
+    click.echo(f"Worker pool for {getattr(backend, 'directory', backend)!s}: {backend.workers} workers.")  # type: ignore[attr-defined]
+    try:
+        run_pool()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.close()
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@longtask_cli.command("jobs")
+@click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]), default=None)
+def jobs_command(status: str | None) -> None:
+    """List jobs with their status and progress, oldest first."""
+    state = _quiet_backend()
+    backend, store = state.backend, state.store
+    records = []
+    for key in backend.scan("job:"):
+        record = backend.get(key)
+        if record is not MISSING and (status is None or record["status"] == status):
+            records.append(record)
+    records.sort(key=lambda r: r["created"])
+    if not records:
+        click.echo("No jobs.")
+        return
+    click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  PROGRESS")
+    for record in records:
+        try:
+            progress = store.read_progress(record["id"])[1]
+        except Exception:  # expired in between, or written by a class this process lacks
+            progress = "?"
+        click.echo(
+            f"{record['id']:32}  {record['status']:9}  {_when(record['created']):19}  {record['task'][:30]:30}  "
+            f"{'' if progress is None else progress!r}"
+        )
+
+
+@longtask_cli.command("cancel")
+@click.argument("job_id")
+def cancel_command(job_id: str) -> None:
+    """Cancel a job: a queued one never runs, a running one is stopped."""
+    state = _quiet_backend()
+    try:
+        job = state.store.job(job_id)
+        before = job.status
+        job.cancel()
+    except JobNotFoundError:
+        raise click.ClickException(f"No job {job_id!r} (it may have expired).") from None
+    if before.is_finished:
+        click.echo(f"Job {job_id} had already ended: {before.value}.")
+    else:
+        click.echo(f"Cancellation requested for job {job_id} ({before.value}).")
+
+
+@longtask_cli.command("purge")
+def purge_command() -> None:
+    """Delete every finished job (record, result, progress) and everything that has expired."""
+    state = _quiet_backend()
+    backend = state.backend
+    finished = {s.value for s in JobStatus if s.is_finished}
+    count = 0
+    for key in backend.scan("job:"):
+        record = backend.get(key)
+        if record is MISSING or record["status"] not in finished:
+            continue
+        for prefix in _JOB_KEYS:
+            backend.delete(f"{prefix}:{record['id']}")
+        if record.get("memo_key") and backend.get(f"memo:{record['memo_key']}") == record["id"]:
+            backend.delete(f"memo:{record['memo_key']}")
+        count += 1
+    cleanup = getattr(backend, "cleanup", None)
+    if cleanup is not None:
+        cleanup()
+    click.echo(f"Purged {count} finished job(s).")

@@ -1,0 +1,309 @@
+"""DiskcacheBackend reliability, with real worker processes (see issue 3).
+
+The multi-process tests (gunicorn, ``flask longtask worker``) are in ``test_diskcache_procs.py``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import sqlite3
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from flask_longtask import JobStatus
+from flask_longtask.backends import backend_class
+from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.exceptions import JobFailedError
+from tests import diskcache_jobs as jobs
+from tests.helpers import wait_for
+
+GRACE = 0.2
+
+
+def exists(pid: int) -> bool:
+    """Whether ``pid`` exists at all, zombies included."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def host_pids(backend: DiskcacheBackend) -> list[int]:
+    host = backend._host
+    return list(host.pids) if host is not None else []
+
+
+def make_app(backend: DiskcacheBackend, **config: t.Any) -> Flask:
+    app = Flask("tests.test_diskcache")
+    app.config.update(TESTING=True, LONGTASK_CANCEL_GRACE=GRACE, LONGTASK_PROGRESS_INTERVAL=0.01, **config)
+    jobs.longtask.init_app(app, backend=backend)
+    return app
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=2)
+    yield backend
+    pids = host_pids(backend)
+    backend.close()
+    assert [pid for pid in pids if exists(pid)] == [], "worker processes outlived the pool"
+
+
+@pytest.fixture
+def app(backend: DiskcacheBackend) -> t.Iterator[Flask]:
+    app = make_app(backend)
+    with app.app_context():
+        yield app
+
+
+def test_is_the_diskcache_backend_name() -> None:
+    assert backend_class("diskcache") is DiskcacheBackend
+
+
+def test_jobs_run_in_a_persistent_pool(app: Flask, backend: DiskcacheBackend) -> None:
+    seen = [jobs.whoami.submit().result(timeout=30) for _ in range(10)]
+    assert backend.is_pool_host
+    assert {s["ppid"] for s in seen} == {os.getpid()}
+    assert os.getpid() not in {s["pid"] for s in seen}
+    # Reused, not one process per job: at most the pool's size ever started.
+    assert len({s["pid"] for s in seen}) <= 2
+    assert len(host_pids(backend)) == 2
+
+
+def test_jobs_start_in_fifo_order(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(backend).app_context():
+            log = tmp_path / "log"
+            submitted = [jobs.record.submit(str(log), n) for n in range(20)]
+            assert [j.result(timeout=30) for j in submitted] == [2 * n for n in range(20)]
+        starts = [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("start")]
+        assert starts == list(range(20))
+    finally:
+        backend.close()
+
+
+def test_hard_cancel_ends_the_process_and_keeps_the_pool_size(
+    app: Flask, backend: DiskcacheBackend, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    job = jobs.stubborn.submit(str(pid_file))
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the job to start"))
+    assert job.status is JobStatus.RUNNING
+    started = time.monotonic()
+    job.cancel()
+    wait_for(lambda: job.status is JobStatus.CANCELLED, GRACE + 1.0, "the job to be cancelled")
+    assert time.monotonic() - started < GRACE + 1.0
+    wait_for(lambda: not exists(pid), 2, "the job's process to be gone (no zombie)")
+    host = t.cast(t.Any, backend._host)
+    wait_for(lambda: len(host._slots) == 2, 10, "the pool to replace its worker")
+    assert pid not in {s.process.pid for s in host._slots}
+    assert jobs.add.submit(1, 2).result(timeout=30) == 3
+
+
+@pytest.mark.parametrize(
+    ("task", "arg", "how"),
+    [
+        (jobs.exit_now, 3, "exited with code 3"),
+        (jobs.kill_self, int(signal.SIGKILL), "killed by SIGKILL"),
+        (jobs.kill_self, int(signal.SIGSEGV), "killed by SIGSEGV"),
+    ],
+)
+def test_crashed_worker_fails_its_job_and_is_replaced(
+    app: Flask, backend: DiskcacheBackend, task: t.Any, arg: int, how: str
+) -> None:
+    assert jobs.noop.submit().result(timeout=30) is None  # the pool is up
+    job = task.submit(arg)
+    started = time.monotonic()
+    wait_for(lambda: job.status is JobStatus.FAILED, 5, "the crashed job to fail")
+    assert time.monotonic() - started < 2.0
+    assert job.error is not None
+    assert job.error["type"] == "WorkerLostError"
+    assert how in job.error["message"]
+    with pytest.raises(JobFailedError, match="worker running this job died"):
+        job.result(timeout=1)
+    assert [jobs.add.submit(n, 1).result(timeout=30) for n in range(4)] == [1, 2, 3, 4]
+    assert len(t.cast(t.Any, backend._host)._slots) == 2
+
+
+def test_load_1000_jobs_from_4_threads(app: Flask, backend: DiskcacheBackend, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    submitted: dict[int, t.Any] = {}
+
+    def submit_range(start: int) -> None:
+        with app.app_context():
+            for n in range(start, 1000, 4):
+                submitted[n] = jobs.record.submit(str(log), n)
+
+    threads = [threading.Thread(target=submit_range, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(submitted) == list(range(1000))
+    assert {n: submitted[n].result(timeout=60) for n in submitted} == {n: 2 * n for n in range(1000)}
+
+    events = [line.split() for line in log.read_text().splitlines()]
+    starts = sorted(int(e[1]) for e in events if e[0] == "start")
+    assert starts == list(range(1000)), "every job ran exactly once"
+    assert len({e[2] for e in events}) <= 2
+    assert len(host_pids(backend)) == 2, "no worker was added beyond the pool's size"
+    running, peak = 0, 0
+    for e in sorted(events, key=lambda e: (float(e[3]), e[0] == "start")):
+        running += 1 if e[0] == "start" else -1
+        peak = max(peak, running)
+    assert peak <= 2
+
+
+def test_no_fork_deadlocks_2000_jobs_from_16_server_threads(app: Flask, backend: DiskcacheBackend) -> None:
+    # The workers start (and one is replaced, after a crash) while 16 request threads of a
+    # threaded server hammer the same SQLite database: none may inherit a held lock.
+    server_app = Flask("tests.threaded")
+    server_app.config["LONGTASK_CANCEL_GRACE"] = GRACE
+    jobs.longtask.init_app(server_app, backend=backend)
+
+    @server_app.post("/submit")
+    def submit() -> str:
+        return jobs.noop.submit().id
+
+    @server_app.post("/crash")
+    def crash() -> str:
+        return jobs.exit_now.submit(7).id
+
+    server = make_server("127.0.0.1", 0, server_app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ids: list[str] = []
+    crashed: list[str] = []
+
+    def client(i: int) -> None:
+        for n in range(125):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+            path = "/crash" if (i, n) == (3, 60) else "/submit"
+            conn.request("POST", path)
+            job_id = conn.getresponse().read().decode()
+            conn.close()
+            (crashed if path == "/crash" else ids).append(job_id)
+
+    try:
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        assert len(ids) + len(crashed) == 2000
+        with server_app.app_context():
+            handles = [jobs.longtask.get_job(i) for i in ids]
+            for job in handles:
+                assert job.wait(timeout=60) is JobStatus.SUCCEEDED
+            assert jobs.longtask.get_job(crashed[0]).wait(timeout=10) is JobStatus.FAILED
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bad_argument_in_worker_fails_the_job_not_the_pool(app: Flask) -> None:
+    job = jobs.echo.submit(jobs.Poison())
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    assert "could not be deserialised" in t.cast(dict, job.error)["message"]
+    assert jobs.add.submit(2, 2).result(timeout=30) == 4
+
+
+def test_unpicklable_result_fails_the_job_not_the_pool(app: Flask) -> None:
+    job = jobs.unpicklable_result.submit()
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    assert "could not be serialised" in t.cast(dict, job.error)["message"]
+    assert jobs.add.submit(2, 3).result(timeout=30) == 5
+
+
+def test_closures_travel_as_arguments(app: Flask) -> None:
+    factor = 3
+    assert jobs.echo.submit(lambda x: x * factor).result(timeout=30)(2) == 6
+
+
+def test_missing_directory_is_created(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "not" / "there" / "yet", workers=1)
+    try:
+        with make_app(backend).app_context():
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2
+    finally:
+        backend.close()
+
+
+def test_corrupted_directory_is_a_clear_error(tmp_path: Path) -> None:
+    directory = tmp_path / "lt"
+    directory.mkdir()
+    (directory / "cache.db").write_bytes(b"this is not an SQLite database" * 100)
+    backend = DiskcacheBackend(directory, workers=1)
+    try:
+        with pytest.raises(RuntimeError, match="cannot open its directory") as info:
+            backend.get("job:x")
+        assert str(directory) in str(info.value)
+        assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    finally:
+        backend.close()
+
+
+def test_expired_entries_are_swept(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.1)
+    try:
+        for n in range(200):
+            backend.set(f"progress:{n}", b"x" * 100, expire=0.2)
+        backend.set("keep", 1)
+        rows = lambda: backend.cache._sql("SELECT COUNT(*) FROM Cache").fetchone()[0]  # noqa: E731
+        assert rows() == 201
+        wait_for(lambda: rows() == 1, 10, "the pool host to sweep expired rows")
+    finally:
+        backend.close()
+
+
+def test_another_process_takes_over_when_the_host_closes(tmp_path: Path) -> None:
+    # Two backends on one directory behave like two web processes: separate flocks.
+    first = DiskcacheBackend(tmp_path / "lt", workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        app1, app2 = make_app(first), make_app(second)
+        with app1.app_context():
+            assert jobs.add.submit(1, 2).result(timeout=30) == 3
+        with app2.app_context():
+            second.get("anything")  # joins the election: stands by
+            assert first.is_pool_host and not second.is_pool_host
+            pids = host_pids(first)
+            first.close()
+            assert not any(exists(p) for p in pids)
+            waiting = [jobs.add.submit(n, 0) for n in range(5)]
+            wait_for(lambda: second.is_pool_host, 5, "the standby to take over")
+            assert [j.result(timeout=30) for j in waiting] == list(range(5))
+    finally:
+        second.close()
+        first.close()
+
+
+def test_cli_jobs_cancel_purge(app: Flask, tmp_path: Path) -> None:
+    done = jobs.add.submit(20, 22)
+    assert done.result(timeout=30) == 42
+    pid_file = tmp_path / "pid"
+    running = jobs.stubborn.submit(str(pid_file))
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the job to start")
+    runner = app.test_cli_runner()
+
+    out = runner.invoke(args=["longtask", "jobs"])
+    assert out.exit_code == 0, out.output
+    assert done.id in out.output and running.id in out.output and "succeeded" in out.output
+
+    out = runner.invoke(args=["longtask", "cancel", running.id])
+    assert out.exit_code == 0, out.output
+    wait_for(lambda: running.status is JobStatus.CANCELLED, GRACE + 2, "the CLI cancel to end the job")
+    out = runner.invoke(args=["longtask", "cancel", "nope"])
+    assert out.exit_code != 0 and "No job 'nope'" in out.output
+
+    out = runner.invoke(args=["longtask", "purge"])
+    assert out.exit_code == 0 and "Purged 2" in out.output, out.output
+    assert list(t.cast(DiskcacheBackend, jobs.longtask.backend).scan("job:")) == []
+    out = runner.invoke(args=["longtask", "jobs", "--status", "running"])
+    assert "No jobs." in out.output
+
