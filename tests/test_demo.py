@@ -43,9 +43,14 @@ def demo_env(tmp_path: Path, step_seconds: float) -> dict[str, str]:
 
 @pytest.fixture
 def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[t.Any]:
-    """The demo module, imported afresh from its file."""
+    """The demo module, imported afresh from its file, its jobs on threads in this process.
+
+    (Worker processes could not import it under this made-up module name; the browser tests
+    below run the demo as a real server on the default backend.)
+    """
     for key, value in demo_env(tmp_path, 0.001).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLASK_LONGTASK_BACKEND", "thread")
     name = f"longtask_demo_{tmp_path.name}"
     spec = importlib.util.spec_from_file_location(name, DEMO)
     assert spec is not None and spec.loader is not None
