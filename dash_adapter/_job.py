@@ -1,0 +1,173 @@
+"""What runs inside the job: a Dash callback called with Dash's context, progress and set_props.
+
+This module is imported by the worker that runs the job (the web process for the thread
+backend, a pool or Celery worker otherwise). Everything a job publishes -- the progress value
+and every ``set_props`` call -- travels in one progress record, so the core's coalescing
+("latest wins, last value never lost") never drops a ``set_props``: the record is cumulative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import typing as t
+
+from dash._callback_context import context_value
+from dash._utils import AttributeDict
+from dash.exceptions import PreventUpdate
+
+from flask_longtask import JobCancelledError, current_job
+
+#: What a job stores for ``PreventUpdate``: Dash's own "no update" marker.
+NO_UPDATE: dict[str, str] = {"_dash_no_update": "_dash_no_update"}
+
+#: The context keys a job gets: those derived from the callback's inputs, so identical requests
+#: from different tabs carry identical contexts (and share one job).
+CONTEXT_KEYS = (
+    "inputs_list",
+    "states_list",
+    "outputs_list",
+    "input_values",
+    "state_values",
+    "triggered_inputs",
+    "args_grouping",
+    "using_args_grouping",
+    "outputs_grouping",
+    "using_outputs_grouping",
+)
+_DEPENDENCY_KEYS = ("inputs_list", "states_list", "outputs_list", "args_grouping", "outputs_grouping")
+
+
+class Published(t.TypedDict):
+    """The progress record of a Dash job, as stored by the core."""
+
+    #: The latest ``set_progress`` value as a list, one item per progress output; or ``None``.
+    progress: list[t.Any] | None
+    #: Every ``set_props`` so far: ``{component id: {prop: [seq, value]}}``, latest value per prop.
+    props: dict[str, dict[str, list[t.Any]]]
+    #: The sequence number of the latest ``set_props`` call (0 before the first).
+    seq: int
+
+
+def capture_context() -> dict[str, t.Any]:
+    """The current Dash callback context, reduced to plain, input-derived data for the job."""
+    value = context_value.get()
+    return {key: _plain(value[key]) for key in CONTEXT_KEYS if key in value}
+
+
+def _plain(value: t.Any) -> t.Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _attribute_dicts(value: t.Any) -> t.Any:
+    # Dash's context gives dependencies as AttributeDicts (ctx.args_grouping.x.value); their
+    # "value" is user data and stays as it was.
+    if isinstance(value, dict):
+        if "id" in value and "property" in value:
+            return AttributeDict(value)
+        return {k: _attribute_dicts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_attribute_dicts(v) for v in value]
+    return value
+
+
+class _Publisher:
+    """Keeps the job's cumulative record and hands a fresh copy to ``current_job``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._record: Published = {"progress": None, "props": {}, "seq": 0}
+
+    def _check_cancel(self) -> None:
+        # Lets a cancelled job stop at its next progress report, even on backends that cannot
+        # stop a running job by force (threads).
+        if current_job.is_cancel_requested:
+            raise JobCancelledError(current_job.id or "")
+
+    def set_progress(self, value: t.Any) -> None:
+        self._check_cancel()
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        with self._lock:
+            # A new dict each time: the core may be serialising the previous one right now.
+            self._record = {**self._record, "progress": values}
+            current_job.set_progress(self._record)
+
+    def set_props(self, component_id: str, props: t.Mapping[str, t.Any]) -> None:
+        self._check_cancel()
+        with self._lock:
+            seq = self._record["seq"] + 1
+            merged = dict(self._record["props"].get(component_id, {}))
+            merged.update({prop: [seq, value] for prop, value in props.items()})
+            self._record = {**self._record, "props": {**self._record["props"], component_id: merged}, "seq": seq}
+            current_job.set_progress(self._record)
+
+
+class _PropsRecorder(dict):  # type: ignore[type-arg]
+    """Dash's ``ctx.updated_props`` inside a job: each ``set_props`` call is published."""
+
+    def __init__(self, publisher: _Publisher) -> None:
+        super().__init__()
+        self._publisher = publisher
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        self._publisher.set_props(key, value)
+        super().__setitem__(key, {**super().get(key, {}), **value})
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        # Dash merges a new set_props call into what get() returns before storing it; returning
+        # nothing makes each call arrive alone, so only the props it names count as new.
+        return default
+
+
+def run_callback(fn: t.Callable[..., t.Any], has_progress: bool, args: t.Any, context: dict[str, t.Any]) -> t.Any:
+    """Call Dash callback ``fn`` as Dash's own managers do, inside the job.
+
+    :param has_progress: pass ``set_progress`` as the first argument.
+    :param args: the callback's arguments: a dict (keyword grouping), a list, or one value.
+    :param context: from :func:`capture_context`, in the submitting request.
+    """
+    publisher = _Publisher()
+    ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
+    ctx.ignore_register_page = False
+    ctx.updated_props = _PropsRecorder(publisher)
+    token = context_value.set(ctx)
+    extra = [publisher.set_progress] if has_progress else []
+    try:
+        if isinstance(args, dict):
+            output = fn(*extra, **args)
+        elif isinstance(args, (list, tuple)):
+            output = fn(*extra, *args)
+        else:
+            output = fn(*extra, args)
+        if inspect.isawaitable(output):
+            output = asyncio.run(_await(output))
+    except PreventUpdate:
+        return NO_UPDATE
+    finally:
+        context_value.reset(token)
+    return output
+
+
+async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:
+    return await awaitable
+
+
+def make_job_function(fn: t.Callable[..., t.Any], has_progress: bool) -> t.Callable[[t.Any, dict[str, t.Any]], t.Any]:
+    """The function a Flask-LongTask task runs for Dash callback ``fn``.
+
+    It carries ``fn``'s module and name, so a worker process finds it by importing that module.
+    """
+
+    def run(args: t.Any, context: dict[str, t.Any]) -> t.Any:
+        return run_callback(fn, has_progress, args, context)
+
+    run.__module__ = fn.__module__
+    run.__name__ = getattr(fn, "__name__", "callback")
+    run.__qualname__ = getattr(fn, "__qualname__", run.__name__)
+    run.__doc__ = fn.__doc__
+    return run

@@ -1,0 +1,251 @@
+"""LongTaskManager: Dash's background-callback manager, running each callback as a job."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import typing as t
+from dataclasses import dataclass
+
+import flask
+from dash.background_callback.managers import BaseBackgroundCallbackManager
+
+from flask_longtask import Job, JobNotFoundError, JobStatus, JobTimeoutError, LongTask, Task
+
+from . import _job
+
+_log = logging.getLogger(__name__)
+
+_SECRET_KEY = "dash-adapter:signing-secret"
+_CURSOR_KEY = "dash-adapter:cursor:{job}:{poller}"
+#: How long a browser's "set_props seen up to" mark outlives its last poll.
+_CURSOR_EXPIRE = 3600.0
+#: How long a cancel waits for its job to end, so the next poll already ends the spinner.
+_CANCEL_WAIT = 1.0
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One consistent reading of a job for one poll: status first, then progress."""
+
+    job: Job[t.Any] | None
+    status: JobStatus | None
+    published: _job.Published | None
+
+
+class LongTaskManager(BaseBackgroundCallbackManager):
+    """A Dash background-callback manager that runs every background callback as a Flask-LongTask job.
+
+    Use it wherever Dash takes a manager; the callbacks themselves do not change::
+
+        longtask = LongTask()
+        manager = LongTaskManager(longtask)
+        app = dash.Dash(__name__, background_callback_manager=manager)
+        longtask.init_app(app.server)
+
+    Each background callback becomes one task, registered when the callback is decorated under
+    a name derived from the function and its outputs, so a worker process that imports the
+    app's module finds the same task. Jobs run in the Flask app context, on whatever backend
+    ``longtask`` uses.
+
+    Identical requests in flight share one job (single-flight), and every one of them gets the
+    result; with ``cache_by`` the result is also memoized, and a hit starts nothing. Progress
+    is read, not consumed, so every poll shows the latest value; each browser gets every
+    ``set_props`` made since its own previous poll, merged per component.
+
+    :param longtask: the extension; it may be registered on the Dash app's server later.
+    :param cache_by: turn on memoization (as in Dash): zero-argument functions whose values join
+        the callback's arguments in the memo key. ``[]`` memoizes on the arguments alone.
+    :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
+    :param single_flight: without ``cache_by``, let identical requests in flight share a job.
+    """
+
+    def __init__(
+        self,
+        longtask: LongTask,
+        cache_by: t.Sequence[t.Callable[[], t.Any]] | t.Callable[[], t.Any] | None = None,
+        expire: float | None = None,
+        *,
+        single_flight: bool = True,
+    ) -> None:
+        if not isinstance(longtask, LongTask):
+            raise TypeError(f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}.")
+        if callable(cache_by):
+            cache_by = [cache_by]
+        if cache_by is not None:
+            cache_by = list(cache_by)
+            if not all(callable(f) for f in cache_by):
+                raise TypeError("'cache_by' must be a list of zero-argument functions.")
+        if expire is not None and expire < 0:
+            raise ValueError(f"'expire' must be a number of seconds >= 0, got {expire!r}.")
+        self.longtask = longtask
+        self.expire = expire
+        self.single_flight = single_flight
+        self._keys: dict[tuple[t.Callable[..., t.Any], str], str] = {}
+        # Registers every background callback decorated so far (Dash keeps them globally).
+        super().__init__(cache_by)  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:
+        return f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
+
+    # -- registration (at decoration time, in every process that imports the app) --------------
+
+    def make_job_fn(self, fn: t.Callable[..., t.Any], progress: bool, key: str | None = None) -> Task[..., t.Any]:
+        """Register the task that runs callback ``fn``; Dash keeps it in ``func_registry[key]``."""
+        if self.cache_by is not None:  # memoized: identical requests share results for `expire`
+            cache_by: list[t.Callable[[], t.Any]] | None = list(self.cache_by)
+            expire, mode = self.expire, f":memo{'' if self.expire is None else f'-{self.expire:g}'}"
+        elif self.single_flight:  # only while in flight: a memo entry that expires at once
+            cache_by, expire, mode = [], 0.0, ""
+        else:
+            cache_by, expire, mode = None, None, ":plain"
+        digest = key or self._hash(fn, "")
+        name = f"{fn.__module__}.{getattr(fn, '__qualname__', 'callback')}:dash-{digest[:16]}{mode}"
+        func = _job.make_job_function(fn, progress)
+        return self.longtask.task(name=name, cache_by=cache_by, expire=expire)(func)
+
+    # -- a new request: submit -----------------------------------------------------------------
+
+    def build_cache_key(
+        self, fn: t.Callable[..., t.Any], args: t.Any, cache_args_to_ignore: t.Any, triggered: t.Any
+    ) -> str:
+        """Submit the callback's job and return its id, which serves as Dash's cache key.
+
+        Dash later asks for progress and ``set_props`` by cache key alone; making the key the
+        job id means every such call knows its job with no key-to-job table to share between
+        processes. The memo key is the core's: the task, the arguments, the input-derived
+        context and the ``cache_by`` values.
+        """
+        if cache_args_to_ignore:
+            _log.warning(
+                "cache_args_to_ignore=%r is not applied by LongTaskManager yet: those arguments"
+                " still count in the memo key (results are reused less often, never wrongly).",
+                cache_args_to_ignore,
+            )
+        task = self._task_for(fn)
+        job = task.submit(args, _job.capture_context())
+        return job.id
+
+    def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
+        callback_id = t.cast(str, (flask.request.get_json(silent=True) or {}).get("output", ""))
+        key = self._keys.get((fn, callback_id))
+        if key is None:
+            key = self._keys[(fn, callback_id)] = self._hash(fn, callback_id)
+        try:
+            return t.cast("Task[..., t.Any]", self.func_registry[key])
+        except KeyError:
+            raise RuntimeError(
+                f"Background callback {callback_id!r} is not registered with this LongTaskManager."
+                " Create the manager in the module that defines the callbacks."
+            ) from None
+
+    @staticmethod
+    def _hash(fn: t.Callable[..., t.Any], callback_id: str) -> str:
+        # Dash's own key for a background function: its source and its callback's outputs.
+        hash_function = t.cast(t.Callable[..., str], BaseBackgroundCallbackManager.hash_function)
+        return hash_function(fn, callback_id)
+
+    def call_job_fn(self, key: str, job_fn: t.Any, args: t.Any, context: t.Any) -> str:
+        """Return the job's id: :meth:`build_cache_key` already submitted it."""
+        return key
+
+    # -- polls ----------------------------------------------------------------------------------
+
+    def _snapshot(self, job_id: str) -> _Snapshot:
+        # Read once per request: the status first, then progress. A job stores its last
+        # progress before it ends, so a poll that returns the result has the final progress.
+        cache: dict[str, _Snapshot] = flask.g.setdefault("_dash_adapter_snapshots", {})
+        snapshot = cache.get(job_id)
+        if snapshot is None:
+            try:
+                job = self.longtask.get_job(job_id)
+                status = job.status
+                published = t.cast("_job.Published | None", job.progress)
+            except JobNotFoundError:
+                job, status, published = None, None, None
+            snapshot = cache[job_id] = _Snapshot(job, status, published)
+        return snapshot
+
+    def get_progress(self, key: str) -> list[t.Any] | None:
+        """The latest progress value, one item per progress output; read, never consumed."""
+        published = self._snapshot(key).published
+        return None if published is None else published["progress"]
+
+    def result_ready(self, key: str) -> bool:
+        """Whether the job has ended (with a result, an error or cancelled)."""
+        status = self._snapshot(key).status
+        return status is not None and status.is_finished
+
+    def get_result(self, key: str, job: t.Any) -> t.Any:
+        """The callback's return value; Dash's error record for a failed job; else ``UNDEFINED``.
+
+        Results are never deleted on read: every browser polling the job gets them, until they
+        expire (``LONGTASK_RESULT_EXPIRE``).
+        """
+        snapshot = self._snapshot(key)
+        if snapshot.status is JobStatus.SUCCEEDED and snapshot.job is not None:
+            try:
+                return snapshot.job.result(timeout=0)
+            except JobNotFoundError:
+                return self.UNDEFINED
+        if snapshot.status is JobStatus.FAILED and snapshot.job is not None:
+            error = snapshot.job.error or {}
+            message = error.get("message") or error.get("type", "the job failed")
+            return {"background_callback_error": {"msg": message, "tb": error.get("traceback", "")}}
+        return self.UNDEFINED
+
+    def job_running(self, job: t.Any) -> bool:
+        """Whether the job is queued or running."""
+        if not job:
+            return False
+        return self._snapshot(str(job)).status in _ACTIVE
+
+    def get_updated_props(self, key: str) -> dict[str, dict[str, t.Any]]:
+        """The ``set_props`` calls this browser has not seen yet, merged per component."""
+        published = self._snapshot(key).published
+        if not published or not published["props"]:
+            return {}
+        poller = hashlib.sha256(flask.request.args.get("endId", "").encode()).hexdigest()[:32]
+        cursor_key = _CURSOR_KEY.format(job=key, poller=poller)
+        backend = self.longtask.backend
+        seen = backend.get(cursor_key)
+        seen = seen if isinstance(seen, int) else 0
+        if published["seq"] <= seen:
+            return {}
+        updates: dict[str, dict[str, t.Any]] = {}
+        for component_id, props in published["props"].items():
+            new = {prop: value for prop, (seq, value) in props.items() if seq > seen}
+            if new:
+                updates[component_id] = new
+        backend.set(cursor_key, published["seq"], _CURSOR_EXPIRE)
+        return updates
+
+    # -- cancel -----------------------------------------------------------------------------------
+
+    def terminate_job(self, job: t.Any) -> None:
+        """Cancel the job, and wait up to a second for it to end so the next poll sees it."""
+        if not job:
+            return
+        try:
+            handle = self.longtask.get_job(str(job))
+            handle.cancel()
+            handle.wait(timeout=_CANCEL_WAIT)
+        except JobNotFoundError:
+            pass
+        except JobTimeoutError:
+            _log.info("Job %s was asked to stop and has not ended yet.", job)
+        if flask.has_app_context():
+            flask.g.pop("_dash_adapter_snapshots", None)
+
+    def terminate_unhealthy_job(self, job: t.Any) -> bool:
+        """Nothing to do: the core itself fails a job whose worker died."""
+        return False
+
+    # -- the signing secret shared by every web process ------------------------------------------
+
+    def get_or_create_signing_secret(self, generate: t.Callable[[], bytes]) -> bytes:
+        """Dash's secret for signing job handles, created once in the backend's shared storage."""
+        backend = self.longtask.backend
+        backend.add(_SECRET_KEY, generate())
+        return t.cast(bytes, backend.get(_SECRET_KEY))
