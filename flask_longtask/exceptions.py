@@ -45,3 +45,12 @@ class JobTimeoutError(LongTaskError, TimeoutError):
         super().__init__(f"Job {job_id!r} did not finish within {timeout:g} seconds.")
         self.job_id = job_id
         self.timeout = timeout
+
+
+class QueueFullError(LongTaskError):
+    """``submit()`` was refused: ``LONGTASK_MAX_QUEUED`` jobs are already waiting to start."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} jobs are already queued (LONGTASK_MAX_QUEUED = {limit}); try again later.")
+        self.queued = queued
+        self.limit = limit

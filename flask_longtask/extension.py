@@ -6,11 +6,12 @@ import secrets
 import typing as t
 import weakref
 
-from flask import Flask, current_app, has_app_context
+from flask import Blueprint, Flask, current_app, has_app_context
 
 from . import memo, signals
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
+from .exceptions import QueueFullError
 from .cli import longtask_cli
 from .job import Job
 from .store import JobStore
@@ -31,6 +32,10 @@ DEFAULT_CONFIG: dict[str, t.Any] = {
     "LONGTASK_EMBEDDED_WORKER": True,
     "LONGTASK_CELERY_BROKER_URL": None,
     "LONGTASK_CELERY_RESULT_BACKEND": None,
+    "LONGTASK_MAX_QUEUED": None,
+    "LONGTASK_HTTP_PREFIX": None,
+    "LONGTASK_HTTP_MAX_BODY": 1024 * 1024,
+    "LONGTASK_SSE_TIMEOUT": 30.0,
 }
 
 
@@ -75,6 +80,9 @@ class LongTask:
         self._backend = backend
         self._app_factory = app_factory
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._tasks: dict[str, Task[..., t.Any]] = {}
+        self._owner_loader: t.Callable[[], str | None] | None = None
+        self._authorize: t.Callable[[Task[..., t.Any]], bool] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -100,6 +108,8 @@ class LongTask:
         app.extensions["longtask"] = _State(self, backend, JobStore.from_config(backend, app.config))
         self._apps.add(app)
         app.cli.add_command(longtask_cli)
+        if app.config["LONGTASK_HTTP_PREFIX"] is not None:
+            app.register_blueprint(self.blueprint(app.config["LONGTASK_HTTP_PREFIX"]))
 
     def _state(self, app: Flask | None = None) -> _State:
         if app is None:
@@ -132,6 +142,7 @@ class LongTask:
         name: str | None = None,
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
+        http: bool = False,
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -141,6 +152,7 @@ class LongTask:
         name: str | None = None,
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
+        http: bool = False,
     ) -> t.Any:
         """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
 
@@ -149,12 +161,40 @@ class LongTask:
             in the submitting request, whose values join the arguments in the memo key (``[]``
             memoizes on the arguments alone).
         :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
+        :param http: let the HTTP API (:meth:`blueprint`) submit this task.
         """
 
         def decorate(f: t.Callable[..., t.Any]) -> Task[..., t.Any]:
-            return Task(self, f, name=name, cache_by=cache_by, expire=expire)
+            return Task(self, f, name=name, cache_by=cache_by, expire=expire, http=http)
 
         return decorate if func is None else decorate(func)
+
+    def owner_loader(self, func: t.Callable[[], str | None]) -> t.Callable[[], str | None]:
+        """Decorate the function that says who makes the current HTTP request.
+
+        Jobs submitted over HTTP record it, and only the same owner can read, stream or cancel
+        them (others get ``404``). Default: a random id kept in the Flask session.
+        """
+        self._owner_loader = func
+        return func
+
+    def authorize(self, func: t.Callable[[Task[..., t.Any]], bool]) -> t.Callable[[Task[..., t.Any]], bool]:
+        """Decorate the function that decides whether the current request may submit a task.
+
+        It receives the :class:`Task` (only tasks marked ``http=True`` are ever offered) and
+        returns ``True`` to allow. Default: allow every ``http=True`` task.
+        """
+        self._authorize = func
+        return func
+
+    def blueprint(self, url_prefix: str = "/longtask") -> Blueprint:
+        """The HTTP API as a blueprint: register it with ``app.register_blueprint(...)``.
+
+        Or set ``LONGTASK_HTTP_PREFIX`` and ``init_app`` registers it for you.
+        """
+        from .http import make_blueprint
+
+        return make_blueprint(self, url_prefix)
 
     def get_job(self, job_id: str) -> Job[t.Any]:
         """The job with this id, from any process sharing the backend.
@@ -171,7 +211,9 @@ class LongTask:
 
     # -- used by Task and the worker ------------------------------------------------------------
 
-    def _submit(self, task: Task[P, R], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> Job[R]:
+    def _submit(
+        self, task: Task[P, R], args: tuple[t.Any, ...], kwargs: dict[str, t.Any], owner: str | None = None
+    ) -> Job[R]:
         state = self._state()
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         store, backend = state.store, state.backend
@@ -195,6 +237,12 @@ class LongTask:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)
                 return hit
 
+        limit = app.config["LONGTASK_MAX_QUEUED"]
+        if limit is not None:
+            queued = backend.queue_length()
+            if queued is not None and queued >= limit:
+                raise QueueFullError(queued, limit)
+
         job_id = secrets.token_hex(16)
         if memo_key is not None:
             other = store.join_inflight(memo_key, job_id)
@@ -203,7 +251,7 @@ class LongTask:
                 return other
 
         request = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
-        store.create(job_id, request, memo_key)
+        store.create(job_id, request, memo_key, owner)
         job: Job[R] = store.job(job_id)
         signals.send(signals.job_submitted, app, job=job)
         try:

@@ -73,6 +73,11 @@ class Job(t.Generic[R]):
         return t.cast(str, self._record()["task"])
 
     @property
+    def owner(self) -> str | None:
+        """Who submitted it, as the HTTP API's owner loader said; ``None`` from Python code."""
+        return t.cast("str | None", self._record().get("owner"))
+
+    @property
     def status(self) -> JobStatus:
         """The current :class:`JobStatus`.
 

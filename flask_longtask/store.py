@@ -120,7 +120,7 @@ class JobStore:
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def create(self, job_id: str, request: dict[str, t.Any], memo_key: str | None) -> None:
+    def create(self, job_id: str, request: dict[str, t.Any], memo_key: str | None, owner: str | None = None) -> None:
         """Write a new queued job: its request first, so a worker never finds a bare record.
 
         ``request`` holds ``task`` and ``module`` (the task's name and defining module), ``app``
@@ -137,6 +137,7 @@ class JobStore:
             "finished": None,
             "error": None,
             "memo_key": memo_key,
+            "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
         }
         self.backend.set(f"job:{job_id}", record)

@@ -31,6 +31,7 @@ class Task(t.Generic[P, R]):
         name: str | None = None,
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
+        http: bool = False,
     ) -> None:
         if not callable(func):
             raise TypeError(f"@longtask.task needs a function, got {func!r}.")
@@ -46,10 +47,13 @@ class Task(t.Generic[P, R]):
         self.cache_by: tuple[t.Callable[[], t.Any], ...] | None = None if cache_by is None else tuple(cache_by)
         #: Seconds a memoized result is reused; ``None`` means ``LONGTASK_RESULT_EXPIRE``.
         self.expire = expire
+        #: Whether the HTTP API may submit this task (see :meth:`LongTask.blueprint`).
+        self.http = http
         self.signature = inspect.signature(func)
         self._module = func.__module__
         functools.update_wrapper(self, func)
         _registry[self.name] = self
+        longtask._tasks[self.name] = self
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

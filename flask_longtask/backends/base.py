@@ -129,6 +129,13 @@ class Backend(abc.ABC):
         job's records and re-raises, so nothing is left half-submitted.
         """
 
+    def queue_length(self) -> int | None:
+        """How many jobs wait to start, or ``None`` if this backend cannot tell cheaply.
+
+        Used to enforce ``LONGTASK_MAX_QUEUED``; a backend returning ``None`` is never refused.
+        """
+        return None
+
     def terminate(self, job_id: str, grace: float) -> None:
         """Stop a running job by force if it is still running ``grace`` seconds from now.
 

@@ -34,6 +34,7 @@ class ThreadBackend(Backend):
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._writes = 0
+        self._queued = 0
 
     def __repr__(self) -> str:
         return f"<ThreadBackend workers={self.workers}>"
@@ -93,11 +94,17 @@ class ThreadBackend(Backend):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="longtask")
             pool = self._pool
+            self._queued += 1
         pool.submit(self._execute, request)
+
+    def queue_length(self) -> int:
+        return self._queued
 
     def _execute(self, request: JobRequest) -> None:
         from ..worker import execute
 
+        with self._lock:
+            self._queued -= 1
         try:
             execute(self, request.job_id, task=request.task, app=request.app)
         except Exception:  # pragma: no cover - execute() records job errors itself

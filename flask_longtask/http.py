@@ -1,0 +1,291 @@
+"""The optional HTTP API: submit, watch, stream and cancel jobs as JSON and Server-Sent Events.
+
+Nothing is reachable unless the app registers :meth:`LongTask.blueprint
+<flask_longtask.LongTask.blueprint>` (or sets ``LONGTASK_HTTP_PREFIX``), and then only tasks
+marked ``@longtask.task(http=True)`` can be submitted. Jobs belong to whoever submitted them
+(the owner loader; by default a random id in the Flask session): anybody else gets ``404``.
+Bodies are JSON only and nothing from a request is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+import typing as t
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, current_app, jsonify, request, session, stream_with_context, url_for
+
+from .backends.base import MISSING
+from .exceptions import JobNotFoundError, QueueFullError
+from .job import JobStatus
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .extension import LongTask
+    from .store import JobStore
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_SESSION_KEY = "_longtask_owner"
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error={"status": status, "message": message})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+
+
+def _jsonable(value: t.Any) -> tuple[t.Any, bool]:
+    """``(value as JSON data, True)``, or ``(None, False)`` when the app's JSON cannot carry it."""
+    try:
+        return json.loads(current_app.json.dumps(value)), True
+    except (TypeError, ValueError):
+        return None, False
+
+
+def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Blueprint:
+    """Build the HTTP API for ``longtask``; see :meth:`LongTask.blueprint`."""
+    bp = Blueprint("longtask", __name__, url_prefix=url_prefix)
+
+    def store() -> JobStore:
+        return longtask._state().store
+
+    def owner() -> str:
+        if longtask._owner_loader is not None:
+            who = longtask._owner_loader()
+            if who is None:
+                raise _HTTPError(401, "Sign in to use this API.")
+            return str(who)
+        if not current_app.secret_key:
+            raise RuntimeError(
+                "The Flask-LongTask HTTP API keeps each visitor's jobs apart through the Flask session:"
+                " set SECRET_KEY, or say who the caller is with @longtask.owner_loader."
+            )
+        who = session.get(_SESSION_KEY)
+        if not isinstance(who, str):
+            who = session[_SESSION_KEY] = secrets.token_hex(16)
+        return who
+
+    def access_key(job_id: str, who: str) -> str:
+        return f"access:{job_id}:{hashlib.sha256(who.encode()).hexdigest()[:32]}"
+
+    def load(job_id: str, who: str) -> dict[str, t.Any]:
+        """The job's record, if it exists and ``who`` may see it; otherwise 404, never 403."""
+        if _ID.fullmatch(job_id):
+            try:
+                record = store().read_record(job_id)
+            except JobNotFoundError:
+                pass
+            else:
+                if record.get("owner") == who or store().backend.get(access_key(job_id, who)) is not MISSING:
+                    return record
+        raise _HTTPError(404, f"No job {job_id!r}.")
+
+    def job_json(record: dict[str, t.Any]) -> dict[str, t.Any]:
+        s = store()
+        job_id = record["id"]
+        progress, _ = _jsonable(s.read_progress(job_id)[1])
+        out: dict[str, t.Any] = {
+            "id": job_id,
+            "task": record["task"],
+            "status": record["status"],
+            "progress": progress,
+            "created_at": _iso(record["created"]),
+            "started_at": _iso(record.get("started")),
+            "finished_at": _iso(record.get("finished")),
+            "url": url_for(".job", job_id=job_id),
+        }
+        if record["status"] == JobStatus.SUCCEEDED.value:
+            result, ok = _jsonable(s.read_result(job_id))
+            out["result"] = result
+            if not ok:
+                out["result_error"] = "The result cannot be sent as JSON."
+        elif record["status"] == JobStatus.FAILED.value:
+            error = record.get("error") or {}
+            out["error"] = {"type": error.get("type"), "message": error.get("message")}
+            if current_app.debug:
+                out["error"]["traceback"] = error.get("traceback")
+        return out
+
+    def job_response(record: dict[str, t.Any], status: int = 200) -> Response:
+        response = jsonify(job_json(record))
+        response.status_code = status
+        if not JobStatus(record["status"]).is_finished:
+            response.headers["Retry-After"] = "1"
+        if status == 202:
+            response.headers["Location"] = url_for(".job", job_id=record["id"])
+        return response
+
+    def read_body() -> dict[str, t.Any]:
+        limit = int(current_app.config["LONGTASK_HTTP_MAX_BODY"])
+        if request.content_length is not None and request.content_length > limit:
+            raise _HTTPError(413, f"The body is larger than {limit} bytes.")
+        data = request.stream.read(limit + 1)
+        if len(data) > limit:
+            raise _HTTPError(413, f"The body is larger than {limit} bytes.")
+        if not data.strip():
+            return {}
+        if request.mimetype != "application/json":
+            raise _HTTPError(415, "Send the arguments as JSON with 'Content-Type: application/json'.")
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            raise _HTTPError(400, f"The body is not valid JSON: {exc}.") from None
+        if not isinstance(body, dict) or set(body) - {"args", "kwargs"}:
+            raise _HTTPError(400, 'The body must be a JSON object {"args": [...], "kwargs": {...}}.')
+        return body
+
+    @bp.errorhandler(_HTTPError)
+    def http_error(err: _HTTPError) -> Response:
+        return _error(err.status, err.message, err.headers)
+
+    def only(*methods: str) -> None:
+        if request.method not in methods:
+            raise _HTTPError(405, f"Use {' or '.join(methods)} here.", {"Allow": ", ".join(methods)})
+
+    @bp.route("/tasks/<path:name>", methods=_METHODS)
+    def submit(name: str) -> Response:
+        only("POST")
+        task = longtask._tasks.get(name)
+        if task is None or not task.http:
+            raise _HTTPError(404, f"No task {name!r} is offered over HTTP.")
+        who = owner()
+        if longtask._authorize is not None and not longtask._authorize(task):
+            raise _HTTPError(403, f"You may not run {name!r}.")
+        body = read_body()
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise _HTTPError(400, "'args' must be a JSON array and 'kwargs' a JSON object.")
+        bad = [k for k in kwargs if not k.isidentifier() or k.startswith("_")]
+        if bad:
+            raise _HTTPError(400, f"Argument names {bad!r} are not accepted.")
+        try:
+            task.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise _HTTPError(400, f"Wrong arguments for {name!r}: {exc}.") from None
+
+        s = store()
+        idem_key = idempotency_key(who, name)
+        if idem_key is not None and not s.backend.add(idem_key, "pending", s.result_expire):
+            return job_response(load(wait_idempotent(idem_key), who), 202)
+        try:
+            job = longtask._submit(task, tuple(args), kwargs, owner=who)
+        except QueueFullError as exc:
+            forget(idem_key)
+            raise _HTTPError(503, str(exc), {"Retry-After": "5"}) from None
+        except TypeError as exc:
+            forget(idem_key)
+            raise _HTTPError(400, str(exc)) from None
+        except BaseException:
+            forget(idem_key)
+            raise
+        record = s.read_record(job.id)
+        if record.get("owner") != who:  # a memo hit or a joined in-flight job: share it
+            s.backend.set(access_key(job.id, who), 1, record.get("expire", s.result_expire))
+        if idem_key is not None:
+            s.backend.set(idem_key, job.id, s.result_expire)
+        return job_response(record, 202)
+
+    def idempotency_key(who: str, name: str) -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not 0 < len(key) <= 255:
+            raise _HTTPError(400, "An Idempotency-Key must be 1 to 255 characters.")
+        return "idem:" + hashlib.sha256("\0".join((who, name, key)).encode()).hexdigest()
+
+    def wait_idempotent(idem_key: str) -> str:
+        deadline = time.monotonic() + 10
+        while True:
+            value = store().backend.get(idem_key)
+            if isinstance(value, str) and value != "pending":
+                return value
+            if value is MISSING or time.monotonic() > deadline:
+                raise _HTTPError(409, "A request with this Idempotency-Key did not complete; retry it.")
+            time.sleep(0.01)
+
+    def forget(idem_key: str | None) -> None:
+        if idem_key is not None:
+            store().backend.delete(idem_key)
+
+    @bp.route("/jobs/<job_id>", methods=_METHODS)
+    def job(job_id: str) -> Response:
+        only("GET", "DELETE")
+        record = load(job_id, owner())
+        if request.method == "DELETE":
+            store().cancel(job_id)
+            record = store().read_record(job_id)
+        return job_response(record)
+
+    @bp.route("/jobs/<job_id>/events", methods=_METHODS)
+    def events(job_id: str) -> Response:
+        only("GET")
+        load(job_id, owner())
+        try:
+            last = int(request.headers.get("Last-Event-ID", "0"))
+        except ValueError:
+            last = 0
+        timeout = float(current_app.config["LONGTASK_SSE_TIMEOUT"])
+        return Response(
+            stream_with_context(stream(job_id, last, timeout)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def stream(job_id: str, last: int, timeout: float) -> t.Iterator[str]:
+        # Progress is "latest value wins", numbered by the worker: an event per stored value the
+        # client has not seen, so a reconnect with Last-Event-ID resumes without gaps or repeats.
+        # The stream ends after `timeout` seconds and the browser reconnects: no thread is held
+        # for ever by an idle page.
+        s = store()
+        yield "retry: 1000\n\n"
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        delay = 0.02
+        while True:
+            try:
+                record = s.read_record(job_id)
+                seq, value = s.read_progress(job_id)
+            except JobNotFoundError:
+                yield _event("gone", last + 1, {"id": job_id})
+                return
+            if seq > last:
+                last = seq
+                yield _event("progress", seq, _jsonable(value)[0])
+                quiet_since, delay = time.monotonic(), 0.02
+            if JobStatus(record["status"]).is_finished:
+                yield _event("status", last + 1, job_json(record))
+                return
+            now = time.monotonic()
+            if now > deadline:
+                return
+            if now - quiet_since > 15:
+                yield ": keep-alive\n\n"
+                quiet_since = now
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    @bp.route("/", defaults={"rest": ""}, methods=_METHODS)
+    @bp.route("/<path:rest>", methods=_METHODS)
+    def not_found(rest: str) -> Response:
+        raise _HTTPError(404, "Not found.")
+
+    return bp
+
+
+def _event(name: str, event_id: int, data: t.Any) -> str:
+    return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
