@@ -1,0 +1,176 @@
+"""DiskcacheBackend against Dash's own DiskcacheManager, on the same work, in the same run.
+
+    python benchmarks/bench_diskcache.py [--jobs 200] [--memory-jobs 10000] [--workers 2]
+
+Prints a Markdown table of the issue's four targets and the ratio for each. Both sides are
+measured at the level an app uses them: ours through ``task.submit()`` and ``Job.result()``
+(which polls the job's record with a backoff that starts at 0.5 ms), Dash's through
+``DiskcacheManager.call_job_fn`` and ``result_ready``/``get_result`` polled with the same backoff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import typing as t
+import uuid
+
+import diskcache
+from flask import Flask
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flask_longtask import LongTask, current_job  # noqa: E402
+from flask_longtask.backends.diskcache import DiskcacheBackend  # noqa: E402
+
+def make_app() -> Flask:
+    return Flask(__name__)
+
+
+#: Worker processes re-import this script and make their app with ``make_app``.
+longtask = LongTask(app_factory=make_app)
+
+
+@longtask.task
+def noop() -> None:
+    return None
+
+
+@longtask.task
+def loop(n: int, progress: bool) -> float:
+    """The same tight loop with or without ``set_progress``; returns its own duration."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i
+        if progress:
+            current_job.set_progress(i)
+    return time.perf_counter() - started
+
+
+def dash_noop() -> int:
+    return 0  # Dash's result_ready() cannot tell a stored None from no result
+
+
+def dash_loop(set_progress: t.Callable[[t.Any], None], n: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i
+        set_progress(i)
+    return time.perf_counter() - started
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _poll(ready: t.Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError("job did not finish")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+class Dash:
+    def __init__(self, directory: str) -> None:
+        from dash.background_callback.managers.diskcache_manager import DiskcacheManager
+
+        self.manager = DiskcacheManager(diskcache.Cache(directory))
+
+    def submit(self, fn: t.Callable[..., t.Any], args: list[t.Any], progress: bool = False) -> tuple[str, int]:
+        key = uuid.uuid4().hex
+        job_fn = self.manager.make_job_fn(fn, progress)
+        return key, self.manager.call_job_fn(key, job_fn, args, {})
+
+    def result(self, key: str, pid: int) -> t.Any:
+        _poll(lambda: self.manager.result_ready(key))
+        return self.manager.get_result(key, pid)
+
+
+def latency(submit_and_wait: t.Callable[[], t.Any], n: int) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        submit_and_wait()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--memory-jobs", type=int, default=10_000)
+    parser.add_argument("--progress-calls", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    opts = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    root = tempfile.mkdtemp(prefix="bench-longtask-")
+    backend = DiskcacheBackend(os.path.join(root, "ours"), workers=opts.workers)
+    app = make_app()
+    longtask.init_app(app, backend=backend)
+    dash = Dash(os.path.join(root, "dash"))
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    with app.app_context():
+        for _ in range(20):  # start the pool and warm both workers
+            noop.submit().result(timeout=60)
+
+        ours = latency(lambda: noop.submit().result(timeout=60), opts.jobs)
+        theirs = latency(lambda: dash.result(*dash.submit(dash_noop, [])), opts.jobs)
+        rows.append(("submit -> result, no-op job (median)", f"{ours * 1e3:.2f} ms", f"{theirs * 1e3:.2f} ms",
+                     f"{theirs / ours:.1f}x faster", ">= 20x"))
+
+        started = time.perf_counter()
+        handles = [noop.submit() for _ in range(opts.jobs)]
+        for job in handles:
+            job.result(timeout=120)
+        ours_rate = opts.jobs / (time.perf_counter() - started)
+        started = time.perf_counter()
+        submitted = [dash.submit(dash_noop, []) for _ in range(opts.jobs)]
+        for key, pid in submitted:
+            dash.result(key, pid)
+        theirs_rate = opts.jobs / (time.perf_counter() - started)
+        rows.append((f"throughput, {opts.jobs} no-op jobs at once", f"{ours_rate:.0f} jobs/s",
+                     f"{theirs_rate:.0f} jobs/s", f"{ours_rate / theirs_rate:.1f}x", ">= 10x"))
+
+        plain = loop.submit(opts.progress_calls, False).result(timeout=120)
+        with_progress = loop.submit(opts.progress_calls, True).result(timeout=120)
+        key, pid = dash.submit(dash_loop, [opts.progress_calls], progress=True)
+        dash_progress = dash.result(key, pid)
+        rows.append((f"{opts.progress_calls:,} set_progress calls / same loop without",
+                     f"{with_progress / plain:.2f}x ({with_progress * 1e3:.0f} ms)",
+                     f"({dash_progress * 1e3:.0f} ms with progress)", f"{with_progress / plain:.2f}x", "<= 1.5x"))
+
+        for _ in range(100):
+            noop.submit().result(timeout=60)
+        rss_100 = rss_mb()
+        batch = 500
+        for _ in range(max(0, opts.memory_jobs - 100) // batch):
+            for job in [noop.submit() for _ in range(batch)]:
+                job.result(timeout=120)
+        rss_many = rss_mb()
+        rows.append((f"web-process RSS after {opts.memory_jobs:,} jobs / after 100", f"{rss_many:.1f} MB / {rss_100:.1f} MB",
+                     "-", f"{rss_many / rss_100:.3f}x", "<= 1.10x"))
+
+    backend.close()
+    print(f"\nDiskcacheBackend (workers={opts.workers}) vs Dash DiskcacheManager, {os.cpu_count()} CPUs, "
+          f"Python {sys.version.split()[0]}\n")
+    print("| measure | Flask-LongTask | Dash | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
