@@ -9,7 +9,8 @@ Flask-LongTask is installed, with either of::
 Settings come from ``FLASK_*`` environment variables (``app.config.from_prefixed_env()``), for
 example ``FLASK_DEMO_STEP_SECONDS=0.05`` or ``FLASK_LONGTASK_WORKERS=4``.
 
-The JSON routes below are the demo's own; they are not part of Flask-LongTask's API.
+The JSON routes below are the demo's own, written out to show what is underneath; a real app
+can use Flask-LongTask's HTTP API instead (``LONGTASK_HTTP_PREFIX``, docs/http.md).
 """
 
 from __future__ import annotations
