@@ -21,7 +21,7 @@ from .helpers import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo" / "app.py"
 SCREENSHOTS = ROOT / "docs" / "images"
-UPDATE_SCREENSHOTS = os.environ.get("LONGTASK_UPDATE_SCREENSHOTS") == "1"
+UPDATE_SCREENSHOTS = os.environ.get("LONGTASK_UPDATE_SCREENSHOTS") == "1"  # taken on "thread"
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -29,13 +29,20 @@ if t.TYPE_CHECKING:  # pragma: no cover
 __all__ = ["chrome"]  # a fixture: importing it here is how pytest finds it
 
 
-def demo_env(tmp_path: Path, step_seconds: float) -> dict[str, str]:
+def demo_env(tmp_path: Path, step_seconds: float, backend: str | None = None) -> dict[str, str]:
     # Flask reads FLASK_* variables into app.config (app.config.from_prefixed_env()).
-    return {
+    env = {
         "FLASK_DEMO_STEP_SECONDS": str(step_seconds),
-        # Keeps a file-based default backend's state out of the source tree.
+        # Keeps diskcache's state out of the source tree.
         "FLASK_LONGTASK_DISKCACHE_DIR": str(tmp_path / "longtask"),
     }
+    if backend is not None:
+        env["FLASK_LONGTASK_BACKEND"] = backend
+    return env
+
+
+# The page is tested on both local backends (the demo itself names none: it runs on the default).
+BACKENDS = ["thread", "diskcache"]
 
 
 # -- the JSON routes, through Flask's test client ------------------------------------------------
@@ -133,14 +140,15 @@ def start_job(driver: WebDriver, steps: int) -> None:
     driver.find_element(By.ID, "start").click()
 
 
-def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
     """``flask --app examples/demo/app.py run``: Start, the bar advances, the result appears."""
     from selenium.webdriver.common.by import By
 
     port = free_port()
     cmd = [sys.executable, "-m", "flask", "--app", str(DEMO), "run", "--port", str(port)]
-    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1), cwd=ROOT) as url:
-        if UPDATE_SCREENSHOTS:
+    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1, backend), cwd=ROOT) as url:
+        if UPDATE_SCREENSHOTS and backend == "thread":
             chrome.set_window_size(1000, 530)
         chrome.get(url)
         assert chrome.title == "Flask-LongTask demo"
@@ -149,7 +157,7 @@ def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path) 
         first = wait_for(lambda: progress_value(chrome), what="the progress bar to move")
         assert status_of(chrome) == "running"
         wait_for(lambda: progress_value(chrome) > first, what="the progress bar to advance")
-        if UPDATE_SCREENSHOTS:
+        if UPDATE_SCREENSHOTS and backend == "thread":
             wait_for(lambda: progress_value(chrome) >= 8, what="the bar to be well under way")
             chrome.save_screenshot(str(SCREENSHOTS / "demo-running.png"))
 
@@ -162,14 +170,15 @@ def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path) 
         assert not chrome.find_element(By.ID, "cancel").is_enabled()
 
 
-def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
     """``python examples/demo/app.py``: Start, then Cancel, and the job ends "cancelled"."""
     from selenium.webdriver.common.by import By
 
     port = free_port()
     cmd = [sys.executable, str(DEMO), "--port", str(port)]
-    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1), cwd=ROOT) as url:
-        if UPDATE_SCREENSHOTS:
+    with live_server_process(cmd, port, env=demo_env(tmp_path, 0.1, backend), cwd=ROOT) as url:
+        if UPDATE_SCREENSHOTS and backend == "thread":
             chrome.set_window_size(1000, 530)
         chrome.get(url)
         start_job(chrome, 200)
@@ -181,7 +190,7 @@ def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path) -> None:
         assert progress_value(chrome) < 200
         assert not chrome.find_element(By.ID, "result").is_displayed()
         wait_for(lambda: chrome.find_element(By.ID, "start").is_enabled(), what="Start to be enabled again")
-        if UPDATE_SCREENSHOTS:
+        if UPDATE_SCREENSHOTS and backend == "thread":
             chrome.save_screenshot(str(SCREENSHOTS / "demo-cancelled.png"))
 
 
@@ -195,9 +204,14 @@ def readme_section(title: str) -> str:
     return text[start : end if end != -1 else None]
 
 
-def test_readme_quick_start_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["default", "thread", "diskcache"])
+def test_readme_quick_start_runs(tmp_path: Path, backend: str) -> None:
     section = readme_section("Quick start")
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    if backend != "default":
+        line = "app = Flask(__name__)\n"
+        assert line in code
+        code = code.replace(line, f"{line}app.config['LONGTASK_BACKEND'] = {backend!r}\n")
     script = tmp_path / "quickstart.py"
     script.write_text(code)
     out = subprocess.run(
