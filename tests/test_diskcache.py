@@ -307,3 +307,25 @@ def test_cli_jobs_cancel_purge(app: Flask, tmp_path: Path) -> None:
     out = runner.invoke(args=["longtask", "jobs", "--status", "running"])
     assert "No jobs." in out.output
 
+
+
+def test_queue_length_is_seen_by_every_process(tmp_path: Path) -> None:
+    host = DiskcacheBackend(tmp_path / "lt", workers=1)
+    other = DiskcacheBackend(tmp_path / "lt", embedded=False)
+    try:
+        assert other.queue_length() is None  # nobody hosts the pool yet
+        with make_app(host).app_context():
+            pid_file = tmp_path / "pid"
+            blocker = jobs.stubborn.submit(str(pid_file))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the job to start")
+            waiting = [jobs.add.submit(n, 0) for n in range(3)]
+            wait_for(lambda: host.queue_length() == 3, 5, "the host to count 3 queued jobs")
+            wait_for(lambda: other.queue_length() == 3, 5, "another process to read the count")
+            blocker.cancel()
+            assert [j.result(timeout=30) for j in waiting] == [0, 1, 2]
+            wait_for(lambda: other.queue_length() == 0, 5, "the count to drop to 0")
+        host.close()
+        assert other.queue_length() is None
+    finally:
+        host.close()
+        other.close()

@@ -51,6 +51,8 @@ _log = logging.getLogger(__name__)
 
 FIFO_NAME = "pool.fifo"
 LOCK_NAME = "pool.lock"
+#: The host keeps the length of its queue here, for ``queue_length()`` in other processes.
+QUEUED_NAME = "pool.queued"
 #: Messages that could not be written to the FIFO (full) wait here, in storage.
 MAILBOX = "_lt-mail"
 #: How often the host wakes with nothing to do: mailbox, kill deadlines, maintenance.
@@ -97,6 +99,8 @@ class PoolHost:
         self._fifo_path = os.path.join(backend.directory, FIFO_NAME)
         self._fifo_r, self._fifo_keep = _open_fifo_reader(self._fifo_path)
         self._buffer = b""
+        self._queued_fd = os.open(os.path.join(backend.directory, QUEUED_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        self._published = -1
         self._slots: list[_Slot] = []
         self._queue: collections.deque[str] = collections.deque()
         self._known: set[str] = set()
@@ -145,7 +149,7 @@ class PoolHost:
 
     def forget(self) -> None:
         """In a forked child: close the inherited descriptors, touch nothing else."""
-        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w, self._lock_fd):
+        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w, self._queued_fd, self._lock_fd):
             try:
                 os.close(fd)
             except OSError:
@@ -163,7 +167,8 @@ class PoolHost:
             _close(slot.conn)
             slot.process.close()
         self._slots.clear()
-        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w):
+        os.ftruncate(self._queued_fd, 0)  # no host, no count
+        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w, self._queued_fd):
             try:
                 os.close(fd)
             except OSError:
@@ -206,6 +211,9 @@ class PoolHost:
             self._next_cleanup = now + self.backend.cleanup_interval
             self.backend.cleanup()
         self._dispatch()
+        if len(self._queue) != self._published:
+            self._published = len(self._queue)
+            os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
 
     def _handle(self, line: bytes) -> None:
         parts = line.decode("ascii", "replace").split()

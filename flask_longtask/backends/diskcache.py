@@ -180,6 +180,23 @@ class DiskcacheBackend(Backend):
     def enqueue(self, request: JobRequest) -> None:
         self._send(f"q {request.job_id}")
 
+    def queue_length(self) -> int | None:
+        """How many jobs the pool host has waiting; ``None`` while no process hosts the pool.
+
+        Read from a small file the host rewrites as its queue changes: a job submitted a moment
+        ago may not be counted yet.
+        """
+        self.cache  # noqa: B018 - joins the election first, as a submit would
+        host = self._host
+        if host is not None:
+            return len(host._queue)
+        try:
+            with open(os.path.join(self.directory, _pool.QUEUED_NAME), "rb") as f:
+                text = f.read(64).strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
     def terminate(self, job_id: str, grace: float) -> None:
         self._send(f"k {job_id} {time.time() + grace:.3f}")
 
