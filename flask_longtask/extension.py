@@ -22,7 +22,7 @@ R = t.TypeVar("R")
 
 #: Every ``LONGTASK_*`` key and its default, set on the app at ``init_app``.
 DEFAULT_CONFIG: dict[str, t.Any] = {
-    "LONGTASK_BACKEND": "thread",
+    "LONGTASK_BACKEND": "diskcache",
     "LONGTASK_WORKERS": None,
     "LONGTASK_RESULT_EXPIRE": 24 * 3600,
     "LONGTASK_CANCEL_GRACE": 0.5,
