@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 import typing as t
@@ -90,6 +91,14 @@ def cooperative() -> str:
 @longtask.task
 def unpicklable_result() -> t.Any:
     return (i for i in range(3))  # neither pickle nor dill can carry a generator
+
+
+@longtask.task
+def fill_disk() -> str:
+    """From here on every file write of this process fails (EFBIG), as on a full disk."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return "done"
 
 
 @longtask.task

@@ -220,6 +220,16 @@ def test_unpicklable_result_fails_the_job_not_the_pool(app: Flask) -> None:
     assert jobs.add.submit(2, 3).result(timeout=30) == 5
 
 
+def test_full_disk_in_a_worker_fails_the_job_clearly_not_the_pool(app: Flask, backend: DiskcacheBackend) -> None:
+    job = jobs.fill_disk.submit()
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    error = t.cast(dict, job.error)
+    assert error["type"] == "WorkerLostError"
+    assert "could not store the job's outcome" in error["message"]
+    assert jobs.add.submit(3, 4).result(timeout=30) == 7
+    assert len(t.cast(t.Any, backend._host)._slots) == 2
+
+
 def test_closures_travel_as_arguments(app: Flask) -> None:
     factor = 3
     assert jobs.echo.submit(lambda x: x * factor).result(timeout=30)(2) == 6
@@ -254,7 +264,7 @@ def test_expired_entries_are_swept(tmp_path: Path) -> None:
         for n in range(200):
             backend.set(f"progress:{n}", b"x" * 100, expire=0.2)
         backend.set("keep", 1)
-        rows = lambda: backend.cache._sql("SELECT COUNT(*) FROM Cache").fetchone()[0]  # noqa: E731
+        rows = lambda: backend.cache._sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
         assert rows() == 201
         wait_for(lambda: rows() == 1, 10, "the pool host to sweep expired rows")
     finally:

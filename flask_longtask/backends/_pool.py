@@ -33,8 +33,8 @@ import time
 import typing as t
 
 try:
-    import multiprocess
-    from multiprocess.connection import wait as _wait
+    import multiprocess  # type: ignore[import-untyped]
+    from multiprocess.connection import wait as _wait  # type: ignore[import-untyped]
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
@@ -42,6 +42,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from ..job import JobStatus
+from ._poolworker import worker_main
 from .base import MISSING
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -58,14 +59,11 @@ MAILBOX = "_lt-mail"
 #: How often the host wakes with nothing to do: mailbox, kill deadlines, maintenance.
 TICK = 0.25
 
-#: True inside a pool worker process: a backend there only stores, it never hosts a pool.
-IN_WORKER = False
-
 
 class _Slot:
     """One worker process and the job it runs."""
 
-    __slots__ = ("process", "conn", "lifeline", "job_id", "started")
+    __slots__ = ("conn", "job_id", "lifeline", "process", "reason", "started")
 
     def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
         self.process = process
@@ -73,6 +71,8 @@ class _Slot:
         self.lifeline = lifeline
         self.job_id: str | None = None
         self.started = time.monotonic()
+        #: Why the worker is about to exit, when it says so first (it could not store an outcome).
+        self.reason: str | None = None
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -132,7 +132,7 @@ class PoolHost:
             while not self._stopping.is_set():
                 try:
                     self._step()
-                except Exception:  # storage hiccup (disk full, locked): log, back off, carry on
+                except Exception:  # noqa: BLE001 - storage hiccup (disk full, locked): log, back off, carry on
                     _log.exception("Worker pool of %s: dispatcher error; retrying.", self.backend.directory)
                     self._stopping.wait(TICK)
         finally:
@@ -256,9 +256,12 @@ class PoolHost:
 
     def _read_done(self, slot: _Slot) -> None:
         try:
-            slot.conn.recv_bytes()
+            data = slot.conn.recv_bytes()
         except (EOFError, OSError):
             return  # it died; the sentinel says how
+        if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
+            slot.reason = data[1:].decode("utf-8", "replace")
+            return
         if slot.job_id is not None:
             self._known.discard(slot.job_id)
             self._kills.pop(slot.job_id, None)
@@ -267,7 +270,7 @@ class PoolHost:
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
         slot.process.join()
-        reason = how or exit_reason(slot.process.exitcode)
+        reason = how or slot.reason or exit_reason(slot.process.exitcode)
         self._slots.remove(slot)
         _close(slot.conn)
         _close(slot.lifeline)
@@ -415,45 +418,3 @@ class FifoClient:
                 except BrokenPipeError:  # the host died since we opened it
                     self.reset()
             return False
-
-
-def _alias_main_tasks() -> None:
-    # Under spawn, the parent's ``__main__`` is imported as ``__mp_main__``: its tasks register
-    # as "__mp_main__.f" while jobs name them "__main__.f".
-    from ..task import _registry
-
-    for name, task in list(_registry.items()):
-        if name.startswith("__mp_main__."):
-            _registry.setdefault("__main__." + name[len("__mp_main__.") :], task)
-
-
-def _watch_lifeline(lifeline: t.Any) -> None:
-    try:
-        lifeline.recv_bytes()
-    except (EOFError, OSError):
-        pass
-    os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
-
-
-def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
-    """The body of a pool worker process: run the job ids the host sends, one at a time."""
-    global IN_WORKER
-    IN_WORKER = True
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
-
-    from ..worker import execute
-    from .diskcache import DiskcacheBackend
-
-    backend = DiskcacheBackend(directory, embedded=False)
-    _alias_main_tasks()
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            execute(backend, data.decode())
-        except Exception:
-            _log.exception("Internal error running job %s", data.decode())
-        conn.send_bytes(data)

@@ -13,15 +13,15 @@ import typing as t
 import weakref
 
 try:
-    import diskcache
-    import dill
+    import dill  # type: ignore[import-untyped]
+    import diskcache  # type: ignore[import-untyped]
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
         ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
-from . import _pool
+from . import _pool, _poolworker
 from .base import MISSING, Backend, JobRequest
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -240,7 +240,7 @@ class DiskcacheBackend(Backend):
             if self._elected:
                 return
             self._elected = True
-            if not self.embedded or _pool.IN_WORKER or self._closed.is_set():
+            if not self.embedded or _poolworker.IN_WORKER or self._closed.is_set():
                 return
         if not self._try_host(start=True):
             threading.Thread(target=self._stand_by, name="longtask-standby", daemon=True).start()

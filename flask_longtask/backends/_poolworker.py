@@ -1,0 +1,60 @@
+"""The body of a pool worker process (see :mod:`flask_longtask.backends._pool`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import typing as t
+
+_log = logging.getLogger(__name__)
+
+#: True inside a pool worker process: a backend there only stores, it never hosts a pool.
+IN_WORKER = False
+
+
+def _alias_main_tasks() -> None:
+    # Under spawn, the parent's ``__main__`` is imported as ``__mp_main__``: its tasks register
+    # as "__mp_main__.f" while jobs name them "__main__.f".
+    from ..task import _registry
+
+    for name, task in list(_registry.items()):
+        if name.startswith("__mp_main__."):
+            _registry.setdefault("__main__." + name[len("__mp_main__.") :], task)
+
+
+def _watch_lifeline(lifeline: t.Any) -> None:
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
+
+
+def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
+    """The body of a pool worker process: run the job ids the host sends, one at a time."""
+    global IN_WORKER
+    IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
+
+    from ..worker import execute
+    from .diskcache import DiskcacheBackend
+
+    backend = DiskcacheBackend(directory, embedded=False)
+    _alias_main_tasks()
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            execute(backend, data.decode())
+        except Exception as exc:  # noqa: BLE001 - reported to the host, then this process exits
+            # Storage failed under the job (disk full, directory gone): this process cannot record
+            # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
+            _log.exception("Job %s: its outcome could not be stored.", data.decode())
+            conn.send_bytes(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
+            os._exit(70)
+        conn.send_bytes(data)
