@@ -95,7 +95,13 @@ class PoolHost:
         self.backend = backend
         self.workers = workers
         self._lock_fd = lock_fd
-        self._ctx = multiprocess.get_context("spawn")
+        self._ctx = multiprocess.get_context(backend.start_method)
+        if backend.start_method == "forkserver":
+            # The fork server is one clean, single-threaded process per host process; importing
+            # these there once makes each new worker a cheap fork, not a new interpreter.
+            self._ctx.set_forkserver_preload(
+                ["flask", "diskcache", "flask_longtask", "flask_longtask.backends.diskcache"]
+            )
         self._fifo_path = os.path.join(backend.directory, FIFO_NAME)
         self._fifo_r, self._fifo_keep = _open_fifo_reader(self._fifo_path)
         self._buffer = b""

@@ -60,6 +60,9 @@ class DiskcacheBackend(Backend):
     :param embedded: whether this process may host the pool. ``False`` for web processes when
         ``flask longtask worker`` runs the pool (``LONGTASK_EMBEDDED_WORKER = False``).
     :param cleanup_interval: seconds between sweeps of expired records by the pool host.
+    :param start_method: how worker processes start: ``"forkserver"`` (default: forked from a
+        clean single-threaded server process, fast) or ``"spawn"`` (a new interpreter each).
+        Never ``"fork"``: a fork of a threaded web process can inherit a held lock.
     """
 
     can_terminate = True
@@ -71,7 +74,10 @@ class DiskcacheBackend(Backend):
         *,
         embedded: bool = True,
         cleanup_interval: float = 60.0,
+        start_method: str = "forkserver",
     ) -> None:
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
         if directory is None:
             import tempfile
 
@@ -80,6 +86,7 @@ class DiskcacheBackend(Backend):
         self.workers = workers or os.cpu_count() or 1
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
+        self.start_method = start_method
         self._cache: diskcache.Cache | None = None
         self._lock = threading.RLock()
         self._elected = False  # whether this process has joined the election for the pool
