@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import flask
 from dash.background_callback.managers import BaseBackgroundCallbackManager
 
-from flask_longtask import Job, JobNotFoundError, JobStatus, JobTimeoutError, LongTask, Task
+from flask_longtask import (
+    Job,
+    JobNotFoundError,
+    JobStatus,
+    JobTimeoutError,
+    LongTask,
+    Task,
+)
 
 from . import _job
 
@@ -64,13 +71,17 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     def __init__(
         self,
         longtask: LongTask,
-        cache_by: t.Sequence[t.Callable[[], t.Any]] | t.Callable[[], t.Any] | None = None,
+        cache_by: t.Sequence[t.Callable[[], t.Any]]
+        | t.Callable[[], t.Any]
+        | None = None,
         expire: float | None = None,
         *,
         single_flight: bool = True,
     ) -> None:
         if not isinstance(longtask, LongTask):
-            raise TypeError(f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}.")
+            raise TypeError(
+                f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}."
+            )
         if callable(cache_by):
             cache_by = [cache_by]
         if cache_by is not None:
@@ -78,25 +89,39 @@ class LongTaskManager(BaseBackgroundCallbackManager):
             if not all(callable(f) for f in cache_by):
                 raise TypeError("'cache_by' must be a list of zero-argument functions.")
         if expire is not None and expire < 0:
-            raise ValueError(f"'expire' must be a number of seconds >= 0, got {expire!r}.")
+            raise ValueError(
+                f"'expire' must be a number of seconds >= 0, got {expire!r}."
+            )
         self.longtask = longtask
         self.expire = expire
         self.single_flight = single_flight
         self._keys: dict[tuple[t.Callable[..., t.Any], str], str] = {}
+        self._warned: set[t.Callable[..., t.Any]] = set()
         # Registers every background callback decorated so far (Dash keeps them globally).
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
-        return f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
+        return (
+            f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
+        )
 
     # -- registration (at decoration time, in every process that imports the app) --------------
 
-    def make_job_fn(self, fn: t.Callable[..., t.Any], progress: bool, key: str | None = None) -> Task[..., t.Any]:
+    def make_job_fn(
+        self, fn: t.Callable[..., t.Any], progress: bool, key: str | None = None
+    ) -> Task[..., t.Any]:
         """Register the task that runs callback ``fn``; Dash keeps it in ``func_registry[key]``."""
-        if self.cache_by is not None:  # memoized: identical requests share results for `expire`
+        if (
+            self.cache_by is not None
+        ):  # memoized: identical requests share results for `expire`
             cache_by: list[t.Callable[[], t.Any]] | None = list(self.cache_by)
-            expire, mode = self.expire, f":memo{'' if self.expire is None else f'-{self.expire:g}'}"
-        elif self.single_flight:  # only while in flight: a memo entry that expires at once
+            expire, mode = (
+                self.expire,
+                f":memo{'' if self.expire is None else f'-{self.expire:g}'}",
+            )
+        elif (
+            self.single_flight
+        ):  # only while in flight: a memo entry that expires at once
             cache_by, expire, mode = [], 0.0, ""
         else:
             cache_by, expire, mode = None, None, ":plain"
@@ -108,7 +133,11 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     # -- a new request: submit -----------------------------------------------------------------
 
     def build_cache_key(
-        self, fn: t.Callable[..., t.Any], args: t.Any, cache_args_to_ignore: t.Any, triggered: t.Any
+        self,
+        fn: t.Callable[..., t.Any],
+        args: t.Any,
+        cache_args_to_ignore: t.Any,
+        triggered: t.Any,
     ) -> str:
         """Submit the callback's job and return its id, which serves as Dash's cache key.
 
@@ -117,7 +146,8 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         processes. The memo key is the core's: the task, the arguments, the input-derived
         context and the ``cache_by`` values.
         """
-        if cache_args_to_ignore:
+        if cache_args_to_ignore and fn not in self._warned:
+            self._warned.add(fn)
             _log.warning(
                 "cache_args_to_ignore=%r is not applied by LongTaskManager yet: those arguments"
                 " still count in the memo key (results are reused less often, never wrongly).",
@@ -128,7 +158,9 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         return job.id
 
     def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
-        callback_id = t.cast(str, (flask.request.get_json(silent=True) or {}).get("output", ""))
+        callback_id = t.cast(
+            str, (flask.request.get_json(silent=True) or {}).get("output", "")
+        )
         key = self._keys.get((fn, callback_id))
         if key is None:
             key = self._keys[(fn, callback_id)] = self._hash(fn, callback_id)
@@ -143,7 +175,9 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     @staticmethod
     def _hash(fn: t.Callable[..., t.Any], callback_id: str) -> str:
         # Dash's own key for a background function: its source and its callback's outputs.
-        hash_function = t.cast(t.Callable[..., str], BaseBackgroundCallbackManager.hash_function)
+        hash_function = t.cast(
+            t.Callable[..., str], BaseBackgroundCallbackManager.hash_function
+        )
         return hash_function(fn, callback_id)
 
     def call_job_fn(self, key: str, job_fn: t.Any, args: t.Any, context: t.Any) -> str:
@@ -192,7 +226,12 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         if snapshot.status is JobStatus.FAILED and snapshot.job is not None:
             error = snapshot.job.error or {}
             message = error.get("message") or error.get("type", "the job failed")
-            return {"background_callback_error": {"msg": message, "tb": error.get("traceback", "")}}
+            return {
+                "background_callback_error": {
+                    "msg": message,
+                    "tb": error.get("traceback", ""),
+                }
+            }
         return self.UNDEFINED
 
     def job_running(self, job: t.Any) -> bool:
@@ -206,7 +245,9 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         published = self._snapshot(key).published
         if not published or not published["props"]:
             return {}
-        poller = hashlib.sha256(flask.request.args.get("endId", "").encode()).hexdigest()[:32]
+        poller = hashlib.sha256(
+            flask.request.args.get("endId", "").encode()
+        ).hexdigest()[:32]
         cursor_key = _CURSOR_KEY.format(job=key, poller=poller)
         backend = self.longtask.backend
         seen = backend.get(cursor_key)
