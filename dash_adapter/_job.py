@@ -36,7 +36,13 @@ CONTEXT_KEYS = (
     "outputs_grouping",
     "using_outputs_grouping",
 )
-_DEPENDENCY_KEYS = ("inputs_list", "states_list", "outputs_list", "args_grouping", "outputs_grouping")
+_DEPENDENCY_KEYS = (
+    "inputs_list",
+    "states_list",
+    "outputs_list",
+    "args_grouping",
+    "outputs_grouping",
+)
 
 
 class Published(t.TypedDict):
@@ -103,7 +109,11 @@ class _Publisher:
             seq = self._record["seq"] + 1
             merged = dict(self._record["props"].get(component_id, {}))
             merged.update({prop: [seq, value] for prop, value in props.items()})
-            self._record = {**self._record, "props": {**self._record["props"], component_id: merged}, "seq": seq}
+            self._record = {
+                **self._record,
+                "props": {**self._record["props"], component_id: merged},
+                "seq": seq,
+            }
             current_job.set_progress(self._record)
 
 
@@ -124,7 +134,12 @@ class _PropsRecorder(dict):  # type: ignore[type-arg]
         return default
 
 
-def run_callback(fn: t.Callable[..., t.Any], has_progress: bool, args: t.Any, context: dict[str, t.Any]) -> t.Any:
+def run_callback(
+    fn: t.Callable[..., t.Any],
+    has_progress: bool,
+    args: t.Any,
+    context: dict[str, t.Any],
+) -> t.Any:
     """Call Dash callback ``fn`` as Dash's own managers do, inside the job.
 
     :param has_progress: pass ``set_progress`` as the first argument.
@@ -132,7 +147,9 @@ def run_callback(fn: t.Callable[..., t.Any], has_progress: bool, args: t.Any, co
     :param context: from :func:`capture_context`, in the submitting request.
     """
     publisher = _Publisher()
-    ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
+    ctx = AttributeDict(
+        {key: _attribute_dicts(value) for key, value in context.items()}
+    )
     ctx.ignore_register_page = False
     ctx.updated_props = _PropsRecorder(publisher)
     token = context_value.set(ctx)
@@ -157,7 +174,9 @@ async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:
     return await awaitable
 
 
-def make_job_function(fn: t.Callable[..., t.Any], has_progress: bool) -> t.Callable[[t.Any, dict[str, t.Any]], t.Any]:
+def make_job_function(
+    fn: t.Callable[..., t.Any], has_progress: bool
+) -> t.Callable[[t.Any, dict[str, t.Any]], t.Any]:
     """The function a Flask-LongTask task runs for Dash callback ``fn``.
 
     It carries ``fn``'s module and name, so a worker process finds it by importing that module.
