@@ -31,6 +31,7 @@ WORK = Callback("out.children", dep("out", "children"), [])
 FAILING = Callback("err-out.children", dep("err-out", "children"), [])
 MEMO = Callback("memo-out.children", dep("memo-out", "children"), [])
 LEGACY = Callback("lc-out.children", dep("lc-out", "children"), [])
+PLAIN = Callback("plain-out.children", dep("plain-out", "children"), [])
 CANCEL = Callback("cancel.id", dep("cancel", "id"), [dep("cancel", "n_clicks", 1)])
 
 INPUTS = {
@@ -38,6 +39,7 @@ INPUTS = {
     "err-out.children": "err-in",
     "memo-out.children": "memo-in",
     "lc-out.children": "lc-in",
+    "plain-out.children": "plain-in",
 }
 
 
@@ -337,3 +339,15 @@ def test_dead_worker_ends_with_an_error(server: Server) -> None:
     )
     assert answer.status == 200
     assert "died" in answer.response["err-out"]["children"]  # type: ignore[index]
+
+
+def test_without_single_flight_identical_requests_run_apart(server: Server) -> None:
+    name = tag()
+    spec = with_spec(PLAIN, tag=name, sleep=0.3)
+    first, second = server.page().start(spec), server.page().start(spec)
+    assert first.job_id != second.job_id
+    for job in (first, second):
+        assert job.run().response == {
+            "plain-out": {"children": f"done {name} by plain-in"}
+        }
+    assert server.runs(name) == ["start", "start", "end", "end"]

@@ -26,6 +26,7 @@ LAUNCH = os.environ.get("DASH_TEST_LAUNCH", uuid.uuid4().hex)
 longtask = LongTask()
 manager = LongTaskManager(longtask)
 memo_manager = LongTaskManager(longtask, cache_by=[lambda: LAUNCH], expire=60)
+plain_manager = LongTaskManager(longtask, single_flight=False)
 app = Dash(__name__, background_callback_manager=manager)
 app.server.config.from_prefixed_env()
 longtask.init_app(app.server)
@@ -33,11 +34,28 @@ longtask.init_app(app.server)
 app.layout = html.Div(
     [
         dcc.Store(id=name)
-        for name in ("work", "err-in", "memo-in", "lc-in", "kw-in", "kw-state")
+        for name in (
+            "work",
+            "err-in",
+            "memo-in",
+            "lc-in",
+            "kw-in",
+            "kw-state",
+            "plain-in",
+        )
     ]
     + [
         html.Div(id=name)
-        for name in ("out", "a", "b", "err-out", "memo-out", "lc-out", "kw-out")
+        for name in (
+            "out",
+            "a",
+            "b",
+            "err-out",
+            "memo-out",
+            "lc-out",
+            "kw-out",
+            "plain-out",
+        )
     ]
     + [
         html.Progress(id="bar"),
@@ -114,6 +132,17 @@ def failing(spec):
     prevent_initial_call=True,
 )
 def memoized(spec):
+    return run(spec)
+
+
+@app.callback(
+    Output("plain-out", "children"),
+    Input("plain-in", "data"),
+    background=True,
+    manager=plain_manager,
+    prevent_initial_call=True,
+)
+def plain(spec):
     return run(spec)
 
 
