@@ -143,6 +143,7 @@ class LongTask:
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
         http: bool = False,
+        cache_ignore: t.Iterable[str] = (),
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -153,6 +154,7 @@ class LongTask:
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
         http: bool = False,
+        cache_ignore: t.Iterable[str] = (),
     ) -> t.Any:
         """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
 
@@ -162,10 +164,12 @@ class LongTask:
             memoizes on the arguments alone).
         :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
         :param http: let the HTTP API (:meth:`blueprint`) submit this task.
+        :param cache_ignore: names of parameters left out of the memo key (still passed to the
+            job): request details, callbacks' bookkeeping, anything that must not split the cache.
         """
 
         def decorate(f: t.Callable[..., t.Any]) -> Task[..., t.Any]:
-            return Task(self, f, name=name, cache_by=cache_by, expire=expire, http=http)
+            return Task(self, f, name=name, cache_by=cache_by, expire=expire, http=http, cache_ignore=cache_ignore)
 
         return decorate if func is None else decorate(func)
 
@@ -231,7 +235,7 @@ class LongTask:
         memo_key = None
         if task.cache_by is not None:
             values = [f() for f in task.cache_by]
-            memo_key = memo.make_key(task.name, bound, values, store.memo_generation(task.name))
+            memo_key = memo.make_key(task.name, bound, values, store.memo_generation(task.name), task.cache_ignore)
             hit = store.find_memo(memo_key)
             if hit is not None:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)

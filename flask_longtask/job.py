@@ -91,6 +91,11 @@ class Job(t.Generic[R]):
         return self.status.is_finished
 
     @property
+    def is_cancel_requested(self) -> bool:
+        """Whether someone asked this job to stop (it may still be running its last lines)."""
+        return self._store.is_cancel_requested(self.id)
+
+    @property
     def progress(self) -> t.Any:
         """The latest value the job passed to ``set_progress``; ``None`` before the first."""
         return self._store.read_progress(self.id)[1]

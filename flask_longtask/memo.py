@@ -41,11 +41,18 @@ def _digest(value: t.Any) -> bytes:
     return hashlib.sha256(b"".join(out)).digest()
 
 
-def make_key(task_name: str, bound: inspect.BoundArguments, cache_by: t.Sequence[t.Any], generation: t.Any) -> str:
+def make_key(
+    task_name: str,
+    bound: inspect.BoundArguments,
+    cache_by: t.Sequence[t.Any],
+    generation: t.Any,
+    ignore: t.Collection[str] = (),
+) -> str:
     """A stable hex key for one call of a task.
 
     ``bound`` must have had ``apply_defaults()`` applied, so ``f(1)`` and ``f(1, b=2)`` with a
-    default ``b=2`` share a key, and keyword order never matters.
+    default ``b=2`` share a key, and keyword order never matters. Parameters named in
+    ``ignore`` do not count.
 
     >>> def f(a, b=2, **kw): ...
     >>> sig = inspect.signature(f)
@@ -60,5 +67,5 @@ def make_key(task_name: str, bound: inspect.BoundArguments, cache_by: t.Sequence
     >>> key(1) == key(2)
     False
     """
-    arguments = list(bound.arguments.items())
+    arguments = [(name, value) for name, value in bound.arguments.items() if name not in ignore]
     return _digest([task_name, generation, arguments, list(cache_by)]).hex()

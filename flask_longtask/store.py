@@ -265,9 +265,13 @@ class JobStore:
             if other is MISSING:
                 continue
             record = self.backend.get(f"job:{other}")
-            if record is not MISSING and record["status"] in _ACTIVE + (JobStatus.SUCCEEDED.value,):
+            if record is not MISSING and (
+                record["status"] == JobStatus.SUCCEEDED.value
+                or (record["status"] in _ACTIVE and not self.is_cancel_requested(other))
+            ):
                 return self.job(other)
-            # A leftover from a job that ended without releasing it: take its place.
+            # A job that is being cancelled, or a leftover from one that ended without
+            # releasing the key: a new submit must not join it, so take its place.
             self._release_inflight(memo_key, other)
         raise RuntimeError(f"Could not register memo key {memo_key!r}: the backend's add() is not atomic.")
 

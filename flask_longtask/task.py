@@ -32,6 +32,7 @@ class Task(t.Generic[P, R]):
         cache_by: t.Sequence[t.Callable[[], t.Any]] | None = None,
         expire: float | None = None,
         http: bool = False,
+        cache_ignore: t.Iterable[str] = (),
     ) -> None:
         if not callable(func):
             raise TypeError(f"@longtask.task needs a function, got {func!r}.")
@@ -50,6 +51,11 @@ class Task(t.Generic[P, R]):
         #: Whether the HTTP API may submit this task (see :meth:`LongTask.blueprint`).
         self.http = http
         self.signature = inspect.signature(func)
+        #: Parameters passed to the job but left out of the memo key.
+        self.cache_ignore = frozenset(cache_ignore)
+        unknown = self.cache_ignore - set(self.signature.parameters)
+        if unknown:
+            raise ValueError(f"cache_ignore names {sorted(unknown)} that {func.__qualname__}() does not have.")
         self._module = func.__module__
         functools.update_wrapper(self, func)
         _registry[self.name] = self

@@ -409,3 +409,42 @@ def test_enqueue_failure_leaves_nothing_behind(app, longtask, backend, monkeypat
         assert list(backend.scan("inflight:")) == []
         monkeypatch.undo()
         assert f.submit().result(timeout=10) == 1
+
+
+def test_cache_ignore_leaves_parameters_out_of_the_key(app, longtask):
+    runs: list = []
+
+    @longtask.task(cache_by=[], cache_ignore=["note"])
+    def f(x: int, note: str = "") -> str:
+        runs.append(note)
+        return f"{x}:{note}"
+
+    with app.app_context():
+        assert f.submit(1, note="first").result(timeout=10) == "1:first"
+        assert f.submit(1, note="second").result(timeout=10) == "1:first"  # same key: a hit
+        assert f.submit(2, note="third").result(timeout=10) == "2:third"
+    assert runs == ["first", "third"]
+    with pytest.raises(ValueError, match="does not have"):
+        longtask.task(cache_by=[], cache_ignore=["nope"])(lambda x: x)
+
+
+def test_single_flight_never_joins_a_job_being_cancelled(app, longtask):
+    started = threading.Event()
+
+    @longtask.task(cache_by=[])
+    def slow() -> str:
+        started.set()
+        while not current_job.is_cancel_requested:
+            time.sleep(0.005)  # the job's work: waiting to be cancelled
+        time.sleep(0.2)  # still winding down when the next submit arrives
+        return "old"
+
+    with app.app_context():
+        old = slow.submit()
+        assert started.wait(10)
+        old.cancel()
+        assert old.is_cancel_requested
+        new = slow.submit()
+        assert new != old
+        new.cancel()
+        assert new.wait(10) is JobStatus.CANCELLED and old.wait(10) is JobStatus.CANCELLED
