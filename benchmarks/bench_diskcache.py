@@ -25,8 +25,9 @@ from flask import Flask
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flask_longtask import LongTask, current_job  # noqa: E402
-from flask_longtask.backends.diskcache import DiskcacheBackend  # noqa: E402
+from flask_longtask import LongTask, current_job
+from flask_longtask.backends.diskcache import DiskcacheBackend
+
 
 def make_app() -> Flask:
     return Flask(__name__)
@@ -42,14 +43,23 @@ def noop() -> None:
 
 
 @longtask.task
-def loop(n: int, progress: bool) -> float:
-    """The same tight loop with or without ``set_progress``; returns its own duration."""
+def loop(n: int, progress: str) -> float:
+    """The same tight loop without progress ("none"), with ``current_job.set_progress`` each
+    time round ("proxy"), or with the method looked up once ("bound"); returns its own duration."""
     started = time.perf_counter()
     total = 0
-    for i in range(n):
-        total += i
-        if progress:
+    if progress == "none":
+        for i in range(n):
+            total += i
+    elif progress == "proxy":
+        for i in range(n):
+            total += i
             current_job.set_progress(i)
+    else:
+        set_progress = current_job.set_progress
+        for i in range(n):
+            total += i
+            set_progress(i)
     return time.perf_counter() - started
 
 
@@ -69,6 +79,15 @@ def dash_loop(set_progress: t.Callable[[t.Any], None], n: int) -> float:
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def anon_mb() -> float:
+    """Private memory only: without the pages of the SQLite file that SQLite maps into memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _poll(ready: t.Callable[[], bool], timeout: float = 60.0) -> None:
@@ -144,24 +163,29 @@ def main() -> None:
         rows.append((f"throughput, {opts.jobs} no-op jobs at once", f"{ours_rate:.0f} jobs/s",
                      f"{theirs_rate:.0f} jobs/s", f"{ours_rate / theirs_rate:.1f}x", ">= 10x"))
 
-        plain = loop.submit(opts.progress_calls, False).result(timeout=120)
-        with_progress = loop.submit(opts.progress_calls, True).result(timeout=120)
+        plain = min(loop.submit(opts.progress_calls, "none").result(timeout=120) for _ in range(3))
+        with_progress = min(loop.submit(opts.progress_calls, "proxy").result(timeout=120) for _ in range(3))
+        bound = min(loop.submit(opts.progress_calls, "bound").result(timeout=120) for _ in range(3))
         key, pid = dash.submit(dash_loop, [opts.progress_calls], progress=True)
         dash_progress = dash.result(key, pid)
-        rows.append((f"{opts.progress_calls:,} set_progress calls / same loop without",
-                     f"{with_progress / plain:.2f}x ({with_progress * 1e3:.0f} ms)",
-                     f"({dash_progress * 1e3:.0f} ms with progress)", f"{with_progress / plain:.2f}x", "<= 1.5x"))
+        rows.append((f"{opts.progress_calls:,} `current_job.set_progress` calls / same loop without",
+                     f"{with_progress * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
+                     f"{dash_progress * 1e3:.0f} ms with progress", f"{with_progress / plain:.2f}x", "<= 1.5x"))
+        rows.append(("the same, `set_progress` looked up once before the loop",
+                     f"{bound * 1e3:.0f} ms / {plain * 1e3:.0f} ms", "-", f"{bound / plain:.2f}x", "<= 1.5x"))
 
         for _ in range(100):
             noop.submit().result(timeout=60)
-        rss_100 = rss_mb()
+        rss_100, anon_100 = rss_mb(), anon_mb()
         batch = 500
         for _ in range(max(0, opts.memory_jobs - 100) // batch):
             for job in [noop.submit() for _ in range(batch)]:
                 job.result(timeout=120)
-        rss_many = rss_mb()
-        rows.append((f"web-process RSS after {opts.memory_jobs:,} jobs / after 100", f"{rss_many:.1f} MB / {rss_100:.1f} MB",
-                     "-", f"{rss_many / rss_100:.3f}x", "<= 1.10x"))
+        rss_many, anon_many = rss_mb(), anon_mb()
+        rows.append((f"web-process RSS after {opts.memory_jobs:,} jobs / after 100",
+                     f"{rss_many:.1f} MB / {rss_100:.1f} MB", "-", f"{rss_many / rss_100:.3f}x", "<= 1.10x"))
+        rows.append(("the same, private memory only (RssAnon)", f"{anon_many:.1f} MB / {anon_100:.1f} MB", "-",
+                     f"{anon_many / anon_100:.3f}x", "<= 1.10x"))
 
     backend.close()
     print(f"\nDiskcacheBackend (workers={opts.workers}) vs Dash DiskcacheManager, {os.cpu_count()} CPUs, "

@@ -4,19 +4,20 @@ One process per directory, the *host*, holds an ``flock`` on ``pool.lock`` and o
 The kernel drops the lock the instant the host dies, so a standby process takes over without
 any lease to expire. Other processes talk to the host through the named pipe ``pool.fifo``:
 one line per message, each written atomically (a write of at most ``PIPE_BUF`` bytes never
-interleaves with another):
+interleaves with another; when the pipe is full, messages wait in storage, in a mailbox):
 
 ==========================  ============================================================
 ``q <job id>``              a job was queued
 ``k <job id> <deadline>``   end this job by force if it still runs at ``deadline`` (epoch)
-``r``                       rescan storage for queued jobs (a message could not be sent)
 ==========================  ============================================================
 
 The host dispatches job ids to idle worker processes over pipes and watches their exit
 sentinels: a worker that dies is reaped and replaced, and its job is passed to
-:meth:`~flask_longtask.store.JobStore.mark_lost`. Workers are started with the ``spawn``
-context, so they never inherit a lock held by a thread of a threaded web server, and each
-holds a *lifeline* pipe to the host: when the host dies, the pipe closes and they exit.
+:meth:`~flask_longtask.store.JobStore.mark_lost`. Workers are forked from a ``forkserver``
+(or started with ``spawn``), never forked from the web process itself, so they cannot inherit a
+lock held by another thread of a threaded web server; each holds a *lifeline* pipe to the host:
+when the host dies, the pipe closes and they exit.
+
 Job records stay the source of truth: a new host scans them, fails the jobs that were running
 on the dead host and queues the ones that never started.
 """
@@ -229,8 +230,6 @@ class PoolHost:
             self._push(parts[1])
         elif parts[0] == "k" and len(parts) == 3:
             self._kills[parts[1]] = float(parts[2])
-        elif parts[0] == "r":
-            self._rescan = True
         else:
             _log.warning("Worker pool: ignored a malformed message %r.", line)
 
