@@ -126,7 +126,9 @@ class JobStore:
         ``request`` holds ``task`` and ``module`` (the task's name and defining module), ``app``
         (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
         """
-        self.backend.set(f"request:{job_id}", request, self.result_expire)
+        # No expiry while the job waits or runs, like its record: a long queue must not lose the
+        # arguments. finish() deletes it.
+        self.backend.set(f"request:{job_id}", request)
         record = {
             "id": job_id,
             "task": request["task"],
