@@ -111,6 +111,8 @@ class DiskcacheBackend(Backend):
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)
+        if not app.config.get("LONGTASK_EMBEDDED_WORKER", True):
+            self.embedded = False  # even for a backend passed in: the app's config says no pool here
 
     # -- serialisation --------------------------------------------------------------------------
 
