@@ -174,16 +174,42 @@ async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:
     return await awaitable
 
 
-def make_job_function(
-    fn: t.Callable[..., t.Any], has_progress: bool
-) -> t.Callable[[t.Any, dict[str, t.Any]], t.Any]:
+def split_args(args: t.Any, ignore: t.Collection[t.Any]) -> tuple[t.Any, dict[t.Any, t.Any]]:
+    """``(the arguments that count in the memo key, the ignored ones by name or position)``."""
+    if not ignore:
+        return args, {}
+    if isinstance(args, dict):
+        return {k: v for k, v in args.items() if k not in ignore}, {k: v for k, v in args.items() if k in ignore}
+    if isinstance(args, (list, tuple)):
+        kept = [v for i, v in enumerate(args) if i not in ignore]
+        return kept, {i: v for i, v in enumerate(args) if i in ignore}
+    return args, {}
+
+
+def join_args(kept: t.Any, ignored: dict[t.Any, t.Any]) -> t.Any:
+    """Inverse of :func:`split_args`."""
+    if not ignored:
+        return kept
+    if isinstance(kept, dict):
+        return {**kept, **ignored}
+    values = list(kept)
+    for index in sorted(ignored):
+        values.insert(index, ignored[index])
+    return values
+
+
+def make_job_function(fn: t.Callable[..., t.Any], has_progress: bool) -> t.Callable[..., t.Any]:
     """The function a Flask-LongTask task runs for Dash callback ``fn``.
 
+    Its parameters split what identifies a request (``args`` without the ignored ones, and
+    ``triggered`` unless Dash ignores it) from what only travels with it (``hidden``: the
+    ignored arguments and the callback context), so the task can leave ``hidden`` out of the
+    memo key exactly as Dash's ``cache_args_to_ignore`` and ``cache_ignore_triggered`` say.
     It carries ``fn``'s module and name, so a worker process finds it by importing that module.
     """
 
-    def run(args: t.Any, context: dict[str, t.Any]) -> t.Any:
-        return run_callback(fn, has_progress, args, context)
+    def run(args: t.Any, triggered: t.Any, hidden: dict[str, t.Any]) -> t.Any:
+        return run_callback(fn, has_progress, join_args(args, hidden["args"]), hidden["context"])
 
     run.__module__ = fn.__module__
     run.__name__ = getattr(fn, "__name__", "callback")

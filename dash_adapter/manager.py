@@ -14,7 +14,6 @@ from flask_longtask import (
     Job,
     JobNotFoundError,
     JobStatus,
-    JobTimeoutError,
     LongTask,
     Task,
 )
@@ -27,8 +26,6 @@ _SECRET_KEY = "dash-adapter:signing-secret"
 _CURSOR_KEY = "dash-adapter:cursor:{job}:{poller}"
 #: How long a browser's "set_props seen up to" mark outlives its last poll.
 _CURSOR_EXPIRE = 3600.0
-#: How long a cancel waits for its job to end, so the next poll already ends the spinner.
-_CANCEL_WAIT = 1.0
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -96,7 +93,6 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         self.expire = expire
         self.single_flight = single_flight
         self._keys: dict[tuple[t.Callable[..., t.Any], str], str] = {}
-        self._warned: set[t.Callable[..., t.Any]] = set()
         # Registers every background callback decorated so far (Dash keeps them globally).
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
@@ -128,7 +124,7 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         digest = key or self._hash(fn, "")
         name = f"{fn.__module__}.{getattr(fn, '__qualname__', 'callback')}:dash-{digest[:16]}{mode}"
         func = _job.make_job_function(fn, progress)
-        return self.longtask.task(name=name, cache_by=cache_by, expire=expire)(func)
+        return self.longtask.task(name=name, cache_by=cache_by, expire=expire, cache_ignore=["hidden"])(func)
 
     # -- a new request: submit -----------------------------------------------------------------
 
@@ -143,18 +139,17 @@ class LongTaskManager(BaseBackgroundCallbackManager):
 
         Dash later asks for progress and ``set_props`` by cache key alone; making the key the
         job id means every such call knows its job with no key-to-job table to share between
-        processes. The memo key is the core's: the task, the arguments, the input-derived
-        context and the ``cache_by`` values.
+        processes. The memo key is Dash's: the task (the callback), its arguments less
+        ``cache_args_to_ignore``, the triggering inputs unless ``cache_ignore_triggered``, and
+        the ``cache_by`` values. The callback context travels with the job, outside the key.
         """
-        if cache_args_to_ignore and fn not in self._warned:
-            self._warned.add(fn)
-            _log.warning(
-                "cache_args_to_ignore=%r is not applied by LongTaskManager yet: those arguments"
-                " still count in the memo key (results are reused less often, never wrongly).",
-                cache_args_to_ignore,
-            )
-        task = self._task_for(fn)
-        job = task.submit(args, _job.capture_context())
+        if cache_args_to_ignore is None:
+            cache_args_to_ignore = []
+        elif not isinstance(cache_args_to_ignore, (list, tuple)):
+            cache_args_to_ignore = [cache_args_to_ignore]
+        kept, ignored = _job.split_args(args, cache_args_to_ignore)
+        hidden = {"args": ignored, "context": _job.capture_context()}
+        job = self._task_for(fn).submit(kept, triggered, hidden)
         return job.id
 
     def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
@@ -235,10 +230,19 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         return self.UNDEFINED
 
     def job_running(self, job: t.Any) -> bool:
-        """Whether the job is queued or running."""
+        """Whether the job is queued or running and nobody asked it to stop.
+
+        A job being cancelled counts as stopped at once, so the poll right after a cancel
+        ends the spinner and resets the ``running`` outputs, even while the job winds down.
+        """
         if not job:
             return False
-        return self._snapshot(str(job)).status in _ACTIVE
+        snapshot = self._snapshot(str(job))
+        return (
+            snapshot.status in _ACTIVE
+            and snapshot.job is not None
+            and not snapshot.job.is_cancel_requested
+        )
 
     def get_updated_props(self, key: str) -> dict[str, dict[str, t.Any]]:
         """The ``set_props`` calls this browser has not seen yet, merged per component."""
@@ -265,17 +269,13 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     # -- cancel -----------------------------------------------------------------------------------
 
     def terminate_job(self, job: t.Any) -> None:
-        """Cancel the job, and wait up to a second for it to end so the next poll sees it."""
+        """Cancel the job: the next poll reports it stopped (see :meth:`job_running`)."""
         if not job:
             return
         try:
-            handle = self.longtask.get_job(str(job))
-            handle.cancel()
-            handle.wait(timeout=_CANCEL_WAIT)
+            self.longtask.get_job(str(job)).cancel()
         except JobNotFoundError:
             pass
-        except JobTimeoutError:
-            _log.info("Job %s was asked to stop and has not ended yet.", job)
         if flask.has_app_context():
             flask.g.pop("_dash_adapter_snapshots", None)
 

@@ -132,15 +132,11 @@ def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> No
         click(page, "button_id")
         until(page, lambda d: enabled(d, "cancel_button_id"), "Cancel to be enabled")
         click(page, "cancel_button_id")
-        cancelled = time.monotonic()
         until(
             page,
             lambda d: enabled(d, "button_id") and not enabled(d, "cancel_button_id"),
             "the running outputs to reset",
         )
-        assert (
-            time.monotonic() - cancelled < 2.5
-        )  # the job ends within a second, + one poll interval
         assert (
             text(page, "paragraph_id") == "Clicked None times"
         )  # the cancelled run never answered

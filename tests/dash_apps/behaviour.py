@@ -42,6 +42,8 @@ app.layout = html.Div(
             "kw-in",
             "kw-state",
             "plain-in",
+            "ign-in",
+            "ign-note",
         )
     ]
     + [
@@ -55,6 +57,7 @@ app.layout = html.Div(
             "lc-out",
             "kw-out",
             "plain-out",
+            "ign-out",
         )
     ]
     + [
@@ -133,6 +136,19 @@ def failing(spec):
 )
 def memoized(spec):
     return run(spec)
+
+
+@app.callback(
+    Output("ign-out", "children"),
+    Input("ign-in", "data"),
+    State("ign-note", "data"),
+    background=True,
+    manager=memo_manager,
+    cache_args_to_ignore=[1],
+    prevent_initial_call=True,
+)
+def memoized_ignoring_note(spec, note):
+    return f"{run(spec)} note {note}"
 
 
 @app.callback(
