@@ -13,7 +13,7 @@ import sys
 # Import the packages from this checkout, installed or not.
 sys.path.insert(0, os.path.abspath(".."))
 
-import flask_longtask  # noqa: E402
+import flask_longtask
 
 project = "Flask-LongTask"
 copyright = "Flask-LongTask contributors"
