@@ -40,7 +40,7 @@ autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 # Members are listed per directive in api.md: a backend's inherited primitives are documented once,
 # on Backend.
-autodoc_default_options = {"show-inheritance": True}
+autodoc_default_options: dict[str, object] = {}
 # Type hints name classes autodoc cannot always link (TypeVars, ParamSpec, third-party types
 # without intersphinx: this machine has no internet). Unresolved references are not warnings
 # unless nitpicky is on, and it stays off for that reason.
