@@ -122,9 +122,11 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         else:
             cache_by, expire, mode = None, None, ":plain"
         digest = key or self._hash(fn, "")
-        name = f"{fn.__module__}.{getattr(fn, '__qualname__', 'callback')}:dash-{digest[:16]}{mode}"
         func = _job.make_job_function(fn, progress)
-        return self.longtask.task(name=name, cache_by=cache_by, expire=expire, cache_ignore=["hidden"])(func)
+        # The core names the task "<module>.<qualname>", with a script's module named after its
+        # file, so a worker that imports the app's module registers the same name.
+        func.__qualname__ = f"{func.__qualname__}:dash-{digest[:16]}{mode}"
+        return self.longtask.task(cache_by=cache_by, expire=expire, cache_ignore=["hidden"])(func)
 
     # -- a new request: submit -----------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class LongTask:
         self._app_factory = app_factory
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._tasks: dict[str, Task[..., t.Any]] = {}
+        self._factory_app: Flask | None = None
         self._owner_loader: t.Callable[[], str | None] | None = None
         self._authorize: t.Callable[[Task[..., t.Any]], bool] | None = None
         if app is not None:
@@ -277,6 +278,7 @@ class LongTask:
             app = self._app_factory()
             if app not in self._apps:
                 self.init_app(app)
+            self._factory_app = app  # _apps holds apps weakly: keep this one for the next job
             return app
         raise LookupError(
             f"No Flask app {import_name!r} is registered with this LongTask in this worker process."

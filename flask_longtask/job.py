@@ -126,19 +126,21 @@ class Job(t.Generic[R]):
         :param timeout: seconds to wait at most; ``None`` waits for ever.
         :raises JobTimeoutError: the job had not ended within ``timeout``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0005
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         while True:
             status = self.status
             if status.is_finished:
                 return status
+            now = time.monotonic()
+            # Short jobs end within a few ms: look often then, and back off to 50 ms after.
+            delay = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)
             if deadline is not None:
-                left = deadline - time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     raise JobTimeoutError(self.id, t.cast(float, timeout))
                 delay = min(delay, left)
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to end and return its value.

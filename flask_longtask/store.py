@@ -128,7 +128,6 @@ class JobStore:
         """
         # No expiry while the job waits or runs, like its record: a long queue must not lose the
         # arguments. finish() deletes it.
-        self.backend.set(f"request:{job_id}", request)
         record = {
             "id": job_id,
             "task": request["task"],
@@ -142,7 +141,9 @@ class JobStore:
             "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
         }
-        self.backend.set(f"job:{job_id}", record)
+        with self.backend.batch():
+            self.backend.set(f"request:{job_id}", request)
+            self.backend.set(f"job:{job_id}", record)
 
     def discard(self, job_id: str, memo_key: str | None) -> None:
         """Remove a job that could not be queued, as if it had never been submitted."""
@@ -187,21 +188,22 @@ class JobStore:
         status can always read the value. Then the memo entry, then single-flight is released.
         """
         job_id = record["id"]
-        if not self.backend.add(f"end:{job_id}", status.value, self.result_expire):
-            return False
-        expire = record.get("expire", self.result_expire)
         memo_key = record.get("memo_key")
+        expire = record.get("expire", self.result_expire)
         if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
             expire = max(expire, memo_expire)
-        if status is JobStatus.SUCCEEDED:
-            self.backend.set(f"result:{job_id}", result, expire)
-        final = {**record, "status": status.value, "finished": time.time(), "error": error}
-        self.backend.set(f"job:{job_id}", final, expire)
-        if memo_key is not None:
+        with self.backend.batch():
+            if not self.backend.add(f"end:{job_id}", status.value, self.result_expire):
+                return False
             if status is JobStatus.SUCCEEDED:
-                self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
-            self._release_inflight(memo_key, job_id)
-        self.backend.delete(f"request:{job_id}")
+                self.backend.set(f"result:{job_id}", result, expire)
+            final = {**record, "status": status.value, "finished": time.time(), "error": error}
+            self.backend.set(f"job:{job_id}", final, expire)
+            if memo_key is not None:
+                if status is JobStatus.SUCCEEDED:
+                    self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
+                self._release_inflight(memo_key, job_id)
+            self.backend.delete(f"request:{job_id}")
         app = _app_or_current(app)
         if app is not None:
             job = self.job(job_id)

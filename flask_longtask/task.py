@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 import typing as t
 
 from .worker import run_inline
@@ -42,8 +44,9 @@ class Task(t.Generic[P, R]):
         self.longtask = longtask
         #: The undecorated function.
         self.func = func
+        module = _module_name(func.__module__)
         #: The task's name, unique in the app: ``module.qualname`` unless given.
-        self.name: str = name or f"{func.__module__}.{func.__qualname__}"
+        self.name: str = name or f"{module}.{func.__qualname__}"
         #: ``None`` (no memoization), or zero-argument callables whose values join the memo key.
         self.cache_by: tuple[t.Callable[[], t.Any], ...] | None = None if cache_by is None else tuple(cache_by)
         #: Seconds a memoized result is reused; ``None`` means ``LONGTASK_RESULT_EXPIRE``.
@@ -56,7 +59,7 @@ class Task(t.Generic[P, R]):
         unknown = self.cache_ignore - set(self.signature.parameters)
         if unknown:
             raise ValueError(f"cache_ignore names {sorted(unknown)} that {func.__qualname__}() does not have.")
-        self._module = func.__module__
+        self._module = module
         functools.update_wrapper(self, func)
         _registry[self.name] = self
         longtask._tasks[self.name] = self
@@ -86,6 +89,22 @@ class Task(t.Generic[P, R]):
 
     def __reduce__(self) -> tuple[t.Any, ...]:
         return (lookup_task, (self.name, self._module))
+
+
+def _module_name(module: str) -> str:
+    """The importable name of a module: a script run as ``__main__`` is named after its file.
+
+    So ``python app.py`` names its tasks ``app.f``, exactly as a worker that imports ``app``
+    (Celery, ``flask longtask worker``, a spawned pool process) names them.
+    """
+    if module not in ("__main__", "__mp_main__"):
+        return module
+    main = sys.modules.get(module)
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", "__mp_main__"):
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else module
 
 
 def lookup_task(name: str, module: str | None = None) -> Task[..., t.Any]:

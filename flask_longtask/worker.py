@@ -15,8 +15,6 @@ import threading
 import time
 import typing as t
 
-from werkzeug.local import LocalProxy
-
 from . import signals
 from .backends.base import MISSING, Backend
 from .job import JobStatus
@@ -44,7 +42,8 @@ class JobContext:
         self._cancelled = False
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        self._next_beat = 0.0
+        # start() has just written the first heartbeat.
+        self._next_beat = time.monotonic() + (store.heartbeat_timeout / 4 if store is not None else 0.0)
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -66,10 +65,13 @@ class JobContext:
         :raises TypeError: an earlier progress value could not be serialised.
         """
         if self._error is not None:
-            err, self._error = self._error, None
-            raise TypeError(f"A progress value could not be serialised: {err}") from err
+            self._raise_error()
         self._value = value
         self._dirty = True
+
+    def _raise_error(self) -> None:
+        err, self._error = self._error, None
+        raise TypeError(f"A progress value could not be serialised: {err}") from err
 
     # -- driven by the ticker thread and by execute() -------------------------------------------
 
@@ -143,13 +145,59 @@ class _Ticker:
 
 _ticker = _Ticker()
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("flask_longtask.current_job")
+_OUTSIDE = "Working outside of a job: 'current_job' is only set inside a task."
 
-#: The job running in this thread: ``set_progress(value)``, ``is_cancel_requested``, ``id``.
-#: Inside a task called inline as a plain function it is a stand-in whose progress goes nowhere.
-current_job: JobContext = t.cast(
-    JobContext,
-    LocalProxy(_current, unbound_message="Working outside of a job: 'current_job' is only set inside a task."),
-)
+
+class _CurrentJobProxy:
+    """What ``current_job`` is: each access reads the job running in this context.
+
+    Written out by hand instead of werkzeug's ``LocalProxy`` because ``set_progress`` sits in
+    users' tight loops: this costs one Python call per use, ``LocalProxy`` several.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def _get() -> JobContext:
+        try:
+            return _current.get()
+        except LookupError:
+            raise RuntimeError(_OUTSIDE) from None
+
+    @property
+    def id(self) -> str | None:
+        return self._get().id
+
+    @property
+    def is_cancel_requested(self) -> bool:
+        try:
+            return _current.get()._cancelled
+        except LookupError:
+            raise RuntimeError(_OUTSIDE) from None
+
+    @property
+    def progress(self) -> t.Any:
+        return self._get()._value
+
+    def set_progress(self, value: t.Any) -> None:
+        try:
+            ctx = _current.get()
+        except LookupError:
+            raise RuntimeError(_OUTSIDE) from None
+        if ctx._error is not None:
+            ctx._raise_error()
+        ctx._value = value
+        ctx._dirty = True
+
+    def __repr__(self) -> str:
+        ctx = _current.get(None)
+        return "<current_job: none>" if ctx is None else f"<current_job {ctx.id}>"
+
+
+#: The job running in this thread: ``set_progress(value)``, ``is_cancel_requested``, ``id``,
+#: ``progress`` (see :class:`JobContext`). Inside a task called inline as a plain function it
+#: is a stand-in whose progress goes nowhere.
+current_job: JobContext = t.cast(JobContext, _CurrentJobProxy())
 
 
 def run_inline(func: t.Callable[..., t.Any], args: t.Any, kwargs: t.Any) -> t.Any:
@@ -199,10 +247,11 @@ def execute(
 
     state = app.extensions.get("longtask")
     store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
-    if not store.claim(job_id, _owner()):
-        return None
-    with app.app_context():
+    with backend.batch():
+        if not store.claim(job_id, _owner()):
+            return None
         record = store.start(record)
+    with app.app_context():
         job = store.job(job_id)
         signals.send(signals.job_started, app, job=job)
         if store.is_cancel_requested(job_id):

@@ -10,6 +10,7 @@ abstract methods below and proves itself with :mod:`flask_longtask.testing`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import pickle
 import typing as t
 from dataclasses import dataclass
@@ -114,6 +115,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is absent."""
+
+    def batch(self) -> t.ContextManager[None]:
+        """Group the storage calls made inside into one transaction, if the backend can.
+
+        The core wraps each step of a job (submit, claim and start, finish) in one batch, so a
+        store whose every write is a transaction (SQLite) pays once per step, not per key.
+        Batches may nest. The default groups nothing.
+        """
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def scan(self, prefix: str) -> t.Iterator[str]:

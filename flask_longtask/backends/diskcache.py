@@ -165,6 +165,10 @@ class DiskcacheBackend(Backend):
     def delete(self, key: str) -> None:
         self.cache.delete(key, retry=True)
 
+    def batch(self) -> t.ContextManager[None]:
+        # One SQLite transaction for a job step: a write costs its commit, not its row.
+        return t.cast("t.ContextManager[None]", self.cache.transact(retry=True))
+
     def scan(self, prefix: str) -> t.Iterator[str]:
         # A range query on the key index; diskcache stores str keys as raw TEXT (its ``_sql``
         # is private but stable since 3.0: iterating every key would be O(all keys)).
