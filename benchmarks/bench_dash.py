@@ -39,9 +39,7 @@ sys.path.insert(0, str(ROOT))
 MANAGER = os.environ.get("BENCH_MANAGER", "longtask")
 RUN_LOG = os.environ.get("BENCH_RUN_LOG", os.devnull)
 
-if (
-    os.environ.get("BENCH_SERVE") == "1"
-):  # the app, in the server process (and its workers)
+if os.environ.get("BENCH_SERVE") == "1":  # the app, in the server process (and its workers)
     from dash import Dash, Input, Output, dcc, html
 
     if MANAGER == "longtask":
@@ -130,9 +128,7 @@ class Server:
         return DashPage(self.url, timeout=60)
 
     def runs(self, tag: str) -> int:
-        return (
-            self.run_log.read_text().split().count(tag) if self.run_log.exists() else 0
-        )
+        return self.run_log.read_text().split().count(tag) if self.run_log.exists() else 0
 
     def tree(self) -> tuple[int, int]:
         """(processes, total RSS in bytes) of the server and all its descendants."""
@@ -171,9 +167,7 @@ def callback(spec: dict[str, t.Any]) -> t.Any:
     return Callback("out.children", dep("out", "children"), [dep("in", "data", spec)])
 
 
-def run_one(
-    server: Server, spec: dict[str, t.Any], interval: float, timeout: float = 60
-) -> t.Any:
+def run_one(server: Server, spec: dict[str, t.Any], interval: float, timeout: float = 60) -> t.Any:
     job = server.page().start(callback(spec))
     try:
         return job.run(interval=interval, timeout=timeout)
@@ -208,21 +202,15 @@ def bench(manager: str, tmp: Path, quick: bool) -> dict[str, str]:
     row: dict[str, str] = {}
     server = Server(manager, tmp)
     try:
-        run_one(
-            server, {"tag": "warm-up", "sleep": 0.0}, 0.05
-        )  # pool start-up is not measured
+        run_one(server, {"tag": "warm-up", "sleep": 0.0}, 0.05)  # pool start-up is not measured
         for interval in (0.05, 1.0):
             times = []
             for _ in range(3 if quick else 5):
                 started = time.monotonic()
-                answer = run_one(
-                    server, {"tag": uuid.uuid4().hex, "sleep": 0.5}, interval
-                )
+                answer = run_one(server, {"tag": uuid.uuid4().hex, "sleep": 0.5}, interval)
                 assert answer is not None and answer.response, answer
                 times.append(time.monotonic() - started)
-            row[f"0.5 s job, result after (interval {interval * 1000:g} ms)"] = (
-                f"{statistics.median(times):.2f} s"
-            )
+            row[f"0.5 s job, result after (interval {interval * 1000:g} ms)"] = f"{statistics.median(times):.2f} s"
         for count in (20,) if quick else (20, 200):
             tags = [uuid.uuid4().hex for _ in range(count)]
             with (
@@ -239,14 +227,10 @@ def bench(manager: str, tmp: Path, quick: bool) -> dict[str, str]:
                 wall = time.monotonic() - started
             done = sum(1 for a in answers if a is not None and a.response is not None)
             hung = sum(1 for a in answers if a is None)
-            row[f"{count} concurrent: completed / hung / other"] = (
-                f"{done} / {hung} / {count - done - hung}"
-            )
+            row[f"{count} concurrent: completed / hung / other"] = f"{done} / {hung} / {count - done - hung}"
             row[f"{count} concurrent: wall time"] = f"{wall:.1f} s"
             row[f"{count} concurrent: peak processes"] = str(sampler.procs)
-            row[f"{count} concurrent: peak RSS (tree)"] = (
-                f"{sampler.rss / 2**20:.0f} MiB"
-            )
+            row[f"{count} concurrent: peak RSS (tree)"] = f"{sampler.rss / 2**20:.0f} MiB"
         tag = uuid.uuid4().hex
 
         def tab(_: int) -> t.Any:
@@ -265,18 +249,14 @@ def bench(manager: str, tmp: Path, quick: bool) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer repeats, no 200-callback run"
-    )
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no 200-callback run")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve:
         _serve(options.serve)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {
-            name: bench(name, Path(tmp), options.quick) for name in ("longtask", "dash")
-        }
+        rows = {name: bench(name, Path(tmp), options.quick) for name in ("longtask", "dash")}
     print("| measure | LongTaskManager (diskcache backend) | Dash DiskcacheManager |")
     print("| --- | --- | --- |")
     for key in rows["longtask"]:

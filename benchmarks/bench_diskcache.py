@@ -147,8 +147,15 @@ def main() -> None:
 
         ours = latency(lambda: noop.submit().result(timeout=60), opts.jobs)
         theirs = latency(lambda: dash.result(*dash.submit(dash_noop, [])), opts.jobs)
-        rows.append(("submit -> result, no-op job (median)", f"{ours * 1e3:.2f} ms", f"{theirs * 1e3:.2f} ms",
-                     f"{theirs / ours:.1f}x faster", ">= 20x"))
+        rows.append(
+            (
+                "submit -> result, no-op job (median)",
+                f"{ours * 1e3:.2f} ms",
+                f"{theirs * 1e3:.2f} ms",
+                f"{theirs / ours:.1f}x faster",
+                ">= 20x",
+            )
+        )
 
         started = time.perf_counter()
         handles = [noop.submit() for _ in range(opts.jobs)]
@@ -160,19 +167,39 @@ def main() -> None:
         for key, pid in submitted:
             dash.result(key, pid)
         theirs_rate = opts.jobs / (time.perf_counter() - started)
-        rows.append((f"throughput, {opts.jobs} no-op jobs at once", f"{ours_rate:.0f} jobs/s",
-                     f"{theirs_rate:.0f} jobs/s", f"{ours_rate / theirs_rate:.1f}x", ">= 10x"))
+        rows.append(
+            (
+                f"throughput, {opts.jobs} no-op jobs at once",
+                f"{ours_rate:.0f} jobs/s",
+                f"{theirs_rate:.0f} jobs/s",
+                f"{ours_rate / theirs_rate:.1f}x",
+                ">= 10x",
+            )
+        )
 
         plain = min(loop.submit(opts.progress_calls, "none").result(timeout=120) for _ in range(3))
         with_progress = min(loop.submit(opts.progress_calls, "proxy").result(timeout=120) for _ in range(3))
         bound = min(loop.submit(opts.progress_calls, "bound").result(timeout=120) for _ in range(3))
         key, pid = dash.submit(dash_loop, [opts.progress_calls], progress=True)
         dash_progress = dash.result(key, pid)
-        rows.append((f"{opts.progress_calls:,} `current_job.set_progress` calls / same loop without",
-                     f"{with_progress * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
-                     f"{dash_progress * 1e3:.0f} ms with progress", f"{with_progress / plain:.2f}x", "<= 1.5x"))
-        rows.append(("the same, `set_progress` looked up once before the loop",
-                     f"{bound * 1e3:.0f} ms / {plain * 1e3:.0f} ms", "-", f"{bound / plain:.2f}x", "<= 1.5x"))
+        rows.append(
+            (
+                f"{opts.progress_calls:,} `current_job.set_progress` calls / same loop without",
+                f"{with_progress * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
+                f"{dash_progress * 1e3:.0f} ms with progress",
+                f"{with_progress / plain:.2f}x",
+                "<= 1.5x",
+            )
+        )
+        rows.append(
+            (
+                "the same, `set_progress` looked up once before the loop",
+                f"{bound * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
+                "-",
+                f"{bound / plain:.2f}x",
+                "<= 1.5x",
+            )
+        )
 
         for _ in range(100):
             noop.submit().result(timeout=60)
@@ -182,14 +209,30 @@ def main() -> None:
             for job in [noop.submit() for _ in range(batch)]:
                 job.result(timeout=120)
         rss_many, anon_many = rss_mb(), anon_mb()
-        rows.append((f"web-process RSS after {opts.memory_jobs:,} jobs / after 100",
-                     f"{rss_many:.1f} MB / {rss_100:.1f} MB", "-", f"{rss_many / rss_100:.3f}x", "<= 1.10x"))
-        rows.append(("the same, private memory only (RssAnon)", f"{anon_many:.1f} MB / {anon_100:.1f} MB", "-",
-                     f"{anon_many / anon_100:.3f}x", "<= 1.10x"))
+        rows.append(
+            (
+                f"web-process RSS after {opts.memory_jobs:,} jobs / after 100",
+                f"{rss_many:.1f} MB / {rss_100:.1f} MB",
+                "-",
+                f"{rss_many / rss_100:.3f}x",
+                "<= 1.10x",
+            )
+        )
+        rows.append(
+            (
+                "the same, private memory only (RssAnon)",
+                f"{anon_many:.1f} MB / {anon_100:.1f} MB",
+                "-",
+                f"{anon_many / anon_100:.3f}x",
+                "<= 1.10x",
+            )
+        )
 
     backend.close()
-    print(f"\nDiskcacheBackend (workers={opts.workers}) vs Dash DiskcacheManager, {os.cpu_count()} CPUs, "
-          f"Python {sys.version.split()[0]}\n")
+    print(
+        f"\nDiskcacheBackend (workers={opts.workers}) vs Dash DiskcacheManager, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}\n"
+    )
     print("| measure | Flask-LongTask | Dash | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:

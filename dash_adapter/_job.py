@@ -147,9 +147,7 @@ def run_callback(
     :param context: from :func:`capture_context`, in the submitting request.
     """
     publisher = _Publisher()
-    ctx = AttributeDict(
-        {key: _attribute_dicts(value) for key, value in context.items()}
-    )
+    ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
     ctx.ignore_register_page = False
     ctx.updated_props = _PropsRecorder(publisher)
     token = context_value.set(ctx)

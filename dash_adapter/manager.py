@@ -68,17 +68,13 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     def __init__(
         self,
         longtask: LongTask,
-        cache_by: t.Sequence[t.Callable[[], t.Any]]
-        | t.Callable[[], t.Any]
-        | None = None,
+        cache_by: t.Sequence[t.Callable[[], t.Any]] | t.Callable[[], t.Any] | None = None,
         expire: float | None = None,
         *,
         single_flight: bool = True,
     ) -> None:
         if not isinstance(longtask, LongTask):
-            raise TypeError(
-                f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}."
-            )
+            raise TypeError(f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}.")
         if callable(cache_by):
             cache_by = [cache_by]
         if cache_by is not None:
@@ -86,9 +82,7 @@ class LongTaskManager(BaseBackgroundCallbackManager):
             if not all(callable(f) for f in cache_by):
                 raise TypeError("'cache_by' must be a list of zero-argument functions.")
         if expire is not None and expire < 0:
-            raise ValueError(
-                f"'expire' must be a number of seconds >= 0, got {expire!r}."
-            )
+            raise ValueError(f"'expire' must be a number of seconds >= 0, got {expire!r}.")
         self.longtask = longtask
         self.expire = expire
         self.single_flight = single_flight
@@ -97,27 +91,19 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
-        return (
-            f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
-        )
+        return f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
 
     # -- registration (at decoration time, in every process that imports the app) --------------
 
-    def make_job_fn(
-        self, fn: t.Callable[..., t.Any], progress: bool, key: str | None = None
-    ) -> Task[..., t.Any]:
+    def make_job_fn(self, fn: t.Callable[..., t.Any], progress: bool, key: str | None = None) -> Task[..., t.Any]:
         """Register the task that runs callback ``fn``; Dash keeps it in ``func_registry[key]``."""
-        if (
-            self.cache_by is not None
-        ):  # memoized: identical requests share results for `expire`
+        if self.cache_by is not None:  # memoized: identical requests share results for `expire`
             cache_by: list[t.Callable[[], t.Any]] | None = list(self.cache_by)
             expire, mode = (
                 self.expire,
                 f":memo{'' if self.expire is None else f'-{self.expire:g}'}",
             )
-        elif (
-            self.single_flight
-        ):  # only while in flight: a memo entry that expires at once
+        elif self.single_flight:  # only while in flight: a memo entry that expires at once
             cache_by, expire, mode = [], 0.0, ""
         else:
             cache_by, expire, mode = None, None, ":plain"
@@ -155,9 +141,7 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         return job.id
 
     def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
-        callback_id = t.cast(
-            str, (flask.request.get_json(silent=True) or {}).get("output", "")
-        )
+        callback_id = t.cast(str, (flask.request.get_json(silent=True) or {}).get("output", ""))
         key = self._keys.get((fn, callback_id))
         if key is None:
             key = self._keys[(fn, callback_id)] = self._hash(fn, callback_id)
@@ -172,9 +156,7 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     @staticmethod
     def _hash(fn: t.Callable[..., t.Any], callback_id: str) -> str:
         # Dash's own key for a background function: its source and its callback's outputs.
-        hash_function = t.cast(
-            t.Callable[..., str], BaseBackgroundCallbackManager.hash_function
-        )
+        hash_function = t.cast(t.Callable[..., str], BaseBackgroundCallbackManager.hash_function)
         return hash_function(fn, callback_id)
 
     def call_job_fn(self, key: str, job_fn: t.Any, args: t.Any, context: t.Any) -> str:
@@ -240,20 +222,14 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         if not job:
             return False
         snapshot = self._snapshot(str(job))
-        return (
-            snapshot.status in _ACTIVE
-            and snapshot.job is not None
-            and not snapshot.job.is_cancel_requested
-        )
+        return snapshot.status in _ACTIVE and snapshot.job is not None and not snapshot.job.is_cancel_requested
 
     def get_updated_props(self, key: str) -> dict[str, dict[str, t.Any]]:
         """The ``set_props`` calls this browser has not seen yet, merged per component."""
         published = self._snapshot(key).published
         if not published or not published["props"]:
             return {}
-        poller = hashlib.sha256(
-            flask.request.args.get("endId", "").encode()
-        ).hexdigest()[:32]
+        poller = hashlib.sha256(flask.request.args.get("endId", "").encode()).hexdigest()[:32]
         cursor_key = _CURSOR_KEY.format(job=key, poller=poller)
         backend = self.longtask.backend
         seen = backend.get(cursor_key)

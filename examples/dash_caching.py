@@ -29,9 +29,7 @@ launch_uid = uuid4()
 longtask = LongTask()
 app = Dash(
     __name__,
-    background_callback_manager=LongTaskManager(
-        longtask, cache_by=[lambda: launch_uid], expire=60
-    ),
+    background_callback_manager=LongTaskManager(longtask, cache_by=[lambda: launch_uid], expire=60),
 )
 app.server.config.from_prefixed_env()
 longtask.init_app(app.server)

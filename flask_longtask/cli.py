@@ -92,7 +92,7 @@ def jobs_command(status: str | None) -> None:
     for record in records:
         try:
             progress = store.read_progress(record["id"])[1]
-        except Exception:  # noqa: BLE001 - expired in between, or written by a class this process lacks
+        except Exception:
             progress = "?"
         click.echo(
             f"{record['id']:32}  {record['status']:9}  {_when(record['created']):19}  {record['task'][:30]:30}  "

@@ -11,8 +11,8 @@ from flask import Blueprint, Flask, current_app, has_app_context
 from . import memo, signals
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
-from .exceptions import QueueFullError
 from .cli import longtask_cli
+from .exceptions import QueueFullError
 from .job import Job
 from .store import JobStore
 from .task import Task

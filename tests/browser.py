@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .services import free_port as free_port
+from .services import stop
 
 CHROMIUM = os.environ.get("LONGTASK_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LONGTASK_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -63,13 +64,6 @@ def chrome(tmp_path: Path) -> t.Iterator[WebDriver]:
         driver.quit()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return t.cast(int, sock.getsockname()[1])
-
-
 def _answers_http(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1):
@@ -93,7 +87,7 @@ def live_server_process(
     """Run ``cmd`` (a server that listens on ``port``) and yield its base URL once it answers HTTP.
 
     The server runs in its own process group; on exit the whole group (the server and any
-    workers it forked) gets SIGTERM, then SIGKILL if it has not ended within 5 seconds. If the
+    workers it forked) is stopped by :func:`tests.services.stop`. If the
     server exits or does not answer within ``timeout`` seconds, the test fails with its output.
 
     :param path: the path polled until it answers (any HTTP status counts).
@@ -127,15 +121,4 @@ def live_server_process(
                 delay = min(delay * 2, 0.1)
             yield base
         finally:
-            _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    # SIGTERM lets the server shut down cleanly; SIGKILL then takes whatever is left of the group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(5)
+            stop(proc)

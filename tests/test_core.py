@@ -327,7 +327,7 @@ def test_every_signal_and_its_arguments(app, longtask):
 
     names = ["job_submitted", "job_started", "job_progress", "job_succeeded", "job_failed", "cache_hit"]
     receivers = [recorder(n) for n in names]
-    for name, receiver in zip(names, receivers):
+    for name, receiver in zip(names, receivers, strict=True):
         getattr(signals, name).connect(receiver, sender=app)
     try:
         with app.app_context():
@@ -339,7 +339,7 @@ def test_every_signal_and_its_arguments(app, longtask):
             failed.wait(10)
             wait_for(lambda: any(g[0] == "job_failed" for g in got), what="job_failed")
     finally:
-        for name, receiver in zip(names, receivers):
+        for name, receiver in zip(names, receivers, strict=True):
             getattr(signals, name).disconnect(receiver)
     by_name = {name: (jid, kw) for name, jid, kw in got}
     assert [g[0] for g in got if g[1] == job.id] == [

@@ -33,9 +33,7 @@ pytestmark = [
 
 
 @contextlib.contextmanager
-def example(
-    name: str, backend: str, tmp_path: Path, chrome: WebDriver, scale: float
-) -> t.Iterator[WebDriver]:
+def example(name: str, backend: str, tmp_path: Path, chrome: WebDriver, scale: float) -> t.Iterator[WebDriver]:
     """Serve ``examples/<name>.py`` and open it in ``chrome``."""
     port = free_port()
     env = {
@@ -59,9 +57,7 @@ def until(
 ) -> t.Any:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(
-        condition, f"timed out waiting for {what}"
-    )
+    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(condition, f"timed out waiting for {what}")
 
 
 def text(driver: WebDriver, element_id: str) -> str:
@@ -79,10 +75,7 @@ def enabled(driver: WebDriver, element_id: str) -> bool:
 def visible(driver: WebDriver, element_id: str) -> bool:
     from selenium.webdriver.common.by import By
 
-    return (
-        driver.find_element(By.ID, element_id).value_of_css_property("visibility")
-        == "visible"
-    )
+    return driver.find_element(By.ID, element_id).value_of_css_property("visibility") == "visible"
 
 
 def click(driver: WebDriver, element_id: str) -> None:
@@ -105,28 +98,20 @@ def test_example_1_simple(chrome: WebDriver, tmp_path: Path, backend: str) -> No
     with example("dash_simple", backend, tmp_path, chrome, scale=0.25) as page:
         initial_run_done(page)
         click(page, "button_id")
-        until(
-            page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result"
-        )
+        until(page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result")
 
 
-def test_example_2_button_disabled_while_running(
-    chrome: WebDriver, tmp_path: Path, backend: str
-) -> None:
+def test_example_2_button_disabled_while_running(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
     with example("dash_disable_button", backend, tmp_path, chrome, scale=0.25) as page:
         initial_run_done(page)
         click(page, "button_id")
         until(page, lambda d: not enabled(d, "button_id"), "the button to be disabled")
-        until(
-            page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result"
-        )
+        until(page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result")
         until(page, lambda d: enabled(d, "button_id"), "the button to be enabled again")
 
 
 def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example(
-        "dash_cancel", backend, tmp_path, chrome, scale=1.0
-    ) as page:  # a 2 s job
+    with example("dash_cancel", backend, tmp_path, chrome, scale=1.0) as page:  # a 2 s job
         initial_run_done(page)
         assert not enabled(page, "cancel_button_id")
         click(page, "button_id")
@@ -137,9 +122,7 @@ def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> No
             lambda d: enabled(d, "button_id") and not enabled(d, "cancel_button_id"),
             "the running outputs to reset",
         )
-        assert (
-            text(page, "paragraph_id") == "Clicked None times"
-        )  # the cancelled run never answered
+        assert text(page, "paragraph_id") == "Clicked None times"  # the cancelled run never answered
 
 
 def progress_value(driver: WebDriver) -> tuple[str | None, str | None]:
@@ -149,9 +132,7 @@ def progress_value(driver: WebDriver) -> tuple[str | None, str | None]:
     return bar.get_attribute("value"), bar.get_attribute("max")
 
 
-def test_example_4_progress_bar(
-    chrome: WebDriver, tmp_path: Path, backend: str
-) -> None:
+def test_example_4_progress_bar(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
     # 10 steps of 0.5 s * 0.6 = 3 s; the page polls every second.
     with example("dash_progress_bar", backend, tmp_path, chrome, scale=0.6) as page:
         initial_run_done(page)
@@ -172,9 +153,7 @@ def test_example_4_progress_bar(
             lambda d: int(progress_value(d)[0] or 0) > int(value[0]),
             "the bar to advance",
         )
-        until(
-            page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result"
-        )
+        until(page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result")
         until(
             page,
             lambda d: visible(d, "paragraph_id") and not visible(d, "progress_bar"),
@@ -197,27 +176,19 @@ def graph_bar(driver: WebDriver) -> float | None:
     )
 
 
-def test_example_5_progress_graph(
-    chrome: WebDriver, tmp_path: Path, backend: str
-) -> None:
+def test_example_5_progress_graph(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
     with example("dash_progress_graph", backend, tmp_path, chrome, scale=0.6) as page:
         initial_run_done(page)
         until(page, lambda d: graph_bar(d) == 0, "the empty bar (progress_default)")
         click(page, "button_id")
         first = until(page, lambda d: (x := graph_bar(d)) and x, "the bar to grow")
         until(page, lambda d: (graph_bar(d) or 0) > first, "the bar to grow further")
-        until(
-            page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result"
-        )
-        until(
-            page, lambda d: graph_bar(d) == 0, "the bar to go back to progress_default"
-        )
+        until(page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result")
+        until(page, lambda d: graph_bar(d) == 0, "the bar to go back to progress_default")
 
 
 def test_example_6_caching(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example(
-        "dash_caching", backend, tmp_path, chrome, scale=0.75
-    ) as page:  # 1.5 s a run
+    with example("dash_caching", backend, tmp_path, chrome, scale=0.75) as page:  # 1.5 s a run
         initial_run_done(page)
         durations = {}
         for clicks in (

@@ -7,7 +7,6 @@ diskcache backend (a shared pool of worker processes), against ``tests/dash_apps
 from __future__ import annotations
 
 import sys
-import time
 import typing as t
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -56,9 +55,7 @@ class Server:
 
 
 def with_spec(callback: Callback, **spec: t.Any) -> Callback:
-    return Callback(
-        callback.output, callback.outputs, [dep(INPUTS[callback.output], "data", spec)]
-    )
+    return Callback(callback.output, callback.outputs, [dep(INPUTS[callback.output], "data", spec)])
 
 
 def tag() -> str:
@@ -66,9 +63,7 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module", params=["thread", "diskcache"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"dash-{request.param}")
     run_log = tmp / "runs.log"
     env = {
@@ -100,9 +95,7 @@ def test_manager_plugs_into_dash_both_ways() -> None:
     manager, other = LongTaskManager(longtask), LongTaskManager(longtask)
     app = dash.Dash(__name__, server=server, background_callback_manager=manager)
 
-    @app.callback(
-        dash.Output("x", "children"), dash.Input("y", "n_clicks"), background=True
-    )
+    @app.callback(dash.Output("x", "children"), dash.Input("y", "n_clicks"), background=True)
     def by_app(n: int) -> str:
         return "app"
 
@@ -121,13 +114,8 @@ def test_manager_plugs_into_dash_both_ways() -> None:
     # every manager), named after the function so a worker process finds it by name.
     for m in (manager, other):
         names = {task.name for task in m.func_registry.values()}
-        assert any(
-            name.startswith(f"{__name__}.{by_app.__qualname__}:dash-") for name in names
-        )
-        assert any(
-            name.startswith(f"{__name__}.{by_callback.__qualname__}:dash-")
-            for name in names
-        )
+        assert any(name.startswith(f"{__name__}.{by_app.__qualname__}:dash-") for name in names)
+        assert any(name.startswith(f"{__name__}.{by_callback.__qualname__}:dash-") for name in names)
 
 
 def test_manager_rejects_bad_arguments() -> None:
@@ -140,9 +128,7 @@ def test_manager_rejects_bad_arguments() -> None:
 def test_long_callback_needs_a_longtask_manager() -> None:
     app = dash.Dash(__name__)
     with pytest.raises(TypeError, match="needs a LongTaskManager"):
-        long_callback(
-            app, output=dash.Output("a", "children"), args=dash.Input("b", "n_clicks")
-        )
+        long_callback(app, output=dash.Output("a", "children"), args=dash.Input("b", "n_clicks"))
 
 
 # -- behaviours, over HTTP -------------------------------------------------------------------------
@@ -164,9 +150,7 @@ def test_keyword_grouping_and_state(server: Server) -> None:
         [dep("kw-state", "data", "S")],
     )
     answer = server.page().start(callback).run()
-    assert answer.response == {
-        "kw-out": {"children": f"done {name} by kw-in with S and S"}
-    }
+    assert answer.response == {"kw-out": {"children": f"done {name} by kw-in with S and S"}}
 
 
 def test_every_poll_shows_the_latest_progress(server: Server) -> None:
@@ -242,16 +226,10 @@ def test_cancel_ends_the_spinner_at_the_next_poll(server: Server) -> None:
 
 
 def test_error_reaches_on_error(server: Server) -> None:
-    answer = (
-        server.page()
-        .start(with_spec(FAILING, tag=tag(), **{"raise": "boom in the job"}))
-        .run()
-    )
+    answer = server.page().start(with_spec(FAILING, tag=tag(), **{"raise": "boom in the job"})).run()
     assert answer.status == 200
     text = answer.response["err-out"]["children"]  # type: ignore[index]
-    assert text.startswith(
-        "on_error: An error occurred inside a background callback: boom in the job"
-    )
+    assert text.startswith("on_error: An error occurred inside a background callback: boom in the job")
     assert "ValueError" in text  # the job's traceback
 
 
@@ -261,10 +239,7 @@ def test_error_without_on_error_is_a_server_error(server: Server) -> None:
 
 
 def test_prevent_update_in_the_job_is_a_204(server: Server) -> None:
-    assert (
-        server.page().start(with_spec(WORK, tag=tag(), prevent=True)).run().status
-        == 204
-    )
+    assert server.page().start(with_spec(WORK, tag=tag(), prevent=True)).run().status == 204
 
 
 def test_identical_concurrent_requests_run_once_and_all_get_the_result(
@@ -280,9 +255,7 @@ def test_identical_concurrent_requests_run_once_and_all_get_the_result(
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(one_tab, range(20)))
     assert len({job_id for job_id, _ in answers}) == 1
-    assert [response for _, response in answers] == [
-        {"out": {"children": f"done {name} by work"}}
-    ] * 20
+    assert [response for _, response in answers] == [{"out": {"children": f"done {name} by work"}}] * 20
     assert server.runs(name) == ["start", "end"]
 
 
@@ -291,12 +264,7 @@ def test_many_concurrent_callbacks_all_complete(server: Server, count: int) -> N
     names = [tag() for _ in range(count)]
 
     def one(name: str) -> t.Any:
-        return (
-            server.page()
-            .start(with_spec(WORK, tag=name, sleep=0.01))
-            .run(interval=0.05, timeout=60)
-            .response
-        )
+        return server.page().start(with_spec(WORK, tag=name, sleep=0.01)).run(interval=0.05, timeout=60).response
 
     with ThreadPoolExecutor(min(count, 50)) as pool:
         answers = list(pool.map(one, names))
@@ -309,12 +277,8 @@ def test_memoized_hit_starts_nothing(server: Server) -> None:
     first = server.page().start(spec)
     assert first.run().response == {"memo-out": {"children": f"done {name} by memo-in"}}
     second = server.page().start(spec)
-    assert (
-        second.job_id == first.job_id
-    )  # the finished job answers: no new job, no process
-    assert second.poll().response == {
-        "memo-out": {"children": f"done {name} by memo-in"}
-    }
+    assert second.job_id == first.job_id  # the finished job answers: no new job, no process
+    assert second.poll().response == {"memo-out": {"children": f"done {name} by memo-in"}}
     assert len(second.polls) == 1
     assert server.runs(name) == ["start", "end"]
 
@@ -351,9 +315,7 @@ def test_long_callback_progress_shorthand(server: Server) -> None:
 # A thread cannot die alone (killing it kills the server): this one is for process backends.
 @pytest.mark.parametrize("server", ["diskcache"], indirect=True)
 def test_dead_worker_ends_with_an_error(server: Server) -> None:
-    answer = (
-        server.page().start(with_spec(FAILING, tag=tag(), die=True)).run(timeout=20)
-    )
+    answer = server.page().start(with_spec(FAILING, tag=tag(), die=True)).run(timeout=20)
     assert answer.status == 200
     assert "died" in answer.response["err-out"]["children"]  # type: ignore[index]
 
@@ -364,7 +326,5 @@ def test_without_single_flight_identical_requests_run_apart(server: Server) -> N
     first, second = server.page().start(spec), server.page().start(spec)
     assert first.job_id != second.job_id
     for job in (first, second):
-        assert job.run().response == {
-            "plain-out": {"children": f"done {name} by plain-in"}
-        }
+        assert job.run().response == {"plain-out": {"children": f"done {name} by plain-in"}}
     assert server.runs(name) == ["start", "start", "end", "end"]

@@ -318,7 +318,6 @@ def test_cli_jobs_cancel_purge(app: Flask, tmp_path: Path) -> None:
     assert "No jobs." in out.output
 
 
-
 def test_queue_length_is_seen_by_every_process(tmp_path: Path) -> None:
     host = DiskcacheBackend(tmp_path / "lt", workers=1)
     other = DiskcacheBackend(tmp_path / "lt", embedded=False)

@@ -121,8 +121,12 @@ def test_host_death_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> N
 def _http(port: int, method: str, path: str, body: t.Any = None) -> t.Any:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"Content-Type": "application/json", "Connection": "close"})
+        conn.request(
+            method,
+            path,
+            body=None if body is None else json.dumps(body),
+            headers={"Content-Type": "application/json", "Connection": "close"},
+        )
         response = conn.getresponse()
         data = response.read()
         assert response.status == 200, (response.status, data)
@@ -136,8 +140,16 @@ def test_gunicorn_4_workers_share_jobs_over_http(tmp_path: Path) -> None:
     log = tmp_path / "gunicorn.log"
     out = log.open("wb")
     server = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-w", "4", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-         "tests.apps.diskcache_app:app"],
+        [
+            str(BIN / "gunicorn"),
+            "-w",
+            "4",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "5",
+            "tests.apps.diskcache_app:app",
+        ],
         cwd=ROOT,
         env=env_for(tmp_path / "lt", LONGTASK_WORKERS="2"),
         stdout=out,
@@ -151,18 +163,22 @@ def test_gunicorn_4_workers_share_jobs_over_http(tmp_path: Path) -> None:
         # A result: submitted through one worker, read through others.
         submit = _http(port, "POST", "/submit/add", {"args": [20, 22]})
         web_pids = {submit["pid"]}
+
         def answered() -> bool:
             state = _http(port, "GET", f"/jobs/{submit['id']}")
             web_pids.add(state["pid"])
             return state["status"] == "succeeded" and len(web_pids) >= 3
+
         wait_for(answered, 30, "the result to be read through other gunicorn workers")
         assert _http(port, "GET", f"/jobs/{submit['id']}")["result"] == 42
 
         # One pool for the directory, whichever worker received the job.
         ids = [_http(port, "POST", "/submit/whoami")["id"] for _ in range(12)]
+
         def results() -> list[t.Any] | None:
             states = [_http(port, "GET", f"/jobs/{i}") for i in ids]
             return [s["result"] for s in states] if all(s["status"] == "succeeded" for s in states) else None
+
         seen = wait_for(results, 30, "the whoami jobs")
         pool_pids = {s["pid"] for s in seen}
         gunicorn_workers = set(children_of(server.pid))
@@ -175,10 +191,12 @@ def test_gunicorn_4_workers_share_jobs_over_http(tmp_path: Path) -> None:
         wait_for(lambda: _http(port, "GET", f"/jobs/{stubborn['id']}")["status"] == "running", 30, "running")
         cancel_pids = set()
         cancel_pids.add(_http(port, "POST", f"/jobs/{stubborn['id']}/cancel")["pid"])
+
         def cancelled() -> bool:
             state = _http(port, "GET", f"/jobs/{stubborn['id']}")
             cancel_pids.add(state["pid"])
             return state["status"] == "cancelled" and len(cancel_pids) >= 2
+
         wait_for(cancelled, 10, "the job to be cancelled, seen from two workers")
         pool_pids.add(int((tmp_path / "pid").read_text()))
     finally:

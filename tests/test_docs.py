@@ -101,9 +101,7 @@ def test_every_quickstart_block_is_run_by_a_test() -> None:
         )
     for name, test in QUICKSTART_TESTS.items():
         assert test in globals(), test
-        assert len([b for b in blocks if b.name == name]) == 1, (
-            f"one block named {name!r}"
-        )
+        assert len([b for b in blocks if b.name == name]) == 1, f"one block named {name!r}"
 
 
 def test_marked_blocks_on_other_pages_run(tmp_path: Path) -> None:
@@ -123,9 +121,7 @@ def test_marked_blocks_on_other_pages_run(tmp_path: Path) -> None:
                 timeout=60,
                 check=False,
             )
-            assert out.returncode == 0, (
-                f"docs/{page} line {block.line} failed:\n{out.stdout}\n{out.stderr}"
-            )
+            assert out.returncode == 0, f"docs/{page} line {block.line} failed:\n{out.stdout}\n{out.stderr}"
 
 
 def _http(method: str, url: str) -> tuple[int, t.Any]:
@@ -149,19 +145,12 @@ def test_quickstart_flask_app(tmp_path: Path) -> None:
 
         # Progress is visible while it runs, then the result.
         running = wait_for(
-            lambda: (
-                (s := _http("GET", job)[1])["status"] == "running"
-                and s["progress"]
-                and s
-            ),
+            lambda: (s := _http("GET", job)[1])["status"] == "running" and s["progress"] and s,
             timeout=30,
             what="progress while running",
         )
         assert set(running) == {"status", "progress"}
-        assert (
-            1 <= running["progress"]["done"] <= 20
-            and running["progress"]["total"] == 20
-        )
+        assert 1 <= running["progress"]["done"] <= 20 and running["progress"]["total"] == 20
         final = wait_for(
             lambda: (s := _http("GET", job)[1])["status"] == "succeeded" and s,
             timeout=30,
@@ -224,9 +213,7 @@ def test_quickstart_dash_app(tmp_path: Path, chrome: WebDriver) -> None:
         chrome.get(base)
 
         def until(condition: t.Callable[[], t.Any], what: str) -> t.Any:
-            return WebDriverWait(chrome, 30, poll_frequency=0.02).until(
-                lambda _: condition(), f"timed out: {what}"
-            )
+            return WebDriverWait(chrome, 30, poll_frequency=0.02).until(lambda _: condition(), f"timed out: {what}")
 
         def element(element_id: str) -> t.Any:
             return chrome.find_element(By.ID, element_id)
@@ -252,9 +239,7 @@ def test_quickstart_dash_app(tmp_path: Path, chrome: WebDriver) -> None:
             "Cancel to be enabled while the job runs",
         )
         element("cancel").click()
-        until(
-            lambda: element("run").is_enabled(), "Run to be enabled again after Cancel"
-        )
+        until(lambda: element("run").is_enabled(), "Run to be enabled again after Cancel")
         assert element("result").text == "Finished run 1"
 
 
@@ -297,9 +282,7 @@ def test_cli_page_help_is_what_the_commands_print() -> None:
         # The page's output was made with COLUMNS=100: click wraps help at min(columns, 80) - 2.
         result = runner.invoke(args=args.split(), prog_name="flask", terminal_width=78)
         assert result.exit_code == 0, result.output
-        assert result.output == documented, (
-            f"docs/cli.md: the output of 'flask {args}' has changed"
-        )
+        assert result.output == documented, f"docs/cli.md: the output of 'flask {args}' has changed"
 
 
 def _tables(text: str) -> list[str]:
@@ -363,9 +346,7 @@ def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_docs_build_without_warnings(built_docs: Path) -> None:
     pages = {p.name for p in built_docs.glob("*.html")}
     expected = {f"{p.stem}.html" for p in DOCS.glob("*.md")}
-    assert expected <= pages, (
-        f"pages missing from the build: {sorted(expected - pages)}"
-    )
+    assert expected <= pages, f"pages missing from the build: {sorted(expected - pages)}"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -399,21 +380,14 @@ def test_quickstart_page_renders_in_chromium(docs_url: str, chrome: WebDriver) -
     assert code.is_displayed() and "from flask_longtask import" in code.text
     assert code.size["height"] > 100 and code.size["width"] > 300
     # The Pallets theme's stylesheet and Pygments' applied: its font, a shaded, highlighted block.
-    assert "Times" not in heading.value_of_css_property("font-family"), (
-        "no theme stylesheet"
-    )
+    assert "Times" not in heading.value_of_css_property("font-family"), "no theme stylesheet"
     box = chrome.find_element(By.CSS_SELECTOR, "div.highlight-python div.highlight")
     assert box.value_of_css_property("background-color") == "rgba(248, 248, 248, 1)"
-    highlighted = chrome.find_elements(
-        By.CSS_SELECTOR, "div.highlight-python pre span.kn"
-    )
+    highlighted = chrome.find_elements(By.CSS_SELECTOR, "div.highlight-python pre span.kn")
     assert highlighted, "no syntax highlighting"
     # The HTML comments that mark tested blocks stay invisible.
     assert "test: flask-app" not in chrome.find_element(By.TAG_NAME, "body").text
-    links = [
-        a.get_attribute("href")
-        for a in chrome.find_elements(By.CSS_SELECTOR, "a.reference.internal")
-    ]
+    links = [a.get_attribute("href") for a in chrome.find_elements(By.CSS_SELECTOR, "a.reference.internal")]
     assert any(link.endswith("concepts.html") for link in links), links
 
 
@@ -452,10 +426,7 @@ def test_no_broken_internal_links(docs_url: str, built_docs: Path) -> None:
         return parsed.get(url)
 
     host = urllib.parse.urlsplit(docs_url).netloc
-    todo = [
-        docs_url + p.relative_to(built_docs).as_posix()
-        for p in sorted(built_docs.rglob("*.html"))
-    ]
+    todo = [docs_url + p.relative_to(built_docs).as_posix() for p in sorted(built_docs.rglob("*.html"))]
     seen = set(todo)
     broken: list[str] = []
     checked = 0
@@ -482,6 +453,4 @@ def test_no_broken_internal_links(docs_url: str, built_docs: Path) -> None:
                 seen.add(resource)
                 todo.append(resource)
     assert not broken, "broken links in the built docs:\n" + "\n".join(broken)
-    assert checked > 100, (
-        f"only {checked} links checked: is the crawler finding the pages?"
-    )
+    assert checked > 100, f"only {checked} links checked: is the crawler finding the pages?"

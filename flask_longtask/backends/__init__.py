@@ -30,9 +30,7 @@ def backend_class(name: str) -> type[Backend]:
     path = BACKENDS.get(name, name)
     module_name, _, attr = path.partition(":")
     if not attr:
-        raise ValueError(
-            f"Unknown LONGTASK_BACKEND {name!r}: use one of {sorted(BACKENDS)} or 'package.module:Class'."
-        )
+        raise ValueError(f"Unknown LONGTASK_BACKEND {name!r}: use one of {sorted(BACKENDS)} or 'package.module:Class'.")
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ValueError(f"LONGTASK_BACKEND {name!r} is not a flask_longtask.backends.Backend subclass.")

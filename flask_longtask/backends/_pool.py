@@ -34,8 +34,8 @@ import time
 import typing as t
 
 try:
-    import multiprocess  # type: ignore[import-untyped]
-    from multiprocess.connection import wait as _wait  # type: ignore[import-untyped]
+    import multiprocess
+    from multiprocess.connection import wait as _wait
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
@@ -139,7 +139,7 @@ class PoolHost:
             while not self._stopping.is_set():
                 try:
                     self._step()
-                except Exception:  # noqa: BLE001 - storage hiccup (disk full, locked): log, back off, carry on
+                except Exception:
                     _log.exception("Worker pool of %s: dispatcher error; retrying.", self.backend.directory)
                     self._stopping.wait(TICK)
         finally:

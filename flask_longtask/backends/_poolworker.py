@@ -51,7 +51,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             return
         try:
             execute(backend, data.decode())
-        except Exception as exc:  # noqa: BLE001 - reported to the host, then this process exits
+        except Exception as exc:
             # Storage failed under the job (disk full, directory gone): this process cannot record
             # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
             _log.exception("Job %s: its outcome could not be stored.", data.decode())

@@ -9,7 +9,8 @@ import weakref
 
 try:
     import redis
-    from celery import Celery, signals as celery_signals
+    from celery import Celery
+    from celery import signals as celery_signals
 except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
@@ -176,8 +177,9 @@ def _backend_for(sender: t.Any) -> CeleryBackend | None:
     return _by_celery.get(sender.app)
 
 
-@celery_signals.task_revoked.connect(weak=False)
-def _on_revoked(sender: t.Any = None, request: t.Any = None, terminated: bool = False, signum: t.Any = None, **kw: t.Any) -> None:
+def _on_revoked(
+    sender: t.Any = None, request: t.Any = None, terminated: bool = False, signum: t.Any = None, **kw: t.Any
+) -> None:
     backend = _backend_for(sender)
     if backend is not None and request is not None and terminated:
         from ..store import JobStore
@@ -185,8 +187,9 @@ def _on_revoked(sender: t.Any = None, request: t.Any = None, terminated: bool = 
         JobStore(backend).mark_lost(request.id, f"its Celery task was terminated (signal {signum})")
 
 
-@celery_signals.task_failure.connect(weak=False)
-def _on_failure(sender: t.Any = None, task_id: str | None = None, exception: BaseException | None = None, **kw: t.Any) -> None:
+def _on_failure(
+    sender: t.Any = None, task_id: str | None = None, exception: BaseException | None = None, **kw: t.Any
+) -> None:
     # execute() records every exception of a job itself; a failure that reaches Celery means the
     # process running the job died (WorkerLostError) or execute() itself could not run.
     backend = _backend_for(sender)
@@ -195,5 +198,9 @@ def _on_failure(sender: t.Any = None, task_id: str | None = None, exception: Bas
 
         JobStore(backend).mark_lost(task_id, f"{type(exception).__name__}: {exception}")
 
+
+# Both run in the Celery worker's main process, which sees its pool processes die or be killed.
+celery_signals.task_revoked.connect(_on_revoked, weak=False)
+celery_signals.task_failure.connect(_on_failure, weak=False)
 
 __all__ = ["RUN_TASK", "CeleryBackend"]

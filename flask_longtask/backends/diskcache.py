@@ -13,8 +13,8 @@ import typing as t
 import weakref
 
 try:
-    import dill  # type: ignore[import-untyped]
-    import diskcache  # type: ignore[import-untyped]
+    import dill
+    import diskcache
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
@@ -174,8 +174,7 @@ class DiskcacheBackend(Backend):
         # is private but stable since 3.0: iterating every key would be O(all keys)).
         sql = self.cache._sql
         rows = sql(
-            "SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ?"
-            " AND (expire_time IS NULL OR expire_time > ?)",
+            "SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ? AND (expire_time IS NULL OR expire_time > ?)",
             (prefix, prefix + "\U0010ffff", time.time()),
         ).fetchall()
         return iter([row[0] for row in rows if isinstance(row[0], str)])

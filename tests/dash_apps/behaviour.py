@@ -70,15 +70,11 @@ app.layout = html.Div(
 
 
 def log_run(text: str) -> None:
-    with open(
-        RUN_LOG, "a"
-    ) as log:  # O_APPEND: whole lines, even from several processes
+    with open(RUN_LOG, "a") as log:  # O_APPEND: whole lines, even from several processes
         log.write(text + "\n")
 
 
-def run(
-    spec: dict[str, t.Any], set_progress: t.Callable[[t.Any], None] | None = None
-) -> str:
+def run(spec: dict[str, t.Any], set_progress: t.Callable[[t.Any], None] | None = None) -> str:
     log_run(f"start {spec['tag']}")
     for i in range(spec.get("steps", 0)):
         time.sleep(spec.get("step", 0.01))

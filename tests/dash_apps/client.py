@@ -75,9 +75,7 @@ class DashPage:
     def post(self, body: dict[str, t.Any], **query: str | list[str]) -> Poll:
         args: list[tuple[str, str]] = [("endId", self.end_id)]
         for name, value in query.items():
-            args.extend(
-                (name, v) for v in (value if isinstance(value, list) else [value])
-            )
+            args.extend((name, v) for v in (value if isinstance(value, list) else [value]))
         url = f"{self.base_url}/_dash-update-component?{urllib.parse.urlencode(args)}"
         request = urllib.request.Request(
             url,
@@ -105,26 +103,20 @@ class DashPage:
             "outputs": callback.outputs,
             "inputs": inputs,
             "state": state,
-            "changedPropIds": [
-                f"{d['id']}.{d['property']}" for d in callback.inputs[:1]
-            ],
+            "changedPropIds": [f"{d['id']}.{d['property']}" for d in callback.inputs[:1]],
         }
 
     def start(self, callback: Callback, **query: str | list[str]) -> Job:
         """Fire ``callback``: the first request, which starts (or joins) the job."""
         answer = self.post(self.body(callback), **query)
-        assert answer.status == 200 and "cacheKey" in answer.body, (
-            f"not a background callback: {answer}"
-        )
+        assert answer.status == 200 and "cacheKey" in answer.body, f"not a background callback: {answer}"
         return Job(self, callback, answer.body)
 
 
 class Job:
     """A started background callback, polled as the renderer polls it."""
 
-    def __init__(
-        self, page: DashPage, callback: Callback, handles: dict[str, t.Any]
-    ) -> None:
+    def __init__(self, page: DashPage, callback: Callback, handles: dict[str, t.Any]) -> None:
         self.page = page
         self.callback = callback
         self.handles = handles
@@ -153,7 +145,5 @@ class Job:
             if answer.is_final:
                 return answer
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"job {self.job_id} still running after {timeout}s: {answer}"
-                )
+                raise AssertionError(f"job {self.job_id} still running after {timeout}s: {answer}")
             time.sleep(interval)
