@@ -110,7 +110,13 @@ def _module_name(module: str) -> str:
 def lookup_task(name: str, module: str | None = None) -> Task[..., t.Any]:
     """The task registered under ``name`` in this process, importing ``module`` if needed."""
     if name not in _registry and module:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise LookupError(
+                f"Task {name!r} cannot be found in this worker process: importing its module {module!r}"
+                f" failed ({exc}). Start workers where your app's modules are importable."
+            ) from exc
     try:
         return _registry[name]
     except KeyError:

@@ -448,3 +448,54 @@ def test_single_flight_never_joins_a_job_being_cancelled(app, longtask):
         assert new != old
         new.cancel()
         assert new.wait(10) is JobStatus.CANCELLED and old.wait(10) is JobStatus.CANCELLED
+
+
+# -- what a worker process may find --------------------------------------------------------------
+
+
+def _queue_by_hand(app, job_id, task, module, args):
+    store = app.extensions["longtask"].store
+    store.create(job_id, {"task": task, "module": module, "app": app.import_name, "args": args}, None)
+
+
+def test_a_task_the_worker_cannot_find_fails_clearly(app, longtask, backend):
+    from flask_longtask.worker import execute
+
+    _queue_by_hand(app, "a" * 32, "nowhere.f", "no_such_module_for_longtask", b"")
+    assert execute(backend, "a" * 32) is JobStatus.FAILED
+    with app.app_context():
+        error = longtask.get_job("a" * 32).error
+    assert error["type"] == "LookupError"
+    assert "cannot be found in this worker process" in error["message"]
+    assert "no_such_module_for_longtask" in error["message"]
+    assert execute(backend, "a" * 32) is None  # ended: a second delivery runs nothing
+
+
+def test_arguments_the_worker_cannot_read_fail_the_job(app, longtask, backend):
+    from flask_longtask.worker import execute
+
+    @longtask.task
+    def f(x: int) -> int:
+        return x
+
+    _queue_by_hand(app, "b" * 32, f.name, f._module, b"this is not a pickle")
+    assert execute(backend, "b" * 32, task=f, app=app) is JobStatus.FAILED
+    with app.app_context():
+        assert "could not be deserialised" in longtask.get_job("b" * 32).error["message"]
+
+
+def test_current_job_inside_and_outside_a_job(app, longtask):
+    @longtask.task
+    def inside() -> tuple:
+        current_job.set_progress({"step": 1})
+        return current_job.id, current_job.progress, current_job.is_cancel_requested, repr(current_job)
+
+    with app.app_context():
+        job = inside.submit()
+        job_id, progress, cancelled, text = job.result(timeout=10)
+    assert (job_id, progress, cancelled) == (job.id, {"step": 1}, False)
+    assert text == f"<current_job {job.id}>"
+    assert repr(current_job) == "<current_job: none>"
+    for read in (lambda: current_job.id, lambda: current_job.progress, lambda: current_job.is_cancel_requested):
+        with pytest.raises(RuntimeError, match="outside of a job"):
+            read()

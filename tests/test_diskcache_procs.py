@@ -118,6 +118,36 @@ def test_host_death_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> N
         assert "Traceback" not in log.read_text(), log.read_text()
 
 
+def test_flask_longtask_worker_serves_web_processes_that_host_no_pool(tmp_path: Path) -> None:
+    """The deployment with LONGTASK_EMBEDDED_WORKER = False: the pool is its own process."""
+    directory = tmp_path / "lt"
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker", "--workers", "2"],
+            cwd=ROOT,
+            env=env_for(directory, LONGTASK_EMBEDDED_WORKER="0"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    web = Flask("tests.web")
+    web.config.update(LONGTASK_EMBEDDED_WORKER=False)
+    web_backend = DiskcacheBackend(directory)
+    jobs.longtask.init_app(web, backend=web_backend)
+    try:
+        with web.app_context():
+            results = [jobs.add.submit(n, 1000) for n in range(6)]
+            assert [j.result(timeout=60) for j in results] == [1000 + n for n in range(6)]
+            assert web_backend._host is None  # this web process never hosted the pool
+        os.kill(worker.pid, signal.SIGINT)  # Ctrl+C: the pool stops cleanly
+        assert worker.wait(30) == 0
+        text = log.read_text()
+        assert "Worker pool for" in text and "2 workers" in text and "Traceback" not in text, text
+    finally:
+        stop(worker)
+        web_backend.close()
+
+
 def _http(port: int, method: str, path: str, body: t.Any = None) -> t.Any:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:

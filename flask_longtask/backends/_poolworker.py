@@ -14,16 +14,6 @@ _log = logging.getLogger(__name__)
 IN_WORKER = False
 
 
-def _alias_main_tasks() -> None:
-    # Under spawn, the parent's ``__main__`` is imported as ``__mp_main__``: its tasks register
-    # as "__mp_main__.f" while jobs name them "__main__.f".
-    from ..task import _registry
-
-    for name, task in list(_registry.items()):
-        if name.startswith("__mp_main__."):
-            _registry.setdefault("__main__." + name[len("__mp_main__.") :], task)
-
-
 def _watch_lifeline(lifeline: t.Any) -> None:
     try:
         lifeline.recv_bytes()
@@ -43,7 +33,6 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     from .diskcache import DiskcacheBackend
 
     backend = DiskcacheBackend(directory, embedded=False)
-    _alias_main_tasks()
     while True:
         try:
             data = conn.recv_bytes()
