@@ -36,11 +36,12 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     while True:
         try:
             data = conn.recv_bytes()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
             return
         try:
             execute(backend, data.decode())
-        except Exception as exc:
+        except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
+            # process whose file writes fail cannot save coverage data either.
             # Storage failed under the job (disk full, directory gone): this process cannot record
             # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
             _log.exception("Job %s: its outcome could not be stored.", data.decode())
