@@ -10,10 +10,12 @@ Bodies are JSON only and nothing from a request is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import secrets
 import time
+import types
 import typing as t
 from datetime import datetime, timezone
 
@@ -55,6 +57,56 @@ def _jsonable(value: t.Any) -> tuple[t.Any, bool]:
         return json.loads(current_app.json.dumps(value)), True
     except (TypeError, ValueError):
         return None, False
+
+
+_JSON_TYPES: dict[t.Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+    type(None): (type(None),),
+}
+
+
+def _accepts(annotation: t.Any, value: t.Any) -> bool:
+    """Whether a JSON value fits a parameter's annotation; ``True`` when that cannot be told."""
+    if annotation is t.Any or annotation is inspect.Parameter.empty:
+        return True
+    if t.get_origin(annotation) in (t.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in t.get_args(annotation))
+    plain = t.get_origin(annotation) or annotation
+    if plain not in _JSON_TYPES:
+        return True  # a type JSON cannot express: the task checks it itself
+    if isinstance(value, bool) and plain is not bool:
+        return False  # JSON true is not a number
+    return isinstance(value, _JSON_TYPES[plain])
+
+
+def _check_types(func: t.Callable[..., t.Any], bound: inspect.BoundArguments) -> str | None:
+    """A message naming the first argument whose JSON type does not fit the signature."""
+    try:
+        hints = t.get_type_hints(func)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return None
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        values = (
+            value
+            if kind is inspect.Parameter.VAR_POSITIONAL
+            else value.values()
+            if kind is inspect.Parameter.VAR_KEYWORD
+            else [value]
+        )
+        for item in values:
+            if name in hints and not _accepts(hints[name], item):
+                return f"argument {name!r} must be {_describe(hints[name])}, not {type(item).__name__}"
+    return None
+
+
+def _describe(annotation: t.Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Blueprint:
@@ -174,9 +226,12 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         if bad:
             raise _HTTPError(400, f"Argument names {bad!r} are not accepted.")
         try:
-            task.signature.bind(*args, **kwargs)
+            bound = task.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise _HTTPError(400, f"Wrong arguments for {name!r}: {exc}.") from None
+        wrong = _check_types(task.func, bound)
+        if wrong is not None:
+            raise _HTTPError(400, f"Wrong arguments for {name!r}: {wrong}.")
 
         s = store()
         idem_key = idempotency_key(who, name)

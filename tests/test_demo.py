@@ -1,4 +1,4 @@
-"""The demo in examples/demo (its JSON routes, and its page in a real headless Chromium) and
+"""The demo in examples/demo (the HTTP API it uses, and its page in a real headless Chromium) and
 the README's quick start and configuration table.
 
 ``LONGTASK_UPDATE_SCREENSHOTS=1`` also saves the README's screenshots to docs/images/.
@@ -71,49 +71,61 @@ def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[t.Any]:
     del sys.modules[name]
 
 
+TASK_URL = "/api/tasks/demo.sum_of_squares"
+
+
 def test_demo_job_runs_to_its_result(demo: t.Any) -> None:
     client = demo.app.test_client()
-    assert b'<progress id="progress"' in client.get("/").data
+    page = client.get("/").data
+    assert b'<progress id="progress"' in page and b'data-task="demo.sum_of_squares"' in page
 
-    response = client.post("/jobs", json={"steps": 4})
+    response = client.post(TASK_URL, json={"args": [4]})
     assert response.status_code == 202
-    job_id = response.json["id"]
-
+    url = response.headers["Location"]
     state = wait_for(
-        lambda: (s := client.get(f"/jobs/{job_id}").json)["status"] == "succeeded" and s,
+        lambda: (s := client.get(url).json)["status"] == "succeeded" and s,
         what="the demo job to succeed",
     )
-    assert state == {"id": job_id, "status": "succeeded", "progress": [4, 4], "result": 30, "error": None}
+    assert (state["progress"], state["result"]) == ([4, 4], 30)
 
 
 def test_demo_job_cancel(demo: t.Any) -> None:
     demo.app.config["DEMO_STEP_SECONDS"] = 0.02
     client = demo.app.test_client()
-    job_id = client.post("/jobs", json={"steps": 1000}).json["id"]
-    wait_for(lambda: client.get(f"/jobs/{job_id}").json["progress"], what="the first progress")
+    url = client.post(TASK_URL, json={"args": [1000]}).headers["Location"]
+    wait_for(lambda: client.get(url).json["progress"], what="the first progress")
 
-    response = client.post(f"/jobs/{job_id}/cancel")
+    response = client.delete(url)
     assert response.status_code == 200
-    assert response.json["id"] == job_id
     state = wait_for(
-        lambda: (s := client.get(f"/jobs/{job_id}").json)["status"] == "cancelled" and s,
+        lambda: (s := client.get(url).json)["status"] == "cancelled" and s,
         what="the demo job to be cancelled",
     )
-    assert state["result"] is None
+    assert "result" not in state
     assert state["progress"][0] < 1000
 
 
-@pytest.mark.parametrize("steps", [0, 1001, "10", 2.5, True, None])
-def test_demo_rejects_bad_steps(demo: t.Any, steps: t.Any) -> None:
-    response = demo.app.test_client().post("/jobs", json={"steps": steps})
+@pytest.mark.parametrize("steps", ["10", 2.5, True, None])
+def test_demo_refuses_steps_of_the_wrong_type(demo: t.Any, steps: t.Any) -> None:
+    response = demo.app.test_client().post(TASK_URL, json={"args": [steps]})
     assert response.status_code == 400
-    assert "'steps' must be an integer" in response.json["error"]
+    assert "argument 'steps' must be int" in response.json["error"]["message"]
 
 
-def test_demo_unknown_job_is_404(demo: t.Any) -> None:
+@pytest.mark.parametrize("steps", [0, 1001])
+def test_demo_job_fails_on_steps_out_of_range(demo: t.Any, steps: int) -> None:
     client = demo.app.test_client()
-    assert client.get("/jobs/no-such-job").status_code == 404
-    assert client.post("/jobs/no-such-job/cancel").status_code == 404
+    url = client.post(TASK_URL, json={"args": [steps]}).headers["Location"]
+    state = wait_for(lambda: (s := client.get(url).json)["status"] == "failed" and s, what="the job to fail")
+    assert state["error"] == {"type": "ValueError", "message": "steps must be from 1 to 1000"}
+
+
+def test_demo_unknown_or_foreign_job_is_404(demo: t.Any) -> None:
+    client = demo.app.test_client()
+    assert client.get("/api/jobs/no-such-job").status_code == 404
+    assert client.delete("/api/jobs/" + "0" * 32).status_code == 404
+    url = client.post(TASK_URL, json={"args": [1]}).headers["Location"]
+    assert demo.app.test_client().get(url).status_code == 404  # another browser's session
 
 
 # -- the page, served by a real server process, in headless Chromium -----------------------------
@@ -156,6 +168,8 @@ def test_demo_page_shows_progress_and_result(chrome: WebDriver, tmp_path: Path, 
 
         first = wait_for(lambda: progress_value(chrome), what="the progress bar to move")
         assert status_of(chrome) == "running"
+        # The bar is fed by the job's Server-Sent Events, not by the polling fallback.
+        assert chrome.find_element(By.TAG_NAME, "main").get_attribute("data-transport") == "sse"
         wait_for(lambda: progress_value(chrome) > first, what="the progress bar to advance")
         if UPDATE_SCREENSHOTS and backend == "thread":
             wait_for(lambda: progress_value(chrome) >= 8, what="the bar to be well under way")

@@ -105,6 +105,11 @@ def test_only_http_tasks_are_offered(client):
         (b'{"kwargs": {"__class__": 1}}', 400),
         (b'{"args": [1, 2, 3]}', 400),
         (b'{"args": [{"$dict": 1}], "kwargs": {"_private": 1}}', 400),
+        (b'{"args": ["1"]}', 400),
+        (b'{"args": [1.5]}', 400),
+        (b'{"args": [true]}', 400),
+        (b'{"args": [null]}', 400),
+        (b'{"args": [1], "kwargs": {"b": "2"}}', 400),
     ],
 )
 def test_malformed_bodies_are_400(client, backend_jobs, body, status):
@@ -112,6 +117,16 @@ def test_malformed_bodies_are_400(client, backend_jobs, body, status):
     r = client.post("/api/tasks/tests.http_tasks.add", data=body, content_type="application/json")
     assert r.status_code == status and r.json["error"]["message"]
     assert backend_jobs() == before  # nothing was queued
+
+
+def test_type_errors_name_the_argument(client):
+    r = submit(client, "tests.http_tasks.add", "1")
+    assert r.status_code == 400
+    message = r.json["error"]["message"]
+    assert message == "Wrong arguments for 'tests.http_tasks.add': argument 'a' must be int, not str."
+    r = submit(client, "tests.http_tasks.steps", 2, delay=None)
+    assert "argument 'delay' must be float, not NoneType" in r.json["error"]["message"]
+    assert submit(client, "tests.http_tasks.steps", 2, delay=0).status_code == 202  # an int is a float
 
 
 def test_non_json_content_type_and_oversized_body(client, app, backend_jobs):

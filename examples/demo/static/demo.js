@@ -1,7 +1,10 @@
-// Start a job, poll its state with fetch() until it ends, and offer to cancel it.
+// Start a job through Flask-LongTask's HTTP API, follow its Server-Sent Events (polling if the
+// stream fails), and offer to cancel it.
 "use strict";
 
-const POLL_MS = 200;
+const main = document.querySelector("main");
+const API = main.dataset.api;
+const TASK = main.dataset.task;
 const form = document.getElementById("start-form");
 const startButton = document.getElementById("start");
 const cancelButton = document.getElementById("cancel");
@@ -9,6 +12,7 @@ const bar = document.getElementById("progress");
 const statusLine = document.getElementById("status");
 const resultLine = document.getElementById("result");
 let jobId = null;
+let source = null;
 
 function showStatus(status, text) {
   statusLine.dataset.status = status;
@@ -28,18 +32,27 @@ async function requestJSON(method, url, body) {
   });
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    throw new Error(data.error || `${method} ${url}: HTTP ${response.status}`);
+    throw new Error((data.error && data.error.message) || `${method} ${url}: HTTP ${response.status}`);
   }
-  return data;
+  return { data, retryAfter: Number(response.headers.get("Retry-After") || 0) };
+}
+
+let steps = "";
+function showProgress(progress) {
+  if (Array.isArray(progress)) {
+    const [done, total] = progress;
+    bar.max = total;
+    bar.value = done;
+    steps = ` (${done}/${total})`;
+  }
+}
+
+function finished(status) {
+  return status === "succeeded" || status === "failed" || status === "cancelled";
 }
 
 function render(job) {
-  if (Array.isArray(job.progress)) {
-    const [done, total] = job.progress;
-    bar.max = total;
-    bar.value = done;
-  }
-  const steps = Array.isArray(job.progress) ? ` (${job.progress[0]}/${job.progress[1]})` : "";
+  showProgress(job.progress);
   switch (job.status) {
     case "queued":
       showStatus("queued", "Queued: waiting for a worker…");
@@ -58,29 +71,57 @@ function render(job) {
       showStatus("cancelled", `Cancelled${steps}`);
       break;
   }
+  if (finished(job.status)) done();
 }
 
-function finished(status) {
-  return status === "succeeded" || status === "failed" || status === "cancelled";
+function done() {
+  if (source) source.close();
+  source = null;
+  startButton.disabled = false;
+  cancelButton.disabled = true;
+}
+
+// Live progress: one event per stored progress value, then a final "status" event.
+function follow(id) {
+  if (!window.EventSource) return poll(id);
+  source = new EventSource(`${API}/jobs/${id}/events`);
+  let heard = false;
+  source.addEventListener("progress", (event) => {
+    heard = true;
+    main.dataset.transport = "sse";
+    if (id !== jobId) return;
+    showProgress(JSON.parse(event.data));
+    showStatus("running", `Running${steps}`);
+  });
+  source.addEventListener("status", (event) => {
+    main.dataset.transport = "sse";
+    if (id === jobId) render(JSON.parse(event.data));
+  });
+  source.onerror = () => {
+    // The server ends a stream after LONGTASK_SSE_TIMEOUT and the browser reconnects by
+    // itself; a stream that never worked (a proxy that buffers, say) falls back to polling.
+    if (!heard && source) {
+      source.close();
+      source = null;
+      poll(id);
+    }
+  };
 }
 
 async function poll(id) {
+  main.dataset.transport = "poll";
   while (id === jobId) {
-    let job;
+    let answer;
     try {
-      job = await requestJSON("GET", `/jobs/${id}`);
+      answer = await requestJSON("GET", `${API}/jobs/${id}`);
     } catch (err) {
       showStatus("error", `Error: ${err.message}`);
-      break;
+      return done();
     }
-    if (id !== jobId) return; // a newer job has started
-    render(job);
-    if (finished(job.status)) break;
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
-  if (id === jobId) {
-    startButton.disabled = false;
-    cancelButton.disabled = true;
+    if (id !== jobId) return;
+    render(answer.data);
+    if (finished(answer.data.status)) return;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(answer.retryAfter * 1000 || 500, 500)));
   }
 }
 
@@ -88,25 +129,29 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   startButton.disabled = true;
   bar.value = 0;
+  steps = "";
   showResult(null);
   showStatus("submitting", "Submitting…");
   try {
-    const { id } = await requestJSON("POST", "/jobs", { steps: Number(form.steps.value) });
-    jobId = id;
+    const { data } = await requestJSON("POST", `${API}/tasks/${TASK}`, { args: [Number(form.steps.value)] });
+    jobId = data.id;
+    render(data);
   } catch (err) {
     showStatus("error", `Error: ${err.message}`);
     startButton.disabled = false;
     return;
   }
-  cancelButton.disabled = false;
-  poll(jobId);
+  if (jobId && startButton.disabled) {
+    cancelButton.disabled = false;
+    follow(jobId);
+  }
 });
 
 cancelButton.addEventListener("click", async () => {
   if (jobId === null) return;
   cancelButton.disabled = true;
   try {
-    await requestJSON("POST", `/jobs/${jobId}/cancel`);
+    await requestJSON("DELETE", `${API}/jobs/${jobId}`);
   } catch (err) {
     showStatus("error", `Error: ${err.message}`);
   }
