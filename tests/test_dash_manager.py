@@ -11,6 +11,7 @@ import typing as t
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import Barrier
 
 import dash
 import flask
@@ -246,10 +247,15 @@ def test_identical_concurrent_requests_run_once_and_all_get_the_result(
     server: Server,
 ) -> None:
     name = tag()
-    spec = with_spec(WORK, tag=name, sleep=0.5)
+    flag = server.tmp / f"{name}.flag"
+    # The job holds until every tab has asked (a gate, not a guess at how long that takes).
+    spec = with_spec(WORK, tag=name, props=["wait"], flag=str(flag))
+    started = Barrier(20)
 
     def one_tab(_: int) -> tuple[str, t.Any]:
         job = server.page().start(spec)
+        started.wait(timeout=60)  # all 20 requests are in before the job may end
+        flag.touch()
         return job.job_id, job.run(interval=0.05).response
 
     with ThreadPoolExecutor(20) as pool:
