@@ -33,6 +33,7 @@ app = Dash(
 )
 app.server.config.from_prefixed_env()
 longtask.init_app(app.server)
+server = app.server  # the Flask app: for `flask --app <this file>:server longtask worker`, gunicorn
 
 app.layout = html.Div(
     [

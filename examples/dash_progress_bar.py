@@ -25,6 +25,7 @@ longtask = LongTask()
 app = Dash(__name__, background_callback_manager=LongTaskManager(longtask))
 app.server.config.from_prefixed_env()
 longtask.init_app(app.server)
+server = app.server  # the Flask app: for `flask --app <this file>:server longtask worker`, gunicorn
 
 app.layout = html.Div(
     [

@@ -41,17 +41,21 @@ def _quiet_backend() -> _State:
 @longtask_cli.command("worker")
 @click.option("--workers", "-w", type=int, default=None, help="Pool size (default: LONGTASK_WORKERS or CPUs).")
 def worker_command(workers: int | None) -> None:
-    """Run the worker pool in this process until interrupted.
+    """Run the backend's workers in this process until interrupted.
 
-    For deployments where web processes should not host the pool (LONGTASK_EMBEDDED_WORKER =
-    False). If another process hosts the pool already, waits and takes over when it exits.
+    On diskcache: the worker pool, for deployments where web processes should not host it
+    (LONGTASK_EMBEDDED_WORKER = False); if another process hosts it already, waits and takes
+    over when it exits. On Celery: a Celery worker (prefork pool) for the app's tasks.
     """
     backend = _state().backend
+    run_worker = getattr(backend, "run_worker", None)
+    if run_worker is not None:  # a backend with workers of its own kind (Celery)
+        run_worker(workers or current_app.config.get("LONGTASK_WORKERS"))
+        return
     run_pool = getattr(backend, "run_pool", None)
     if run_pool is None:
         raise click.ClickException(
-            f"{type(backend).__name__} has no worker pool to run here: its workers are started"
-            " by the backend's own tooling (e.g. 'celery worker')."
+            f"{type(backend).__name__} has no worker pool to run here: its jobs run in the web process itself."
         )
     if workers:
         backend.workers = workers  # type: ignore[attr-defined]

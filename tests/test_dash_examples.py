@@ -14,8 +14,10 @@ import typing as t
 from pathlib import Path
 
 import pytest
+import redis
 
 from .browser import chrome, free_port, live_server_process
+from .services import start_redis, stop, wait_until
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -28,13 +30,26 @@ EXAMPLES = ROOT / "examples"
 # One browser at a time on this worker; other test files run beside it on other workers.
 pytestmark = [
     pytest.mark.xdist_group("dash-browser"),
-    pytest.mark.parametrize("backend", ["thread", "diskcache"]),
+    pytest.mark.parametrize("backend", ["thread", "diskcache", "celery"]),
 ]
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop(proc)
+
+
 @contextlib.contextmanager
-def example(name: str, backend: str, tmp_path: Path, chrome: WebDriver, scale: float) -> t.Iterator[WebDriver]:
-    """Serve ``examples/<name>.py`` and open it in ``chrome``."""
+def example(
+    name: str, backend: str, tmp_path: Path, chrome: WebDriver, scale: float, request: pytest.FixtureRequest
+) -> t.Iterator[WebDriver]:
+    """Serve ``examples/<name>.py`` and open it in ``chrome``.
+
+    On Celery, a real worker runs beside it, started the documented way:
+    ``flask --app examples/<name>.py:server longtask worker``.
+    """
     port = free_port()
     env = {
         "EXAMPLE_TIME_SCALE": str(scale),
@@ -43,10 +58,35 @@ def example(name: str, backend: str, tmp_path: Path, chrome: WebDriver, scale: f
         "FLASK_LONGTASK_WORKERS": "2",
         "PYTHONPATH": str(ROOT),
     }
-    cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", str(port)]
-    with live_server_process(cmd, port, env=env, cwd=tmp_path) as url:
-        chrome.get(url)
+    with contextlib.ExitStack() as stack:
+        if backend == "celery":
+            url = request.getfixturevalue("redis_url")
+            redis.Redis.from_url(url).flushall()  # nothing left from the previous example
+            env["FLASK_LONGTASK_CELERY_BROKER_URL"] = url
+            worker = [sys.executable, "-m", "flask", "--app", f"{EXAMPLES / name}.py:server", "longtask", "worker"]
+            stack.enter_context(celery_worker_process(worker, env, tmp_path))
+        cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", str(port)]
+        page = stack.enter_context(live_server_process(cmd, port, env=env, cwd=tmp_path))
+        chrome.get(page)
         yield chrome
+
+
+@contextlib.contextmanager
+def celery_worker_process(cmd: list[str], env: dict[str, str], tmp_path: Path) -> t.Iterator[None]:
+    import os
+    import subprocess
+
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the Celery worker")
+        assert proc.poll() is None, log.read_text()
+        yield
+    finally:
+        stop(proc)
 
 
 def until(
@@ -94,15 +134,17 @@ def initial_run_done(driver: WebDriver) -> None:
     )
 
 
-def test_example_1_simple(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example("dash_simple", backend, tmp_path, chrome, scale=0.25) as page:
+def test_example_1_simple(chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    with example("dash_simple", backend, tmp_path, chrome, scale=0.25, request=request) as page:
         initial_run_done(page)
         click(page, "button_id")
         until(page, lambda d: text(d, "paragraph_id") == "Clicked 1 times", "the result")
 
 
-def test_example_2_button_disabled_while_running(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example("dash_disable_button", backend, tmp_path, chrome, scale=0.25) as page:
+def test_example_2_button_disabled_while_running(
+    chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    with example("dash_disable_button", backend, tmp_path, chrome, scale=0.25, request=request) as page:
         initial_run_done(page)
         click(page, "button_id")
         until(page, lambda d: not enabled(d, "button_id"), "the button to be disabled")
@@ -110,8 +152,8 @@ def test_example_2_button_disabled_while_running(chrome: WebDriver, tmp_path: Pa
         until(page, lambda d: enabled(d, "button_id"), "the button to be enabled again")
 
 
-def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example("dash_cancel", backend, tmp_path, chrome, scale=1.0) as page:  # a 2 s job
+def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    with example("dash_cancel", backend, tmp_path, chrome, scale=1.0, request=request) as page:  # a 2 s job
         initial_run_done(page)
         assert not enabled(page, "cancel_button_id")
         click(page, "button_id")
@@ -132,9 +174,11 @@ def progress_value(driver: WebDriver) -> tuple[str | None, str | None]:
     return bar.get_attribute("value"), bar.get_attribute("max")
 
 
-def test_example_4_progress_bar(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
+def test_example_4_progress_bar(
+    chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     # 10 steps of 0.5 s * 0.6 = 3 s; the page polls every second.
-    with example("dash_progress_bar", backend, tmp_path, chrome, scale=0.6) as page:
+    with example("dash_progress_bar", backend, tmp_path, chrome, scale=0.6, request=request) as page:
         initial_run_done(page)
         click(page, "button_id")
         until(
@@ -176,8 +220,10 @@ def graph_bar(driver: WebDriver) -> float | None:
     )
 
 
-def test_example_5_progress_graph(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example("dash_progress_graph", backend, tmp_path, chrome, scale=0.6) as page:
+def test_example_5_progress_graph(
+    chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    with example("dash_progress_graph", backend, tmp_path, chrome, scale=0.6, request=request) as page:
         initial_run_done(page)
         until(page, lambda d: graph_bar(d) == 0, "the empty bar (progress_default)")
         click(page, "button_id")
@@ -187,8 +233,8 @@ def test_example_5_progress_graph(chrome: WebDriver, tmp_path: Path, backend: st
         until(page, lambda d: graph_bar(d) == 0, "the bar to go back to progress_default")
 
 
-def test_example_6_caching(chrome: WebDriver, tmp_path: Path, backend: str) -> None:
-    with example("dash_caching", backend, tmp_path, chrome, scale=0.75) as page:  # 1.5 s a run
+def test_example_6_caching(chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    with example("dash_caching", backend, tmp_path, chrome, scale=0.75, request=request) as page:  # 1.5 s a run
         initial_run_done(page)
         durations = {}
         for clicks in (

@@ -140,6 +140,14 @@ class CeleryBackend(Backend):
         # Pools that cannot terminate (solo, threads, gevent) ignore this: cancel is cooperative.
         self.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
 
+    def run_worker(self, workers: int | None = None) -> None:
+        """Run a Celery worker for this backend's Celery app in this process (``flask longtask
+        worker``): the prefork pool, so that cancellation can stop a running job by force."""
+        argv = ["worker", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+        if workers:
+            argv.append(f"--concurrency={workers}")
+        self.celery.worker_main(argv)
+
     def close(self) -> None:
         for timer in list(self._timers):
             timer.cancel()
