@@ -248,3 +248,16 @@ def test_readme_configuration_table_lists_every_key() -> None:
         documented[key] = default
     expected = {key: repr(value).replace("'", '"') for key, value in DEFAULT_CONFIG.items()}
     assert documented == expected, "README.md's Configuration table must list every key of DEFAULT_CONFIG"
+
+
+def test_readme_dash_snippet_registers_a_background_callback(tmp_path: Path) -> None:
+    """The README's Dash example, executed: one background callback on a LongTaskManager."""
+    code = readme_section("Dash").split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, t.Any] = {"__name__": "readme_dash"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app = namespace["app"]
+    app.server.config["LONGTASK_DISKCACHE_DIR"] = str(tmp_path)
+    background = app.callback_map["out.children"]["background"]
+    assert type(app._background_manager).__name__ == "LongTaskManager"
+    assert [str(o) for o in background["progress"]] == ["bar.value", "bar.max"]
+    assert app.server.extensions["longtask"].longtask is namespace["longtask"]

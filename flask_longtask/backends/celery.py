@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import typing as t
@@ -67,6 +68,7 @@ class CeleryBackend(Backend):
             raise ValueError(f"serializer must be 'json' or 'pickle', not {serializer!r}.")
         self.serializer = serializer
         self._timers: set[threading.Timer] = set()
+        self._local = threading.local()
         _register(celery_app, self)
 
     def __repr__(self) -> str:
@@ -94,25 +96,51 @@ class CeleryBackend(Backend):
 
     # -- storage: plain data as tagged JSON under prefixed keys ---------------------------------
 
+    @contextlib.contextmanager
+    def batch(self) -> t.Iterator[None]:
+        # Writes inside a batch are buffered in a pipeline and sent in one round trip; a read or
+        # an add() sends what is buffered first, so every call still sees the writes before it.
+        local = self._local
+        outer = getattr(local, "pipe", None) is not None
+        if not outer:
+            local.pipe = self.redis.pipeline(transaction=False)
+        try:
+            yield
+        finally:
+            if not outer:
+                pipe, local.pipe = local.pipe, None
+                pipe.execute()
+
+    def _writer(self) -> t.Any:
+        return getattr(self._local, "pipe", None) or self.redis
+
+    def _flush(self) -> None:
+        pipe = getattr(self._local, "pipe", None)
+        if pipe is not None and len(pipe):
+            pipe.execute()
+
     def get(self, key: str) -> t.Any:
+        self._flush()
         data = self.redis.get(self.prefix + key)
         return MISSING if data is None else _json.loads(t.cast(bytes, data))
 
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         if expire is not None and expire <= 0:
-            self.redis.delete(self.prefix + key)
+            self._writer().delete(self.prefix + key)
             return
         px = None if expire is None else max(1, int(expire * 1000))
-        self.redis.set(self.prefix + key, _json.dumps(value), px=px)
+        self._writer().set(self.prefix + key, _json.dumps(value), px=px)
 
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
+        self._flush()
         px = None if expire is None else max(1, int(expire * 1000))
         return bool(self.redis.set(self.prefix + key, _json.dumps(value), px=px, nx=True))
 
     def delete(self, key: str) -> None:
-        self.redis.delete(self.prefix + key)
+        self._writer().delete(self.prefix + key)
 
     def scan(self, prefix: str) -> t.Iterator[str]:
+        self._flush()
         pattern = _glob_escape(self.prefix + prefix) + "*"
         cut = len(self.prefix)
         for raw in self.redis.scan_iter(match=pattern, count=1000):
