@@ -33,14 +33,8 @@ import threading
 import time
 import typing as t
 
-try:
-    import multiprocess
-    from multiprocess.connection import wait as _wait
-except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
-        ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
-    ) from err
+import multiprocess  # diskcache.py checks it is installed, with a clear message, before it imports us
+from multiprocess.connection import wait as _wait
 
 from ..job import JobStatus
 from ._poolworker import worker_main

@@ -15,6 +15,7 @@ import weakref
 try:
     import dill
     import diskcache
+    import multiprocess  # noqa: F401 - used by _pool; checked here, once
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
