@@ -197,6 +197,15 @@ class BackendConformance:
         backend.delete("conf:k")
         assert backend.get("conf:k") is MISSING
 
+    def test_get_many(self, backend: Backend) -> None:
+        backend.set("conf:a", {"x": 1})
+        backend.set("conf:b", b"bytes")
+        assert backend.get_many(["conf:a", "conf:missing", "conf:b"]) == [{"x": 1}, MISSING, b"bytes"]
+        with backend.batch():  # a read inside a batch sees the batch's earlier writes
+            backend.set("conf:a", 2)
+            assert backend.get_many(["conf:a"]) == [2]
+            assert backend.get("conf:a") == 2
+
     def test_add_is_atomic(self, backend: Backend) -> None:
         wins: list[int] = []
         barrier = threading.Barrier(8)

@@ -226,10 +226,11 @@ def execute(
     it; otherwise they are found by name (importing the task's module if needed). Returns
     ``None`` when the job was not run here: unknown, already claimed, or already ended.
     """
-    record = backend.get(f"job:{job_id}")
+    # One round trip for what the job needs: a cancel that lands after this read is seen by the
+    # running job (is_cancel_requested, and the check when it returns) instead.
+    record, request, cancelled = backend.get_many([f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"])
     if record is MISSING or record["status"] != JobStatus.QUEUED.value:
         return None
-    request = backend.get(f"request:{job_id}")
     try:
         if request is MISSING:
             raise LookupError("the job's request record is missing (expired or deleted)")
@@ -254,7 +255,7 @@ def execute(
     with app.app_context():
         job = store.job(job_id)
         signals.send(signals.job_started, app, job=job)
-        if store.is_cancel_requested(job_id):
+        if cancelled is not MISSING:
             store.finish(record, JobStatus.CANCELLED, app=app)
             return JobStatus.CANCELLED
         try:

@@ -100,6 +100,11 @@ class Backend(abc.ABC):
     def get(self, key: str) -> t.Any:
         """Return the value stored under ``key``, or :data:`MISSING`."""
 
+    def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
+        """The values of several keys, :data:`MISSING` for absent ones, in one round trip if the
+        store can (the worker reads a job's record, request and cancel flag this way)."""
+        return [self.get(key) for key in keys]
+
     @abc.abstractmethod
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing any old value and its expiry."""

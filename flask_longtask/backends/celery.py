@@ -124,6 +124,11 @@ class CeleryBackend(Backend):
         data = self.redis.get(self.prefix + key)
         return MISSING if data is None else _json.loads(t.cast(bytes, data))
 
+    def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
+        self._flush()
+        values = self.redis.mget([self.prefix + key for key in keys])
+        return [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in values]
+
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         if expire is not None and expire <= 0:
             self._writer().delete(self.prefix + key)
