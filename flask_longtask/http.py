@@ -186,13 +186,15 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         limit = int(current_app.config["LONGTASK_HTTP_MAX_BODY"])
         if request.content_length is not None and request.content_length > limit:
             raise _HTTPError(413, f"The body is larger than {limit} bytes.")
+        # JSON only, even for an empty body: a cross-site <form> cannot send this content type
+        # without a CORS preflight, so another site cannot start jobs with a visitor's cookie.
+        if request.mimetype != "application/json":
+            raise _HTTPError(415, "Send the arguments as JSON with 'Content-Type: application/json'.")
         data = request.stream.read(limit + 1)
         if len(data) > limit:
             raise _HTTPError(413, f"The body is larger than {limit} bytes.")
         if not data.strip():
             return {}
-        if request.mimetype != "application/json":
-            raise _HTTPError(415, "Send the arguments as JSON with 'Content-Type: application/json'.")
         try:
             body = json.loads(data)
         except ValueError as exc:
@@ -235,10 +237,16 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
 
         s = store()
         idem_key = idempotency_key(who, name)
-        if idem_key is not None and not s.backend.add(idem_key, "pending", s.result_expire):
-            return job_response(load(wait_idempotent(idem_key), who), 202)
+        body_hash = hashlib.sha256(json.dumps([args, kwargs], sort_keys=True).encode()).hexdigest()
+        # "pending" lives briefly: a submit that dies half-way must not block the key for long.
+        if idem_key is not None and not s.backend.add(idem_key, ["pending", body_hash], 30):
+            job_id, same_body = wait_idempotent(idem_key, body_hash)
+            if not same_body:
+                raise _HTTPError(422, "This Idempotency-Key was used with other arguments.")
+            return job_response(load(job_id, who), 202)
         try:
             job = longtask._submit(task, tuple(args), kwargs, owner=who)
+            record = s.read_record(job.id)
         except QueueFullError as exc:
             forget(idem_key)
             raise _HTTPError(503, str(exc), {"Retry-After": "5"}) from None
@@ -248,11 +256,10 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         except BaseException:
             forget(idem_key)
             raise
-        record = s.read_record(job.id)
-        if record.get("owner") != who:  # a memo hit or a joined in-flight job: share it
+        if record.get("owner") != who:  # a memo hit or a joined in-flight job: let them read it
             s.backend.set(access_key(job.id, who), 1, record.get("expire", s.result_expire))
         if idem_key is not None:
-            s.backend.set(idem_key, job.id, s.result_expire)
+            s.backend.set(idem_key, [job.id, body_hash], s.result_expire)
         return job_response(record, 202)
 
     def idempotency_key(who: str, name: str) -> str | None:
@@ -263,12 +270,15 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             raise _HTTPError(400, "An Idempotency-Key must be 1 to 255 characters.")
         return "idem:" + hashlib.sha256("\0".join((who, name, key)).encode()).hexdigest()
 
-    def wait_idempotent(idem_key: str) -> str:
+    def wait_idempotent(idem_key: str, body_hash: str) -> tuple[str, bool]:
+        """The job id the first request with this key made, and whether its body was the same."""
         deadline = time.monotonic() + 10
         while True:
             value = store().backend.get(idem_key)
-            if isinstance(value, str) and value != "pending":
-                return value
+            if isinstance(value, list) and value[0] != "pending":
+                return value[0], value[1] == body_hash
+            if isinstance(value, list) and value[1] != body_hash:
+                return "", False
             if value is MISSING or time.monotonic() > deadline:
                 raise _HTTPError(409, "A request with this Idempotency-Key did not complete; retry it.")
             time.sleep(0.01)
@@ -280,8 +290,11 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
     @bp.route("/jobs/<job_id>", methods=_METHODS)
     def job(job_id: str) -> Response:
         only("GET", "DELETE")
-        record = load(job_id, owner())
+        who = owner()
+        record = load(job_id, who)
         if request.method == "DELETE":
+            if record.get("owner") != who:  # shared through a memo hit: theirs to read, not to stop
+                raise _HTTPError(403, "Only the session that started this job may cancel it.")
             store().cancel(job_id)
             record = store().read_record(job_id)
         return job_response(record)

@@ -268,8 +268,11 @@ class JobStore:
             other = self.backend.get(f"inflight:{memo_key}")
             if other is MISSING:
                 continue
-            record = self.backend.get(f"job:{other}")
-            if record is not MISSING and (
+            try:
+                record = self.read_record(other)  # ends it here if its worker is gone
+            except JobNotFoundError:
+                record = None
+            if record is not None and (
                 record["status"] == JobStatus.SUCCEEDED.value
                 or (record["status"] in _ACTIVE and not self.is_cancel_requested(other))
             ):

@@ -242,8 +242,9 @@ def execute(
             app = task.longtask._app_for(request["app"])
     except Exception as exc:
         store = JobStore(backend)
-        if store.claim(job_id, _owner()):
-            store.finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
+        if not store.claim(job_id, _owner()):
+            return None
+        store.finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
         return JobStatus.FAILED
 
     state = app.extensions.get("longtask")
@@ -271,13 +272,14 @@ def _run(
     store: JobStore, record: dict[str, t.Any], task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any
 ) -> JobStatus:
     ctx = JobContext(record["id"], app, store)
+    store.beat(record["id"])  # job_started receivers may have taken a while: count from now
     _ticker.add(ctx)
     token = _current.set(ctx)
     failure: BaseException | None = None
     value: t.Any = None
     try:
         value = task.func(*args, **kwargs)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt too: record them, then re-raise
         failure = exc
     finally:
         _current.reset(token)
@@ -303,5 +305,9 @@ def _run(
         else:
             status = JobStatus.SUCCEEDED
             expire = task.expire if task.expire is not None else store.result_expire
-            store.finish(record, status, app=app, result=data, value=value, memo_expire=expire)
+            ended = store.finish(record, status, app=app, result=data, value=value, memo_expire=expire)
+            if not ended:
+                _log.warning("Job %s returned, but it had already been ended (lost?): result dropped.", record["id"])
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
     return status

@@ -19,7 +19,7 @@ from flask_longtask import (
     current_job,
     signals,
 )
-from flask_longtask.backends import ThreadBackend, backend_class
+from flask_longtask.backends import MISSING, ThreadBackend, backend_class
 from flask_longtask.extension import DEFAULT_CONFIG
 from flask_longtask.store import JobStore
 
@@ -499,3 +499,43 @@ def test_current_job_inside_and_outside_a_job(app, longtask):
     for read in (lambda: current_job.id, lambda: current_job.progress, lambda: current_job.is_cancel_requested):
         with pytest.raises(RuntimeError, match="outside of a job"):
             read()
+
+
+def test_a_job_that_raises_systemexit_fails_and_the_thread_survives(app, longtask):
+    @longtask.task
+    def leave() -> None:
+        raise SystemExit(3)
+
+    @longtask.task
+    def after() -> str:
+        return "still here"
+
+    with app.app_context():
+        job = leave.submit()
+        assert job.wait(10) is JobStatus.FAILED
+        assert job.error["type"] == "SystemExit"
+        assert after.submit().result(timeout=10) == "still here"
+
+
+def test_single_flight_does_not_join_a_job_whose_worker_is_gone(app, longtask):
+    store = app.extensions["longtask"].store
+    store.heartbeat_timeout = 0.2
+
+    @longtask.task(cache_by=[])
+    def shared() -> int:
+        return 1
+
+    with app.app_context():
+        # A "running" job of this memo key whose worker died: it holds the in-flight key.
+        bound = shared.signature.bind()
+        from flask_longtask import memo
+
+        key = memo.make_key(shared.name, bound, [], store.memo_generation(shared.name))
+        store.create("d" * 32, {"task": shared.name, "module": None, "app": app.import_name, "args": b""}, key)
+        assert store.join_inflight(key, "d" * 32) is None
+        assert store.claim("d" * 32, "a worker that dies")
+        store.start(store.backend.get("job:" + "d" * 32))
+        wait_for(lambda: store.backend.get("alive:" + "d" * 32) is MISSING, what="the heartbeat to lapse")
+        job = shared.submit()
+        assert job.id != "d" * 32 and job.result(timeout=10) == 1
+        assert longtask.get_job("d" * 32).status is JobStatus.FAILED

@@ -167,13 +167,29 @@ def test_idempotency_key_returns_the_same_job(client):
     assert other.json["id"] != first.json["id"]
 
 
-def test_memo_hit_is_shared_with_its_new_owner(app, client):
+def test_memo_hit_is_shared_with_its_new_owner_read_only(app, client):
     first = submit(client, "tests.http_tasks.shared", 4)
     wait_done(client, first.headers["Location"])
     other = app.test_client()
     hit = submit(other, "tests.http_tasks.shared", 4)
     assert hit.json["id"] == first.json["id"] and hit.json["result"] == 40
     assert other.get(hit.headers["Location"]).status_code == 200
+    assert other.delete(hit.headers["Location"]).status_code == 403  # not theirs to cancel
+
+
+def test_idempotency_key_reused_with_other_arguments_is_422(client):
+    headers = {"Idempotency-Key": "order-7"}
+    assert submit(client, "tests.http_tasks.add", 1, headers=headers).status_code == 202
+    r = submit(client, "tests.http_tasks.add", 2, headers=headers)
+    assert r.status_code == 422 and "other arguments" in r.json["error"]["message"]
+
+
+def test_a_form_post_from_another_site_cannot_start_a_job(client, backend_jobs):
+    # What a cross-site <form method=post> can send: no JSON content type, even with no body.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+        r = client.post("/api/tasks/tests.http_tasks.add", data=b"", content_type=content_type)
+        assert r.status_code == 415
+    assert backend_jobs() == set()
 
 
 def test_queue_bound_answers_503(app, client, tmp_path):
