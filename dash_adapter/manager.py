@@ -142,16 +142,16 @@ class LongTaskManager(BaseBackgroundCallbackManager):
 
     def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
         callback_id = t.cast(str, (flask.request.get_json(silent=True) or {}).get("output", ""))
-        key = self._keys.get((fn, callback_id))
-        if key is None:
-            key = self._keys[(fn, callback_id)] = self._hash(fn, callback_id)
+        key = self._keys.get((fn, callback_id)) or self._hash(fn, callback_id)
         try:
-            return t.cast("Task[..., t.Any]", self.func_registry[key])
+            task = t.cast("Task[..., t.Any]", self.func_registry[key])
         except KeyError:
             raise RuntimeError(
                 f"Background callback {callback_id!r} is not registered with this LongTaskManager."
                 " Create the manager in the module that defines the callbacks."
             ) from None
+        self._keys[(fn, callback_id)] = key  # only ids that name a real callback are remembered
+        return task
 
     @staticmethod
     def _hash(fn: t.Callable[..., t.Any], callback_id: str) -> str:

@@ -36,6 +36,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 _log = logging.getLogger(__name__)
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+#: Seconds after which an end claim whose job still looks active is taken as abandoned.
+_STALE_END = 5.0
 
 
 def _app_or_current(app: Flask | None) -> Flask | None:
@@ -193,17 +195,36 @@ class JobStore:
         if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
             expire = max(expire, memo_expire)
         with self.backend.batch():
-            if not self.backend.add(f"end:{job_id}", status.value, self.result_expire):
+            if not self.backend.add(f"end:{job_id}", time.time(), self.result_expire):
                 return False
+            self._write_end(record, status, expire, result=result, error=error, memo_expire=memo_expire)
+        self._signal_end(job_id, status, app, value=value, error=error)
+        return True
+
+    def _write_end(
+        self,
+        record: dict[str, t.Any],
+        status: JobStatus,
+        expire: float,
+        *,
+        result: bytes | None = None,
+        error: dict[str, str] | None = None,
+        memo_expire: float | None = None,
+    ) -> None:
+        job_id, memo_key = record["id"], record.get("memo_key")
+        if status is JobStatus.SUCCEEDED:
+            self.backend.set(f"result:{job_id}", result, expire)
+        final = {**record, "status": status.value, "finished": time.time(), "error": error}
+        self.backend.set(f"job:{job_id}", final, expire)
+        if memo_key is not None:
             if status is JobStatus.SUCCEEDED:
-                self.backend.set(f"result:{job_id}", result, expire)
-            final = {**record, "status": status.value, "finished": time.time(), "error": error}
-            self.backend.set(f"job:{job_id}", final, expire)
-            if memo_key is not None:
-                if status is JobStatus.SUCCEEDED:
-                    self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
-                self._release_inflight(memo_key, job_id)
-            self.backend.delete(f"request:{job_id}")
+                self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
+            self._release_inflight(memo_key, job_id)
+        self.backend.delete(f"request:{job_id}")
+
+    def _signal_end(
+        self, job_id: str, status: JobStatus, app: Flask | None, *, value: t.Any = None, error: t.Any = None
+    ) -> None:
         app = _app_or_current(app)
         if app is not None:
             job = self.job(job_id)
@@ -213,7 +234,6 @@ class JobStore:
                 signals.send(signals.job_failed, app, job=job, error=error)
             else:
                 signals.send(signals.job_cancelled, app, job=job)
-        return True
 
     def cancel(self, job_id: str, *, app: Flask | None = None) -> None:
         """Request cancellation; end a queued job here, or let the running worker end it."""
@@ -237,10 +257,24 @@ class JobStore:
         if record is MISSING or record["status"] not in _ACTIVE:
             return False
         if self.is_cancel_requested(job_id):
-            return self.finish(record, JobStatus.CANCELLED, app=app)
-        error = {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
-        _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
-        return self.finish(record, JobStatus.FAILED, app=app, error=error)
+            status, error = JobStatus.CANCELLED, None
+        else:
+            status = JobStatus.FAILED
+            error = {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
+            _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
+        if self.finish(record, status, app=app, error=error):
+            return True
+        # Someone took the end claim but the record still says active: on a store without
+        # transactions (Redis) the process ending the job died half-way through finish(). Its
+        # worker is gone, so once the claim is a few seconds old, write the end ourselves.
+        claimed = self.backend.get(f"end:{job_id}")
+        record = self.backend.get(f"job:{job_id}")
+        if isinstance(claimed, float) and time.time() - claimed > _STALE_END and record is not MISSING:
+            if record["status"] in _ACTIVE:
+                self._write_end(record, status, record.get("expire", self.result_expire), error=error)
+                self._signal_end(job_id, status, app, error=error)
+                return True
+        return False
 
     # -- memoization ----------------------------------------------------------------------------
 
@@ -283,5 +317,4 @@ class JobStore:
         raise RuntimeError(f"Could not register memo key {memo_key!r}: the backend's add() is not atomic.")
 
     def _release_inflight(self, memo_key: str, job_id: str) -> None:
-        if self.backend.get(f"inflight:{memo_key}") == job_id:
-            self.backend.delete(f"inflight:{memo_key}")
+        self.backend.delete_if(f"inflight:{memo_key}", job_id)

@@ -224,6 +224,26 @@ class BackendConformance:
         assert backend.get("conf:once") == wins[0]
         assert backend.add("conf:once", "again") is False
 
+    def test_delete_if_is_atomic(self, backend: Backend) -> None:
+        backend.set("conf:owner", "job-1")
+        assert backend.delete_if("conf:owner", "job-2") is False
+        assert backend.get("conf:owner") == "job-1"
+        wins: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def contend(i: int) -> None:
+            barrier.wait()
+            if backend.delete_if("conf:owner", "job-1"):
+                wins.append(i)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(wins) == 1
+        assert backend.get("conf:owner") is MISSING
+
     def test_expire(self, backend: Backend) -> None:
         backend.set("conf:short", 1, expire=0.2)
         backend.set("conf:long", 2, expire=60)

@@ -539,3 +539,18 @@ def test_single_flight_does_not_join_a_job_whose_worker_is_gone(app, longtask):
         job = shared.submit()
         assert job.id != "d" * 32 and job.result(timeout=10) == 1
         assert longtask.get_job("d" * 32).status is JobStatus.FAILED
+
+
+def test_an_end_left_half_written_by_a_dead_process_is_completed(app, longtask):
+    """On a store without transactions, a worker killed inside finish() leaves its end claim
+    and a "running" record; once its heartbeat lapses the next reader ends the job."""
+    store = app.extensions["longtask"].store
+    store.heartbeat_timeout = 0.2
+    store.create("e" * 32, {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
+    assert store.claim("e" * 32, "a worker")
+    store.start(store.backend.get("job:" + "e" * 32))
+    assert store.backend.add("end:" + "e" * 32, time.time() - 60)  # claimed, then died
+    with app.app_context():
+        job = longtask.get_job("e" * 32)
+        assert wait_for(lambda: job.status is JobStatus.FAILED, what="the job to be ended")
+        assert job.error["type"] == "WorkerLostError"

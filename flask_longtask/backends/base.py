@@ -121,6 +121,19 @@ class Backend(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is absent."""
 
+    def delete_if(self, key: str, value: t.Any) -> bool:
+        """Remove ``key`` only if it holds ``value``; return whether it did.
+
+        Must be atomic like :meth:`add` (it releases single-flight keys). The default does it in
+        one :meth:`batch`, which is atomic on a backend whose batches are transactions;
+        override it otherwise.
+        """
+        with self.batch():
+            if self.get(key) != value:
+                return False
+            self.delete(key)
+            return True
+
     def batch(self) -> t.ContextManager[None]:
         """Group the storage calls made inside into one transaction, if the backend can.
 

@@ -69,6 +69,8 @@ class CeleryBackend(Backend):
         self.serializer = serializer
         self._timers: set[threading.Timer] = set()
         self._local = threading.local()
+        self._delete_if = self.redis.register_script(_DELETE_IF)
+        self._timers_lock = threading.Lock()
         _register(celery_app, self)
 
     def __repr__(self) -> str:
@@ -144,6 +146,10 @@ class CeleryBackend(Backend):
     def delete(self, key: str) -> None:
         self._writer().delete(self.prefix + key)
 
+    def delete_if(self, key: str, value: t.Any) -> bool:
+        self._flush()
+        return bool(self._delete_if(keys=[self.prefix + key], args=[_json.dumps(value)]))
+
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()
         pattern = _glob_escape(self.prefix + prefix) + "*"
@@ -160,11 +166,13 @@ class CeleryBackend(Backend):
     def terminate(self, job_id: str, grace: float) -> None:
         timer = threading.Timer(grace, self._force_stop, args=(job_id,))
         timer.daemon = True
-        self._timers.add(timer)
+        with self._timers_lock:
+            self._timers.add(timer)
         timer.start()
 
     def _force_stop(self, job_id: str) -> None:
-        self._timers = {tm for tm in self._timers if tm.is_alive() and tm is not threading.current_thread()}
+        with self._timers_lock:
+            self._timers.discard(threading.current_thread())
         record = self.get(f"job:{job_id}")
         if record is MISSING or record["status"] != "running":
             return
@@ -182,10 +190,17 @@ class CeleryBackend(Backend):
         self.celery.worker_main(argv)
 
     def close(self) -> None:
-        for timer in list(self._timers):
+        with self._timers_lock:
+            timers, self._timers = self._timers, set()
+        for timer in timers:
             timer.cancel()
-        self._timers.clear()
         self.redis.close()
+
+
+_DELETE_IF = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 def _redis_url(celery_app: Celery) -> str:

@@ -81,6 +81,13 @@ class ThreadBackend(Backend):
         with self._lock:
             self._data.pop(key, None)
 
+    def delete_if(self, key: str, value: t.Any) -> bool:
+        with self._lock:
+            if self._live(key, time.time()) != value:
+                return False
+            del self._data[key]
+            return True
+
     def scan(self, prefix: str) -> t.Iterator[str]:
         now = time.time()
         with self._lock:
