@@ -153,7 +153,9 @@ def test_example_2_button_disabled_while_running(
 
 
 def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
-    with example("dash_cancel", backend, tmp_path, chrome, scale=1.0, request=request) as page:  # a 2 s job
+    # A 5 s job: however loaded the machine, Cancel lands while it runs (a finished job has
+    # nothing to cancel, and its answer would rightly show).
+    with example("dash_cancel", backend, tmp_path, chrome, scale=2.5, request=request) as page:
         initial_run_done(page)
         assert not enabled(page, "cancel_button_id")
         click(page, "button_id")
