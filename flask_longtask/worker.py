@@ -133,14 +133,17 @@ class _Ticker:
                 while not self._jobs:
                     self._cond.wait()
                 jobs = list(self._jobs)
-            interval = min((t.cast(JobStore, j._store).progress_interval for j in jobs), default=0.05)
+            # Sleep first: a job that ends within one interval costs no store access here (its
+            # last progress is flushed, and its cancel flag read, when it returns).
+            time.sleep(min((t.cast(JobStore, j._store).progress_interval for j in jobs), default=0.05))
+            with self._cond:
+                jobs = list(self._jobs)
             now = time.monotonic()
             for ctx in jobs:
                 try:
                     ctx._tick(now)
                 except Exception:  # a backend hiccup must not kill the ticker
                     _log.exception("Progress/heartbeat update of job %s failed.", ctx.id)
-            time.sleep(interval)
 
 
 _ticker = _Ticker()
@@ -253,6 +256,7 @@ def execute(
         if not store.claim(job_id, _owner()):
             return None
         record = store.start(record)
+    started = time.monotonic()  # when the heartbeat was first written
     with app.app_context():
         job = store.job(job_id)
         signals.send(signals.job_started, app, job=job)
@@ -265,14 +269,21 @@ def execute(
             err = error_record(exc, message=f"The job's arguments could not be deserialised here: {exc}")
             store.finish(record, JobStatus.FAILED, app=app, error=err)
             return JobStatus.FAILED
-        return _run(store, record, task, app, args, kwargs)
+        return _run(store, record, task, app, args, kwargs, started)
 
 
 def _run(
-    store: JobStore, record: dict[str, t.Any], task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any
+    store: JobStore,
+    record: dict[str, t.Any],
+    task: Task[..., t.Any],
+    app: Flask,
+    args: t.Any,
+    kwargs: t.Any,
+    started: float,
 ) -> JobStatus:
     ctx = JobContext(record["id"], app, store)
-    store.beat(record["id"])  # job_started receivers may have taken a while: count from now
+    if time.monotonic() - started > store.heartbeat_timeout / 4:
+        store.beat(record["id"])  # job_started receivers took a while: the heartbeat counts from now
     _ticker.add(ctx)
     token = _current.set(ctx)
     failure: BaseException | None = None
