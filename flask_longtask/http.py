@@ -9,6 +9,7 @@ Bodies are JSON only and nothing from a request is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -84,12 +85,17 @@ def _accepts(annotation: t.Any, value: t.Any) -> bool:
     return isinstance(value, _JSON_TYPES[plain])
 
 
+@functools.cache
+def _hints(func: t.Callable[..., t.Any]) -> dict[str, t.Any]:
+    try:
+        return t.get_type_hints(func)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return {}
+
+
 def _check_types(func: t.Callable[..., t.Any], bound: inspect.BoundArguments) -> str | None:
     """A message naming the first argument whose JSON type does not fit the signature."""
-    try:
-        hints = t.get_type_hints(func)
-    except Exception:  # unresolvable annotations: nothing to check against
-        return None
+    hints = _hints(func)
     for name, value in bound.arguments.items():
         kind = bound.signature.parameters[name].kind
         values = (
