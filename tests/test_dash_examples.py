@@ -158,8 +158,13 @@ def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str, reque
     with example("dash_cancel", backend, tmp_path, chrome, scale=2.5, request=request) as page:
         initial_run_done(page)
         assert not enabled(page, "cancel_button_id")
+        before = job_polls(page)
         click(page, "button_id")
         until(page, lambda d: enabled(d, "cancel_button_id"), "Cancel to be enabled")
+        # Dash enables Cancel when the request leaves, but the page learns its job's handle only
+        # from the answer: a Cancel clicked before that cancels nothing (in Dash's own managers
+        # too). So click once the page has polled for its job.
+        until(page, lambda d: job_polls(d) > before, "the page to poll for its job")
         click(page, "cancel_button_id")
         until(
             page,
@@ -167,6 +172,12 @@ def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str, reque
             "the running outputs to reset",
         )
         assert text(page, "paragraph_id") == "Clicked None times"  # the cancelled run never answered
+
+
+def job_polls(driver: WebDriver) -> int:
+    """How many requests the page has made that name a background job (its polls)."""
+    script = "return performance.getEntriesByType('resource').filter(e => e.name.includes('job=')).length"
+    return int(driver.execute_script(script))
 
 
 def progress_value(driver: WebDriver) -> tuple[str | None, str | None]:
