@@ -207,19 +207,7 @@ class BackendConformance:
             assert backend.get("conf:a") == 2
 
     def test_add_is_atomic(self, backend: Backend) -> None:
-        wins: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def contend(i: int) -> None:
-            barrier.wait()
-            if backend.add("conf:once", i):
-                wins.append(i)
-
-        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        wins = _contend(8, lambda i: backend.add("conf:once", i))
         assert len(wins) == 1
         assert backend.get("conf:once") == wins[0]
         assert backend.add("conf:once", "again") is False
@@ -228,20 +216,7 @@ class BackendConformance:
         backend.set("conf:owner", "job-1")
         assert backend.delete_if("conf:owner", "job-2") is False
         assert backend.get("conf:owner") == "job-1"
-        wins: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def contend(i: int) -> None:
-            barrier.wait()
-            if backend.delete_if("conf:owner", "job-1"):
-                wins.append(i)
-
-        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert len(wins) == 1
+        assert len(_contend(8, lambda i: backend.delete_if("conf:owner", "job-1"))) == 1
         assert backend.get("conf:owner") is MISSING
 
     def test_expire(self, backend: Backend) -> None:
@@ -440,6 +415,24 @@ class BackendConformance:
         jobs = [echo.submit(i, str(log)) for i in range(100)]
         assert [j.result(timeout=TIMEOUT) for j in jobs] == list(range(100))
         assert len(_lines(log)) == 100
+
+
+def _contend(threads: int, attempt: t.Callable[[int], bool]) -> list[int]:
+    """Run ``attempt(i)`` in ``threads`` threads released at once; the ``i`` that succeeded."""
+    wins: list[int] = []
+    barrier = threading.Barrier(threads)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        if attempt(i):
+            wins.append(i)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return wins
 
 
 class _Recorder:
