@@ -140,7 +140,7 @@ class Job(t.Generic[R]):
                 if left <= 0:
                     raise JobTimeoutError(self.id, t.cast(float, timeout))
                 delay = min(delay, left)
-            time.sleep(delay)
+            self._store.backend.wait_for_end(self.id, delay)
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to end and return its value.

@@ -264,7 +264,7 @@ def test_expired_entries_are_swept(tmp_path: Path) -> None:
         for n in range(200):
             backend.set(f"progress:{n}", b"x" * 100, expire=0.2)
         backend.set("keep", 1)
-        rows = lambda: backend.cache._sql("SELECT COUNT(*) FROM Cache").fetchone()[0]
+        rows = backend.table.count
         assert rows() == 201
         wait_for(lambda: rows() == 1, 10, "the pool host to sweep expired rows")
     finally:

@@ -117,6 +117,9 @@ class PoolHost:
         self._next_spawn = 0.0
         self._next_mail = 0.0
         self._next_cleanup = time.monotonic() + backend.cleanup_interval
+        #: Jobs that ended here recently (the newest last), for waiters in this process.
+        self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended_cond = threading.Condition()
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
         self.pids: list[int] = []
 
@@ -177,6 +180,18 @@ class PoolHost:
         os.close(self._lock_fd)  # releases the flock: a standby process takes over
         _log.info("Worker pool of %s stopped.", self.backend.directory)
 
+    def wait_done(self, job_id: str, timeout: float) -> None:
+        """Block until a worker of this pool is done with ``job_id``, or ``timeout`` seconds."""
+        with self._ended_cond:
+            self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
+
+    def _job_ended(self, job_id: str) -> None:
+        with self._ended_cond:
+            self._ended[job_id] = None
+            if len(self._ended) > 10_000:
+                self._ended.popitem(last=False)
+            self._ended_cond.notify_all()
+
     # -- the loop -------------------------------------------------------------------------------
 
     def _step(self) -> None:
@@ -203,6 +218,7 @@ class PoolHost:
         if now >= self._next_mail:
             self._next_mail = now + TICK
             self._read_mailbox()
+            self.backend.table.empty_trash()
         if self._rescan:
             self._rescan = False
             self._recover()
@@ -264,6 +280,7 @@ class PoolHost:
         if slot.job_id is not None:
             self._known.discard(slot.job_id)
             self._kills.pop(slot.job_id, None)
+            self._job_ended(slot.job_id)
         slot.job_id = None
         self._respawn_delay = 0.0
 
@@ -278,6 +295,7 @@ class PoolHost:
             self._known.discard(slot.job_id)
             self._kills.pop(slot.job_id, None)
             self.backend._lost(slot.job_id, reason)
+            self._job_ended(slot.job_id)
         elif how is None:
             # Died idle, most often at start-up (an import error in __main__): do not spin.
             self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)

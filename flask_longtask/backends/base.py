@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import pickle
+import time
 import typing as t
 from dataclasses import dataclass
 
@@ -142,6 +143,16 @@ class Backend(abc.ABC):
         Batches may nest. The default groups nothing.
         """
         return contextlib.nullcontext()
+
+    def wait_for_end(self, job_id: str, timeout: float) -> None:
+        """Block for up to ``timeout`` seconds, or less once job ``job_id`` may have ended.
+
+        :meth:`Job.wait <flask_longtask.Job.wait>` reads the job's status between calls, so a
+        backend that cannot tell simply sleeps (the default). One that sees its jobs end (the
+        diskcache pool host, in its own process) returns as soon as this one has, which saves a
+        waiter the rest of its polling interval.
+        """
+        time.sleep(timeout)
 
     @abc.abstractmethod
     def scan(self, prefix: str) -> t.Iterator[str]:

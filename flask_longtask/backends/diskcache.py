@@ -23,6 +23,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from . import _pool, _poolworker
+from ._table import Table
 from .base import MISSING, Backend, JobRequest
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +90,7 @@ class DiskcacheBackend(Backend):
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
         self._cache: diskcache.Cache | None = None
+        self._table: Table | None = None
         self._lock = threading.RLock()
         self._elected = False  # whether this process has joined the election for the pool
         self._closed = threading.Event()
@@ -128,57 +130,72 @@ class DiskcacheBackend(Backend):
 
     @property
     def cache(self) -> diskcache.Cache:
-        """The :class:`diskcache.Cache` holding everything; opening it joins the pool election."""
+        """The :class:`diskcache.Cache` of the directory; opening it joins the pool election.
+
+        Job keys are not in it but in a lean table of the same database (see
+        :mod:`flask_longtask.backends._table`); it holds the pool's mailbox.
+        """
         cache = self._cache
         if cache is None:
-            cache = self._open()
+            cache = self._open()[0]
         if not self._elected:
             self._join_election()
         return cache
 
-    def _open(self) -> diskcache.Cache:
+    @property
+    def table(self) -> Table:
+        table = self._table
+        if table is None:
+            table = self._open()[1]
+        if not self._elected:
+            self._join_election()
+        return table
+
+    def _open(self) -> tuple[diskcache.Cache, Table]:
         with self._lock:
-            if self._cache is None:
+            if self._cache is None or self._table is None:
                 try:
-                    self._cache = diskcache.Cache(
+                    cache = diskcache.Cache(
                         self.directory,
-                        eviction_policy="none",  # job records must never be evicted for space
+                        eviction_policy="none",  # nothing in it may be evicted for space
                         statistics=False,
                         cull_limit=0,  # expired rows are swept by the pool host, not on each write
                     )
+                    disk = diskcache.Disk(self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+                    self._table = Table(os.path.join(self.directory, diskcache.core.DBNAME), disk)
+                    self._cache = cache
                 except Exception as exc:
                     raise RuntimeError(
                         f"DiskcacheBackend cannot open its directory {self.directory!r}: {exc}."
                         " Check that it exists, is writable and holds a diskcache (delete a corrupted"
                         " one), or set LONGTASK_DISKCACHE_DIR to another directory."
                     ) from exc
-            return self._cache
+            return self._cache, self._table
 
     def get(self, key: str) -> t.Any:
-        return self.cache.get(key, MISSING, retry=True)
+        return self.table.get(key)
+
+    def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
+        return self.table.get_many(keys)
 
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
-        self.cache.set(key, value, expire=expire, retry=True)
+        self.table.set(key, value, expire)
 
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
-        return bool(self.cache.add(key, value, expire=expire, retry=True))
+        return self.table.add(key, value, expire)
 
     def delete(self, key: str) -> None:
-        self.cache.delete(key, retry=True)
+        self.table.delete(key)
+
+    def delete_if(self, key: str, value: t.Any) -> bool:
+        return self.table.delete_if(key, value)
 
     def batch(self) -> t.ContextManager[None]:
         # One SQLite transaction for a job step: a write costs its commit, not its row.
-        return t.cast("t.ContextManager[None]", self.cache.transact(retry=True))
+        return self.table.batch()
 
     def scan(self, prefix: str) -> t.Iterator[str]:
-        # A range query on the key index; diskcache stores str keys as raw TEXT (its ``_sql``
-        # is private but stable since 3.0: iterating every key would be O(all keys)).
-        sql = self.cache._sql
-        rows = sql(
-            "SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ? AND (expire_time IS NULL OR expire_time > ?)",
-            (prefix, prefix + "\U0010ffff", time.time()),
-        ).fetchall()
-        return iter([row[0] for row in rows if isinstance(row[0], str)])
+        return iter(self.table.scan(prefix))
 
     def cleanup(self) -> int:
         """Remove every expired record, result and progress value now; return how many.
@@ -186,7 +203,7 @@ class DiskcacheBackend(Backend):
         The pool host calls this every ``cleanup_interval`` seconds, which keeps the directory
         bounded by ``LONGTASK_RESULT_EXPIRE``.
         """
-        return int(self.cache.expire(retry=True))
+        return self.table.sweep() + int(self.cache.expire(retry=True))
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -209,6 +226,13 @@ class DiskcacheBackend(Backend):
         except FileNotFoundError:
             return None
         return int(text) if text.isdigit() else None
+
+    def wait_for_end(self, job_id: str, timeout: float) -> None:
+        host = self._host
+        if host is None:  # the pool runs in another process: poll
+            time.sleep(timeout)
+        else:  # it runs here: woken the moment a worker reports the job done (or lost)
+            host.wait_done(job_id, timeout)
 
     def terminate(self, job_id: str, grace: float) -> None:
         self._send(f"k {job_id} {time.time() + grace:.3f}")
@@ -322,6 +346,8 @@ class DiskcacheBackend(Backend):
                 host._shutdown()
         if fifo is not None:
             fifo.reset()
+        if self._table is not None:
+            self._table.close()
         if self._cache is not None:
             self._cache.close()
 
