@@ -8,6 +8,7 @@ through :data:`current_job`, and stores the outcome through :class:`~flask_longt
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import socket
@@ -42,8 +43,10 @@ class JobContext:
         self._cancelled = False
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        now = time.monotonic()
         # start() has just written the first heartbeat.
-        self._next_beat = time.monotonic() + (store.heartbeat_timeout / 4 if store is not None else 0.0)
+        self._next_beat = now + (store.heartbeat_timeout / 4 if store is not None else 0.0)
+        self._first_tick = now + (store.progress_interval if store is not None else 0.0)
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -105,20 +108,29 @@ class JobContext:
 
 
 class _Ticker:
-    """One daemon thread per process that flushes progress, polls cancel flags and beats."""
+    """One daemon thread per process that flushes progress, polls cancel flags and beats.
+
+    It is never woken for a job: while jobs come and go it ticks every interval, and a job
+    that ends within its first interval costs it nothing (waking a thread costs more than most
+    short jobs). After a second with no job it parks until the next one arrives.
+    """
+
+    _LINGER = 1.0
 
     def __init__(self) -> None:
         self._jobs: set[JobContext] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._parked = False
 
     def add(self, ctx: JobContext) -> None:
         with self._cond:
             if self._pid != os.getpid():  # forked: the old thread is not ours
-                self._thread, self._pid = None, os.getpid()
+                self._thread, self._pid, self._parked = None, os.getpid(), False
             self._jobs.add(ctx)
-            self._cond.notify()
+            if self._parked:
+                self._cond.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="longtask-ticker", daemon=True)
                 self._thread.start()
@@ -128,18 +140,27 @@ class _Ticker:
             self._jobs.discard(ctx)
 
     def _run(self) -> None:
+        interval, idle_since = 0.05, time.monotonic()
         while True:
             with self._cond:
-                while not self._jobs:
-                    self._cond.wait()
+                if not self._jobs and time.monotonic() - idle_since >= self._LINGER:
+                    self._parked = True
+                    while not self._jobs:
+                        self._cond.wait()
+                    self._parked = False
+                    idle_since = time.monotonic()
                 jobs = list(self._jobs)
-            # Sleep first: a job that ends within one interval costs no store access here (its
-            # last progress is flushed, and its cancel flag read, when it returns).
-            time.sleep(min((t.cast(JobStore, j._store).progress_interval for j in jobs), default=0.05))
+            if jobs:
+                interval = min(t.cast(JobStore, j._store).progress_interval for j in jobs)
+            time.sleep(interval)
             with self._cond:
                 jobs = list(self._jobs)
             now = time.monotonic()
+            if jobs:
+                idle_since = now
             for ctx in jobs:
+                if now < ctx._first_tick:  # started within the last interval: not yet
+                    continue
                 try:
                     ctx._tick(now)
                 except Exception:  # a backend hiccup must not kill the ticker
@@ -212,8 +233,14 @@ def run_inline(func: t.Callable[..., t.Any], args: t.Any, kwargs: t.Any) -> t.An
         _current.reset(token)
 
 
+@functools.lru_cache(maxsize=64)
+def _owner_of(pid: int, thread: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{thread}"
+
+
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    """Who claims a job: host, process and thread (the host name is looked up once)."""
+    return _owner_of(os.getpid(), threading.get_ident())
 
 
 def execute(

@@ -28,13 +28,13 @@ import collections
 import errno
 import logging
 import os
+import select
 import signal
 import threading
 import time
 import typing as t
 
 import multiprocess  # diskcache.py checks it is installed, with a clear message, before it imports us
-from multiprocess.connection import wait as _wait
 
 from ..job import JobStatus
 from ._poolworker import worker_main
@@ -107,6 +107,10 @@ class PoolHost:
         self._known: set[str] = set()
         self._kills: dict[str, float] = {}
         self._stopping = threading.Event()
+        #: Held by the dispatcher while it handles what it woke for, and by push_local.
+        self._mutex = threading.RLock()
+        self._poller = select.poll()
+        self._polled: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
@@ -144,10 +148,7 @@ class PoolHost:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # pragma: no cover - already closed
-            pass
+        self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -201,36 +202,65 @@ class PoolHost:
             timeout = max(0.0, min(timeout, min(self._kills.values()) - time.time()))
         if (self._queue or self._started) and len(self._slots) < self.workers:
             timeout = max(0.0, min(timeout, self._next_spawn - now))
-        watched: list[t.Any] = [self._fifo_r, self._wake_r]
+        ready = self._poll(timeout)
+        with self._mutex:
+            if self._fifo_r in ready:
+                self._read_fifo()
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            for slot in list(self._slots):
+                if slot.conn.fileno() in ready:
+                    self._read_done(slot)
+                if slot.process.sentinel in ready:
+                    self._reap(slot, None)
+            now = time.monotonic()
+            if now >= self._next_mail:
+                self._next_mail = now + TICK
+                self._read_mailbox()
+                self.backend.table.empty_trash()
+            if self._rescan:
+                self._rescan = False
+                self._recover()
+            if self._kills:
+                self._run_kills()
+            if now >= self._next_cleanup:
+                self._next_cleanup = now + self.backend.cleanup_interval
+                self.backend.cleanup()
+            self._dispatch()
+            if len(self._queue) != self._published:
+                self._published = len(self._queue)
+                os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
+
+    def _poll(self, timeout: float) -> set[int]:
+        """The descriptors that are ready: the FIFO, the wake pipe, workers' pipes and sentinels."""
+        fds = [self._fifo_r, self._wake_r]
         for slot in self._slots:
-            watched += (slot.conn, slot.process.sentinel)
-        ready = set(_wait(watched, timeout))
-        if self._fifo_r in ready:
-            self._read_fifo()
-        if self._wake_r in ready:
-            os.read(self._wake_r, 4096)
-        for slot in list(self._slots):
-            if slot.conn in ready:
-                self._read_done(slot)
-            if slot.process.sentinel in ready:
-                self._reap(slot, None)
-        now = time.monotonic()
-        if now >= self._next_mail:
-            self._next_mail = now + TICK
-            self._read_mailbox()
-            self.backend.table.empty_trash()
-        if self._rescan:
-            self._rescan = False
-            self._recover()
-        if self._kills:
-            self._run_kills()
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + self.backend.cleanup_interval
-            self.backend.cleanup()
-        self._dispatch()
-        if len(self._queue) != self._published:
-            self._published = len(self._queue)
-            os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
+            fds += (slot.conn.fileno(), slot.process.sentinel)
+        if fds != self._polled:  # a worker came or went: one poll object until the next change
+            self._poller = select.poll()
+            for fd in fds:
+                self._poller.register(fd, select.POLLIN)
+            self._polled = fds
+        return {fd for fd, _ in self._poller.poll(timeout * 1000)}
+
+    def push_local(self, job_id: str) -> None:
+        """Queue a job submitted in this process and hand it to an idle worker from here.
+
+        Saves the hop through the FIFO and a wake-up of the dispatcher thread, which would
+        contend for this process's GIL with the thread that submits.
+        """
+        with self._mutex:
+            self._push(job_id)
+            self._dispatch_idle()
+            pending = bool(self._queue)
+        if pending:  # no idle worker (or none started yet): the dispatcher takes it from here
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # pragma: no cover - stopped and closed
+            pass
 
     def _handle(self, line: bytes) -> None:
         parts = line.decode("ascii", "replace").split()
@@ -321,6 +351,9 @@ class PoolHost:
         if self._started:
             while len(self._slots) < self.workers and time.monotonic() >= self._next_spawn:
                 self._spawn()
+        self._dispatch_idle()
+
+    def _dispatch_idle(self) -> None:
         for slot in self._slots:
             if not self._queue:
                 return

@@ -208,7 +208,11 @@ class DiskcacheBackend(Backend):
     # -- execution ------------------------------------------------------------------------------
 
     def enqueue(self, request: JobRequest) -> None:
-        self._send(f"q {request.job_id}")
+        host = self._host
+        if host is not None:  # the pool runs here: no need for the FIFO
+            host.push_local(request.job_id)
+        else:
+            self._send(f"q {request.job_id}")
 
     def queue_length(self) -> int | None:
         """How many jobs the pool host has waiting; ``None`` while no process hosts the pool.
