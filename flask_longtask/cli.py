@@ -85,8 +85,11 @@ def jobs_command(status: str | None) -> None:
     backend, store = state.backend, state.store
     records = []
     for key in backend.scan("job:"):
-        record = backend.get(key)
-        if record is not MISSING and (status is None or record["status"] == status):
+        try:
+            record = store.read_record(key[4:])  # "running" as soon as claimed, like Job.status
+        except JobNotFoundError:
+            continue
+        if status is None or record["status"] == status:
             records.append(record)
     records.sort(key=lambda r: r["created"])
     if not records:

@@ -8,7 +8,9 @@ Keys (a backend may prefix them):
 ``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
 ``result:<id>``      the serialised return value of a succeeded job
 ``cancel:<id>``      present once cancellation was requested
-``claim:<id>``       taken atomically by whoever moves the job out of "queued"
+``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
+                     out of "queued": a worker (the job reads "running" from then on) or
+                     ``"cancel"``
 ``end:<id>``         taken atomically by whoever moves the job to its final status
 ``alive:<id>``       heartbeat of a running job; expires when its worker is gone
 ``inflight:<key>``   the queued or running job of a memo key (single-flight)
@@ -91,11 +93,22 @@ class JobStore:
     # -- reads ----------------------------------------------------------------------------------
 
     def read_record(self, job_id: str) -> dict[str, t.Any]:
-        """The job's record; a running job whose heartbeat stopped is ended here as lost."""
-        record = self.backend.get(f"job:{job_id}")
+        """The job's record, "running" from the moment a worker claimed it.
+
+        A running job whose worker has sent no heartbeat for ``heartbeat_timeout`` seconds (none
+        at all since it started, or none since the last one expired) is ended here as lost.
+        """
+        record, claim, alive = self.backend.get_many([f"job:{job_id}", f"claim:{job_id}", f"alive:{job_id}"])
         if record is MISSING:
             raise JobNotFoundError(job_id)
-        if record["status"] == JobStatus.RUNNING.value and self.backend.get(f"alive:{job_id}") is MISSING:
+        if record["status"] == JobStatus.QUEUED.value and isinstance(claim, dict) and claim["by"] != "cancel":
+            # Claimed by a worker, which announces it within a progress interval (worker.py).
+            record = {**record, "status": JobStatus.RUNNING.value, "started": claim["at"]}
+        if (
+            record["status"] == JobStatus.RUNNING.value
+            and alive is MISSING
+            and time.time() - (record["started"] or 0.0) > self.heartbeat_timeout
+        ):
             self.mark_lost(job_id, f"its worker sent no heartbeat for {self.heartbeat_timeout:g} seconds")
             record = self.backend.get(f"job:{job_id}")
             if record is MISSING:  # pragma: no cover - expired in between
@@ -154,15 +167,21 @@ class JobStore:
         if memo_key is not None:
             self._release_inflight(memo_key, job_id)
 
-    def claim(self, job_id: str, owner: str) -> bool:
-        """Atomically take the job out of "queued"; only one caller ever wins."""
-        return self.backend.add(f"claim:{job_id}", owner, self.result_expire)
+    def claim(self, job_id: str, owner: str, *, at: float | None = None) -> bool:
+        """Atomically take the job out of "queued"; only one caller ever wins.
+
+        A worker's claim (any ``owner`` but ``"cancel"``) makes the job read as running from
+        ``at`` on, before :meth:`start` rewrites its record.
+        """
+        claim = {"by": owner, "at": time.time() if at is None else at}
+        return self.backend.add(f"claim:{job_id}", claim, self.result_expire)
 
     def start(self, record: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Mark a claimed job running and start its heartbeat."""
-        self.beat(record["id"])
-        running = {**record, "status": JobStatus.RUNNING.value, "started": time.time()}
-        self.backend.set(f"job:{record['id']}", running)
+        """Write a claimed job's record as running (``record["started"]`` set) and its first heartbeat."""
+        running = {**record, "status": JobStatus.RUNNING.value, "started": record.get("started") or time.time()}
+        with self.backend.batch():
+            self.beat(record["id"])
+            self.backend.set(f"job:{record['id']}", running)
         return running
 
     def beat(self, job_id: str) -> None:

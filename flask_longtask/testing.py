@@ -453,4 +453,4 @@ def _gone(job: t.Any) -> bool:
 
 def _runs_in_this_process(app: Flask, job_id: str) -> bool:
     claim = app.extensions["longtask"].backend.get(f"claim:{job_id}")
-    return isinstance(claim, str) and claim.split(":")[1] == str(os.getpid())
+    return isinstance(claim, dict) and claim["by"].split(":")[1] == str(os.getpid())

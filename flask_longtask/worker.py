@@ -32,11 +32,21 @@ _log = logging.getLogger(__name__)
 class JobContext:
     """What a running job sees as :data:`current_job`."""
 
-    def __init__(self, job_id: str | None, app: Flask | None = None, store: JobStore | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str | None,
+        app: Flask | None = None,
+        store: JobStore | None = None,
+        record: dict[str, t.Any] | None = None,
+    ) -> None:
         #: The running job's id (``None`` when the task is called inline as a plain function).
         self.id = job_id
         self._app = app
         self._store = store
+        #: The job's record as this process last wrote it (still "queued" until announced).
+        self._record = record
+        self._announced = False
+        self._closed = False
         self._value: t.Any = None
         self._dirty = False
         self._seq = 0
@@ -44,9 +54,9 @@ class JobContext:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         now = time.monotonic()
-        # start() has just written the first heartbeat.
-        self._next_beat = now + (store.heartbeat_timeout / 4 if store is not None else 0.0)
+        # The first tick announces the job running and writes the first heartbeat.
         self._first_tick = now + (store.progress_interval if store is not None else 0.0)
+        self._next_beat = self._first_tick
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -96,9 +106,27 @@ class JobContext:
             store.write_progress(t.cast(str, self.id), self._seq, data)
         signals.send(signals.job_progress, self._app, job=store.job(t.cast(str, self.id)), progress=value)
 
+    def _close(self) -> dict[str, t.Any]:
+        """Stop ticking for this job (it is ending); return its record for ``finish()``."""
+        _ticker.remove(self)
+        with self._lock:
+            self._closed = True
+        return t.cast("dict[str, t.Any]", self._record)
+
+    def _announce(self, now: float) -> None:
+        store = t.cast(JobStore, self._store)
+        with self._lock:
+            if self._closed:  # it is ending: finish() writes the record now, never this
+                return
+            self._record = store.start(t.cast("dict[str, t.Any]", self._record))
+            self._announced = True
+        self._next_beat = now + store.heartbeat_timeout / 4
+
     def _tick(self, now: float) -> None:
         store = t.cast(JobStore, self._store)
         job_id = t.cast(str, self.id)
+        if not self._announced:
+            self._announce(now)
         self._flush()
         if not self._cancelled:
             self._cancelled = store.is_cancel_requested(job_id)
@@ -279,39 +307,30 @@ def execute(
 
     state = app.extensions.get("longtask")
     store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
-    with backend.batch():
-        if not store.claim(job_id, _owner()):
-            return None
-        record = store.start(record)
-    started = time.monotonic()  # when the heartbeat was first written
+    started = time.time()
+    if not store.claim(job_id, _owner(), at=started):
+        return None
+    # Claimed: readers see the job "running" from now (the claim says since when). The record
+    # itself is rewritten as running, with the first heartbeat, by the ticker one progress
+    # interval from now, so a short job costs one write here instead of a transaction.
+    ctx = JobContext(job_id, app, store, {**record, "started": started})
+    _ticker.add(ctx)
     with app.app_context():
-        job = store.job(job_id)
-        signals.send(signals.job_started, app, job=job)
+        signals.send(signals.job_started, app, job=store.job(job_id))
         if cancelled is not MISSING:
-            store.finish(record, JobStatus.CANCELLED, app=app)
+            store.finish(ctx._close(), JobStatus.CANCELLED, app=app)
             return JobStatus.CANCELLED
         try:
             args, kwargs = backend.loads(request["args"])
         except Exception as exc:
             err = error_record(exc, message=f"The job's arguments could not be deserialised here: {exc}")
-            store.finish(record, JobStatus.FAILED, app=app, error=err)
+            store.finish(ctx._close(), JobStatus.FAILED, app=app, error=err)
             return JobStatus.FAILED
-        return _run(store, record, task, app, args, kwargs, started)
+        return _run(ctx, task, app, args, kwargs)
 
 
-def _run(
-    store: JobStore,
-    record: dict[str, t.Any],
-    task: Task[..., t.Any],
-    app: Flask,
-    args: t.Any,
-    kwargs: t.Any,
-    started: float,
-) -> JobStatus:
-    ctx = JobContext(record["id"], app, store)
-    if time.monotonic() - started > store.heartbeat_timeout / 4:
-        store.beat(record["id"])  # job_started receivers took a while: the heartbeat counts from now
-    _ticker.add(ctx)
+def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any) -> JobStatus:
+    store = t.cast(JobStore, ctx._store)
     token = _current.set(ctx)
     failure: BaseException | None = None
     value: t.Any = None
@@ -321,7 +340,7 @@ def _run(
         failure = exc
     finally:
         _current.reset(token)
-        _ticker.remove(ctx)
+        record = ctx._close()
         ctx._flush()
     if ctx._cancelled or store.is_cancel_requested(record["id"]):
         status = JobStatus.CANCELLED

@@ -386,11 +386,38 @@ def test_running_job_without_heartbeat_is_failed_as_lost(app, longtask):
     assert store.claim("lost1", "a worker that is about to die")
     store.start(store.backend.get("job:lost1"))
     with app.app_context():
-        job = longtask.get_job("lost1")
+        job = store.job("lost1")  # read with this store's 0.2 s heartbeat timeout
         assert job.status is JobStatus.RUNNING
         assert wait_for(lambda: job.status is JobStatus.FAILED, what="the lost job to fail")
         assert job.error["type"] == "WorkerLostError"
         assert "no heartbeat" in job.error["message"]
+
+
+def test_claimed_job_reads_running_and_is_lost_if_never_announced(app, longtask):
+    """A worker's claim makes a job "running" at once; a worker that dies before announcing it
+    (its first tick) leaves no heartbeat, and the job fails once the heartbeat timeout passes."""
+    store = JobStore(app.extensions["longtask"].backend, heartbeat_timeout=0.3)
+    store.create("lost2", {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
+    with app.app_context():
+        job = store.job("lost2")
+        assert job.status is JobStatus.QUEUED
+        claimed_at = time.time()
+        assert store.claim("lost2", "a worker that dies before its first tick", at=claimed_at)
+        assert store.backend.get("job:lost2")["status"] == "queued"  # the record is not rewritten yet
+        assert job.status is JobStatus.RUNNING
+        assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claimed_at)
+        assert wait_for(lambda: job.status is JobStatus.FAILED, what="the unannounced job to fail")
+        assert time.time() - claimed_at >= 0.3
+        assert job.error["type"] == "WorkerLostError"
+
+
+def test_cancel_claim_does_not_read_as_running(app, longtask):
+    store = JobStore(app.extensions["longtask"].backend)
+    store.create("c1", {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
+    with app.app_context():
+        longtask.get_job("c1").cancel()
+        assert longtask.get_job("c1").status is JobStatus.CANCELLED
+        assert store.backend.get("claim:c1")["by"] == "cancel"
 
 
 def test_enqueue_failure_leaves_nothing_behind(app, longtask, backend, monkeypatch):

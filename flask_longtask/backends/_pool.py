@@ -36,6 +36,11 @@ import typing as t
 
 import multiprocess  # diskcache.py checks it is installed, with a clear message, before it imports us
 
+# Imported now, before diskcache.py registers its atexit hook: multiprocess registers its own
+# (join every child) on import, and atexit runs hooks last-in first-out, so ours -- stop the
+# dispatcher thread, then reap the workers -- runs first instead of racing with it.
+import multiprocess.util
+
 from ..job import JobStatus
 from ._poolworker import worker_main
 from .base import MISSING
@@ -218,6 +223,7 @@ class PoolHost:
                 self._next_mail = now + TICK
                 self._read_mailbox()
                 self.backend.table.empty_trash()
+                self.backend.table.checkpoint()
             if self._rescan:
                 self._rescan = False
                 self._recover()

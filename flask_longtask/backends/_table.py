@@ -58,6 +58,15 @@ _LIVE = "(expire IS NULL OR expire > ?)"
 _SWEEP_CHUNK = 2000
 
 
+#: Seconds a statement waits for a lock held by another connection before it fails.
+BUSY_TIMEOUT = 60.0
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    # SQLITE_BUSY ("database is locked") has no error code attribute before Python 3.11.
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 #: This process's id, kept current across forks without a system call per statement.
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
@@ -82,15 +91,45 @@ class Table:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        with self._connect() as con:  # closed at once: a connection per thread comes later
+        con = self._connect()  # closed at once: a connection per thread comes later
+        try:
             for statement in _SCHEMA:
-                con.execute(statement)
+                self._run(statement, con=con)
+        finally:
+            con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        # diskcache's own connections wait up to 60 s for the write lock; so do ours.
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        con.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable across a crash of the app
+        # timeout=0: SQLite's own busy handler sleeps 1 ms, then 2, 5, 10... when another
+        # process holds the write lock, which for transactions of ~50 us wastes most of the wait
+        # (and throughput, with a web process and several workers writing). _run() retries
+        # instead, after 50 us, doubling to 5 ms, for up to ``BUSY_TIMEOUT`` seconds.
+        con = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        self._run("PRAGMA synchronous = NORMAL", con=con)  # with WAL: durable across a crash of the app
+        # Checkpoints (copying the write-ahead log into the database, with two fsyncs) are the
+        # pool host's job, a few times a second (checkpoint()). SQLite's default, a checkpoint by
+        # whichever commit finds the log over 1,000 pages, starves under a steady stream of short
+        # readers: the log cannot restart, so every commit checkpoints, and fsyncs, again.
+        # This larger threshold only bounds the log while no pool host runs.
+        self._run("PRAGMA wal_autocheckpoint = 10000", con=con)
         return con
+
+    def _run(self, sql: str, args: t.Sequence[t.Any] = (), *, con: sqlite3.Connection | None = None) -> sqlite3.Cursor:
+        """Execute one statement, retrying while another connection holds the lock it needs."""
+        con = con or self.con
+        try:
+            return con.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        delay, deadline = 0.00005, time.monotonic() + BUSY_TIMEOUT
+        while True:
+            time.sleep(delay)
+            try:
+                return con.execute(sql, args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            delay = min(delay * 2, 0.005)
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -122,7 +161,7 @@ class Table:
             finally:
                 local.depth -= 1
             return
-        con.execute("BEGIN IMMEDIATE")
+        self._run("BEGIN IMMEDIATE", con=con)
         local.depth = 1
         try:
             yield
@@ -132,7 +171,7 @@ class Table:
                 con.execute("ROLLBACK")
             raise
         local.depth = 0
-        con.execute("COMMIT")
+        self._run("COMMIT", con=con)
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -140,7 +179,7 @@ class Table:
         return self.disk.fetch(mode, filename, value, False)
 
     def get(self, key: str) -> t.Any:
-        row = self.con.execute(
+        row = self._run(
             f"SELECT mode, filename, value FROM longtask WHERE id = ? AND kind = ? AND {_LIVE}",
             (*_split(key), time.time()),
         ).fetchone()
@@ -149,11 +188,11 @@ class Table:
     def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
         parts = [_split(key) for key in keys]
         ids = {id_ for id_, _ in parts}
-        if len(ids) == 1:  # the keys of one job (the worker's first read): one range of the index
-            where, args = "id = ?", tuple(ids)
-        else:
-            where, args = f"id IN ({', '.join('?' * len(ids))})", tuple(ids)
-        rows = self.con.execute(
+        kinds = {kind for _, kind in parts}
+        # Keys of one job (a status read, the worker's first read) are neighbours in the index.
+        where = f"id IN ({', '.join('?' * len(ids))}) AND kind IN ({', '.join('?' * len(kinds))})"
+        args = (*ids, *kinds)
+        rows = self._run(
             f"SELECT id, kind, mode, filename, value FROM longtask WHERE {where} AND {_LIVE}", (*args, time.time())
         ).fetchall()
         found = {(id_, kind): (mode, filename, value) for id_, kind, mode, filename, value in rows}
@@ -166,7 +205,7 @@ class Table:
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         row = self._row(key, value, expire)
         try:
-            self.con.execute(_SET, row)
+            self._run(_SET, row)
         except BaseException:
             self._discard(row[4])
             raise
@@ -174,7 +213,7 @@ class Table:
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
         row = self._row(key, value, expire)
         try:
-            added = self.con.execute(_ADD, (*row, time.time())).rowcount == 1
+            added = self._run(_ADD, (*row, time.time())).rowcount == 1
         except BaseException:
             self._discard(row[4])
             raise
@@ -187,7 +226,7 @@ class Table:
             self.disk.remove(filename)
 
     def delete(self, key: str) -> None:
-        self.con.execute("DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key))
+        self._run("DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key))
 
     def delete_if(self, key: str, value: t.Any) -> bool:
         with self.batch():
@@ -198,7 +237,7 @@ class Table:
 
     def scan(self, prefix: str) -> list[str]:
         # Reads the whole table: listings and the pool host's recovery only, never a job's path.
-        rows = self.con.execute(
+        rows = self._run(
             f"SELECT kind || id FROM longtask WHERE (kind || id) >= ? AND (kind || id) < ? AND {_LIVE}",
             (prefix, prefix + "\U0010ffff", time.time()),
         ).fetchall()
@@ -210,17 +249,17 @@ class Table:
         Reads the table in chunks, outside any transaction (WAL readers block nobody), and
         deletes what expired in each chunk in one short write transaction.
         """
-        con, removed, after = self.con, 0, ("", "")
+        removed, after = 0, ("", "")
         while True:
             now = time.time()
-            rows = con.execute(
+            rows = self._run(
                 "SELECT id, kind, expire FROM longtask WHERE (id, kind) > (?, ?) ORDER BY id, kind LIMIT ?",
                 (*after, _SWEEP_CHUNK),
             ).fetchall()
             expired = [(id_, kind, now) for id_, kind, expire in rows if expire is not None and expire <= now]
             if expired:
                 with self.batch():
-                    removed += con.executemany(
+                    removed += self.con.executemany(
                         "DELETE FROM longtask WHERE id = ? AND kind = ? AND expire <= ?", expired
                     ).rowcount
             if len(rows) < _SWEEP_CHUNK:
@@ -229,9 +268,13 @@ class Table:
         self.empty_trash()
         return removed
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database, as far as readers allow (never waits)."""
+        self.con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def empty_trash(self) -> None:
         """Remove the files of values deleted or replaced since the last call."""
-        if self.con.execute("SELECT 1 FROM longtask_trash LIMIT 1").fetchone() is None:
+        if self._run("SELECT 1 FROM longtask_trash LIMIT 1").fetchone() is None:
             return
         with self.batch():
             trash = [row[0] for row in self.con.execute("SELECT filename FROM longtask_trash").fetchall()]
@@ -241,4 +284,4 @@ class Table:
 
     def count(self) -> int:
         """Rows in the table, expired or not (tests use it to see the sweep work)."""
-        return int(self.con.execute("SELECT COUNT(*) FROM longtask").fetchone()[0])
+        return int(self._run("SELECT COUNT(*) FROM longtask").fetchone()[0])

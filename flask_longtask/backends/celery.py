@@ -174,8 +174,8 @@ class CeleryBackend(Backend):
         with self._timers_lock:
             self._timers.discard(threading.current_thread())
         record = self.get(f"job:{job_id}")
-        if record is MISSING or record["status"] != "running":
-            return
+        if record is MISSING or record["status"] not in ("queued", "running"):
+            return  # ended meanwhile (a claimed job may still read "queued": see JobStore.read_record)
         # Prefork (the default pool) kills the process running it; the worker's main process
         # then reports the task revoked and we record the job as cancelled (see _on_revoked).
         # Pools that cannot terminate (solo, threads, gevent) ignore this: cancel is cooperative.
