@@ -2,8 +2,9 @@
 
 Starts a real redis-server and one prefork Celery worker (2 processes) that imports
 ``benchmarks/celery_bench_app.py``, so every contender runs on the same Redis and the same
-worker in the same run. Each contender is polled the same way (every 1 ms until done), then its
-result is read. Prints medians and the ratios the project's targets are stated in.
+worker in the same run, one sample of each in turn. Each contender is polled the same way
+(every 1 ms until done), then its result is read. Prints medians and the ratios the project's
+targets are stated in.
 
     python -m benchmarks.bench_celery [--runs 100]
 """
@@ -72,17 +73,19 @@ def main() -> None:
             "Dash CeleryManager, 100 progress updates": dash(m.dash_progress),
             "Flask-LongTask, 100 progress updates": ours(m.progress100),
         }
-        results: dict[str, float] = {}
+        samples: dict[str, list[float]] = {name: [] for name in cases}
         with m.app.app_context():
-            for name, run in cases.items():
+            for run in cases.values():
                 for _ in range(5):  # warm up
                     run()
-                samples = []
-                for _ in range(runs):
+            # Round robin: one sample of each case per round, so a slow patch of the machine
+            # (it is shared) weighs on every case alike instead of on whichever ran then.
+            for _ in range(runs):
+                for name, run in cases.items():
                     start = time.perf_counter()
                     run()
-                    samples.append(time.perf_counter() - start)
-                results[name] = statistics.median(samples) * 1000
+                    samples[name].append(time.perf_counter() - start)
+        results = {name: statistics.median(values) * 1000 for name, values in samples.items()}
     finally:
         stop(worker)
         stop(redis_proc)
