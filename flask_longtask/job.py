@@ -7,7 +7,8 @@ import time
 import typing as t
 from datetime import datetime, timezone
 
-from .exceptions import JobCancelledError, JobFailedError, JobTimeoutError
+from .backends.base import MISSING
+from .exceptions import JobCancelledError, JobFailedError, JobNotFoundError, JobTimeoutError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .store import JobStore
@@ -126,12 +127,15 @@ class Job(t.Generic[R]):
         :param timeout: seconds to wait at most; ``None`` waits for ever.
         :raises JobTimeoutError: the job had not ended within ``timeout``.
         """
+        return JobStatus(self._wait(timeout, with_result=False)[0]["status"])
+
+    def _wait(self, timeout: float | None, *, with_result: bool) -> tuple[dict[str, t.Any], t.Any]:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         while True:
-            status = self.status
-            if status.is_finished:
-                return status
+            record, data = self._store.read_state(self.id, with_result=with_result)
+            if JobStatus(record["status"]).is_finished:
+                return record, data
             now = time.monotonic()
             # Short jobs end within a few ms: look often then, and back off to 50 ms after.
             delay = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)
@@ -151,12 +155,16 @@ class Job(t.Generic[R]):
         :raises JobTimeoutError: it had not ended within ``timeout``.
         :raises JobNotFoundError: its record (or result) has expired.
         """
-        status = self.wait(timeout)
+        # The result is read with the status (it exists only once the job has succeeded).
+        record, data = self._wait(timeout, with_result=True)
+        status = JobStatus(record["status"])
         if status is JobStatus.SUCCEEDED:
-            return t.cast(R, self._store.read_result(self.id))
+            if data is MISSING:
+                raise JobNotFoundError(self.id)
+            return t.cast(R, self._store.backend.loads(data))
         if status is JobStatus.CANCELLED:
             raise JobCancelledError(self.id)
-        raise JobFailedError(self.id, self.error or {})
+        raise JobFailedError(self.id, record.get("error") or {})
 
     def cancel(self) -> None:
         """Ask the job to stop; a no-op once it has ended.

@@ -29,7 +29,7 @@ import typing as t
 from flask import current_app, has_app_context
 
 from . import signals
-from .backends.base import MISSING, Backend
+from .backends.base import MISSING, Backend, Write
 from .exceptions import JobNotFoundError
 from .job import Job, JobStatus
 
@@ -38,6 +38,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 _log = logging.getLogger(__name__)
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+#: Seconds a claim is kept at least (a week; longer if ``LONGTASK_RESULT_EXPIRE`` is longer).
+CLAIM_EXPIRE = 7 * 24 * 3600.0
 #: Seconds after which an end claim whose job still looks active is taken as abandoned.
 _STALE_END = 5.0
 
@@ -98,7 +100,16 @@ class JobStore:
         A running job whose worker has sent no heartbeat for ``heartbeat_timeout`` seconds (none
         at all since it started, or none since the last one expired) is ended here as lost.
         """
-        record, claim, alive = self.backend.get_many([f"job:{job_id}", f"claim:{job_id}", f"alive:{job_id}"])
+        return self.read_state(job_id)[0]
+
+    def read_state(self, job_id: str, *, with_result: bool = False) -> tuple[dict[str, t.Any], t.Any]:
+        """:meth:`read_record`, and with ``with_result`` the stored result (or :data:`MISSING`)
+        in the same read: ``Job.result()`` polls this way, one round trip per look."""
+        keys = [f"job:{job_id}", f"claim:{job_id}", f"alive:{job_id}"]
+        if with_result:
+            keys.append(f"result:{job_id}")
+        record, claim, alive, *rest = self.backend.get_many(keys)
+        data = rest[0] if rest else MISSING
         if record is MISSING:
             raise JobNotFoundError(job_id)
         if record["status"] == JobStatus.QUEUED.value and isinstance(claim, dict) and claim["by"] != "cancel":
@@ -113,7 +124,7 @@ class JobStore:
             record = self.backend.get(f"job:{job_id}")
             if record is MISSING:  # pragma: no cover - expired in between
                 raise JobNotFoundError(job_id)
-        return t.cast("dict[str, t.Any]", record)
+        return record, data
 
     def read_progress(self, job_id: str) -> tuple[int, t.Any]:
         """``(sequence number, value)`` of the latest progress; ``(0, None)`` before the first."""
@@ -174,7 +185,12 @@ class JobStore:
         ``at`` on, before :meth:`start` rewrites its record.
         """
         claim = {"by": owner, "at": time.time() if at is None else at}
-        return self.backend.add(f"claim:{job_id}", claim, self.result_expire)
+        return self.backend.add(f"claim:{job_id}", claim, self.claim_expire)
+
+    @property
+    def claim_expire(self) -> float:
+        """Claims outlive the records they guard: a job must never be claimable twice."""
+        return max(CLAIM_EXPIRE, self.result_expire)
 
     def start(self, record: dict[str, t.Any]) -> dict[str, t.Any]:
         """Write a claimed job's record as running (``record["started"]`` set) and its first heartbeat."""
@@ -200,46 +216,62 @@ class JobStore:
         value: t.Any = None,
         error: dict[str, str] | None = None,
         memo_expire: float | None = None,
-    ) -> bool:
-        """Move a job to its final status, once; return whether this call did it.
+        unless_cancelled: bool = False,
+    ) -> JobStatus | None:
+        """Move a job to its final status, once; return that status, or ``None`` if the job had
+        already been ended by someone else.
 
+        With ``unless_cancelled``, a job whose cancellation was requested ends "cancelled"
+        instead; the check is atomic with the end (a worker ends a job that returned this way).
         Sends the matching signal with ``app`` (default: the current app, if any) as sender.
 
-        The result is stored before the record says "succeeded", so a reader that sees the
-        status can always read the value. Then the memo entry, then single-flight is released.
+        The end claim, the result, the record, the memo entry and the release of single-flight
+        are written in one step (:meth:`Backend.add_then_write`): a reader that sees the status
+        can always read the value.
         """
         job_id = record["id"]
-        memo_key = record.get("memo_key")
-        expire = record.get("expire", self.result_expire)
-        if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
-            expire = max(expire, memo_expire)
-        with self.backend.batch():
-            if not self.backend.add(f"end:{job_id}", time.time(), self.result_expire):
-                return False
-            self._write_end(record, status, expire, result=result, error=error, memo_expire=memo_expire)
+        writes = self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire)
+        otherwise = self._end_writes(record, JobStatus.CANCELLED) if unless_cancelled else ()
+        done = self.backend.add_then_write(
+            f"end:{job_id}",
+            time.time(),
+            self.result_expire,
+            writes,
+            unless=f"cancel:{job_id}" if unless_cancelled else None,
+            otherwise=otherwise,
+        )
+        if done is None:
+            return None
+        if not done:
+            status, value, error = JobStatus.CANCELLED, None, None
         self._signal_end(job_id, status, app, value=value, error=error)
-        return True
+        return status
 
-    def _write_end(
+    def _end_writes(
         self,
         record: dict[str, t.Any],
         status: JobStatus,
-        expire: float,
         *,
         result: bytes | None = None,
         error: dict[str, str] | None = None,
         memo_expire: float | None = None,
-    ) -> None:
+    ) -> list[Write]:
+        """The writes that end a job: result, final record, memo entry, single-flight, request."""
         job_id, memo_key = record["id"], record.get("memo_key")
+        expire = record.get("expire", self.result_expire)
+        if status is JobStatus.SUCCEEDED and memo_key is not None and memo_expire is not None:
+            expire = max(expire, memo_expire)
+        writes: list[Write] = []
         if status is JobStatus.SUCCEEDED:
-            self.backend.set(f"result:{job_id}", result, expire)
+            writes.append(("set", f"result:{job_id}", result, expire))
         final = {**record, "status": status.value, "finished": time.time(), "error": error}
-        self.backend.set(f"job:{job_id}", final, expire)
+        writes.append(("set", f"job:{job_id}", final, expire))
         if memo_key is not None:
             if status is JobStatus.SUCCEEDED:
-                self.backend.set(f"memo:{memo_key}", job_id, memo_expire)
-            self._release_inflight(memo_key, job_id)
-        self.backend.delete(f"request:{job_id}")
+                writes.append(("set", f"memo:{memo_key}", job_id, memo_expire))
+            writes.append(("delete_if", f"inflight:{memo_key}", job_id, None))
+        writes.append(("delete", f"request:{job_id}", None, None))
+        return writes
 
     def _signal_end(
         self, job_id: str, status: JobStatus, app: Flask | None, *, value: t.Any = None, error: t.Any = None
@@ -275,22 +307,29 @@ class JobStore:
         record = self.backend.get(f"job:{job_id}")
         if record is MISSING or record["status"] not in _ACTIVE:
             return False
+        error: dict[str, str] | None = {
+            "type": "WorkerLostError",
+            "message": f"The worker running this job died: {how}.",
+            "traceback": "",
+        }
+        ended = self.finish(record, JobStatus.FAILED, app=app, error=error, unless_cancelled=True)
+        if ended is JobStatus.FAILED:
+            _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
+        if ended is not None:
+            return True
         if self.is_cancel_requested(job_id):
             status, error = JobStatus.CANCELLED, None
         else:
             status = JobStatus.FAILED
-            error = {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
-            _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
-        if self.finish(record, status, app=app, error=error):
-            return True
-        # Someone took the end claim but the record still says active: on a store without
-        # transactions (Redis) the process ending the job died half-way through finish(). Its
-        # worker is gone, so once the claim is a few seconds old, write the end ourselves.
+        # Someone took the end claim but the record still says active: on a backend whose
+        # add_then_write() is not atomic (a custom one with the default, on a store without
+        # transactions), the process ending the job died half-way through. Its worker is gone, so
+        # once the claim is a few seconds old, write the end ourselves.
         claimed = self.backend.get(f"end:{job_id}")
         record = self.backend.get(f"job:{job_id}")
         if isinstance(claimed, float) and time.time() - claimed > _STALE_END and record is not MISSING:
             if record["status"] in _ACTIVE:
-                self._write_end(record, status, record.get("expire", self.result_expire), error=error)
+                self.backend.write_all(self._end_writes(record, status, error=error))
                 self._signal_end(job_id, status, app, error=error)
                 return True
         return False

@@ -219,6 +219,44 @@ class BackendConformance:
         assert len(_contend(8, lambda i: backend.delete_if("conf:owner", "job-1"))) == 1
         assert backend.get("conf:owner") is MISSING
 
+    def test_claim_and_get(self, backend: Backend) -> None:
+        backend.set("conf:rec", {"status": "queued"})
+        wins = _contend(8, lambda i: backend.claim_and_get("conf:claim", i, 60, ["conf:rec", "conf:none"])[0])
+        assert len(wins) == 1
+        added, values = backend.claim_and_get("conf:claim", "late", 60, ["conf:rec", "conf:none"])
+        assert added is False and values == [{"status": "queued"}, MISSING]
+        assert backend.get("conf:claim") == wins[0]
+
+    def test_add_then_write(self, backend: Backend) -> None:
+        backend.set("conf:gone", 1)
+        backend.set("conf:owned", "job-1")
+        backend.set("conf:other", "job-2")
+        writes = [
+            ("set", "conf:rec", {"status": "succeeded"}, 60),
+            ("delete", "conf:gone", None, None),
+            ("delete_if", "conf:owned", "job-1", None),
+            ("delete_if", "conf:other", "job-1", None),
+        ]
+        otherwise = [("set", "conf:rec", {"status": "cancelled"}, None)]
+        assert backend.add_then_write("conf:end", 1.5, 60, writes, unless="conf:cancel", otherwise=otherwise) is True
+        assert backend.get_many(["conf:end", "conf:rec", "conf:gone", "conf:owned", "conf:other"]) == [
+            1.5,
+            {"status": "succeeded"},
+            MISSING,
+            MISSING,
+            "job-2",
+        ]
+        # Ended already: nothing is written.
+        assert backend.add_then_write("conf:end", 2.5, 60, otherwise) is None
+        assert backend.get("conf:rec") == {"status": "succeeded"}
+        # The "unless" key exists: the other writes are applied instead.
+        backend.set("conf:cancel", 1)
+        assert backend.add_then_write("conf:end2", 1, None, writes, unless="conf:cancel", otherwise=otherwise) is False
+        assert backend.get("conf:rec") == {"status": "cancelled"}
+        # Atomic: of many at once, one applies its writes.
+        won = _contend(8, lambda i: backend.add_then_write("conf:end3", i, 60, [("set", "conf:by", i, 60)]) is True)
+        assert len(won) == 1 and backend.get("conf:by") == backend.get("conf:end3")
+
     def test_expire(self, backend: Backend) -> None:
         backend.set("conf:short", 1, expire=0.2)
         backend.set("conf:long", 2, expire=60)

@@ -284,11 +284,18 @@ def execute(
     it; otherwise they are found by name (importing the task's module if needed). Returns
     ``None`` when the job was not run here: unknown, already claimed, or already ended.
     """
-    # One round trip for what the job needs: a cancel that lands after this read is seen by the
-    # running job (is_cancel_requested, and the check when it returns) instead.
-    record, request, cancelled = backend.get_many([f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"])
-    if record is MISSING or record["status"] != JobStatus.QUEUED.value:
-        return None
+    # Claim first, and read what the job needs with it, in one round trip: only the winner of
+    # the claim runs the job. A cancel that lands after this read is seen by the running job
+    # (is_cancel_requested, and atomically when it ends) instead.
+    started = time.time()
+    claimed, (record, request, cancelled) = backend.claim_and_get(
+        f"claim:{job_id}",
+        {"by": _owner(), "at": started},
+        JobStore(backend).claim_expire,
+        [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"],
+    )
+    if not claimed or record is MISSING or record["status"] != JobStatus.QUEUED.value:
+        return None  # someone else has it, or it is unknown (expired, purged) or over
     try:
         if request is MISSING:
             raise LookupError("the job's request record is missing (expired or deleted)")
@@ -299,20 +306,14 @@ def execute(
         if app is None:
             app = task.longtask._app_for(request["app"])
     except Exception as exc:
-        store = JobStore(backend)
-        if not store.claim(job_id, _owner()):
-            return None
-        store.finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
+        JobStore(backend).finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
         return JobStatus.FAILED
 
     state = app.extensions.get("longtask")
     store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
-    started = time.time()
-    if not store.claim(job_id, _owner(), at=started):
-        return None
     # Claimed: readers see the job "running" from now (the claim says since when). The record
     # itself is rewritten as running, with the first heartbeat, by the ticker one progress
-    # interval from now, so a short job costs one write here instead of a transaction.
+    # interval from now, so a short job costs no write for that.
     ctx = JobContext(job_id, app, store, {**record, "started": started})
     _ticker.add(ctx)
     with app.app_context():
@@ -342,29 +343,36 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
         _current.reset(token)
         record = ctx._close()
         ctx._flush()
-    if ctx._cancelled or store.is_cancel_requested(record["id"]):
-        status = JobStatus.CANCELLED
-        store.finish(record, status, app=app)
+    # Unless it was cancelled: a cancel requested while it ran wins over its outcome, checked
+    # atomically with the end.
+    ended: JobStatus | None
+    if ctx._cancelled:
+        ended = store.finish(record, JobStatus.CANCELLED, app=app)
     elif failure is not None:
-        status = JobStatus.FAILED
-        store.finish(record, status, app=app, error=error_record(failure))
+        ended = store.finish(record, JobStatus.FAILED, app=app, error=error_record(failure), unless_cancelled=True)
     elif ctx._error is not None:
-        status = JobStatus.FAILED
         err = error_record(ctx._error, message=f"The job's last progress value could not be serialised: {ctx._error}")
-        store.finish(record, status, app=app, error=err)
+        ended = store.finish(record, JobStatus.FAILED, app=app, error=err, unless_cancelled=True)
     else:
         try:
             data = store.backend.dumps(value)
         except Exception as exc:
-            status = JobStatus.FAILED
             err = error_record(exc, message=f"The job's result could not be serialised: {exc}")
-            store.finish(record, status, app=app, error=err)
+            ended = store.finish(record, JobStatus.FAILED, app=app, error=err, unless_cancelled=True)
         else:
-            status = JobStatus.SUCCEEDED
             expire = task.expire if task.expire is not None else store.result_expire
-            ended = store.finish(record, status, app=app, result=data, value=value, memo_expire=expire)
-            if not ended:
-                _log.warning("Job %s returned, but it had already been ended (lost?): result dropped.", record["id"])
+            ended = store.finish(
+                record,
+                JobStatus.SUCCEEDED,
+                app=app,
+                result=data,
+                value=value,
+                memo_expire=expire,
+                unless_cancelled=True,
+            )
+    if ended is None:
+        _log.warning("Job %s returned, but it had already been ended (lost?): its outcome was dropped.", record["id"])
+    status = ended or JobStatus(store.read_record(record["id"])["status"])
     if failure is not None and not isinstance(failure, Exception):
         raise failure
     return status

@@ -62,6 +62,12 @@ class JobRequest:
     app: Flask
 
 
+#: One write of :meth:`Backend.write_all` and :meth:`Backend.add_then_write`:
+#: ``("set", key, value, expire)``, ``("delete", key, None, None)`` or
+#: ``("delete_if", key, value, None)`` (delete only if the key holds ``value``).
+Write = tuple[str, str, t.Any, "float | None"]
+
+
 class Backend(abc.ABC):
     """Stores job state and runs jobs.
 
@@ -135,6 +141,56 @@ class Backend(abc.ABC):
             self.delete(key)
             return True
 
+    def claim_and_get(
+        self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
+    ) -> tuple[bool, list[t.Any]]:
+        """:meth:`add` ``key``, then :meth:`get_many` ``keys``: in one round trip if the store can.
+
+        A worker claims a job and reads what it needs to run it this way. The default does both
+        in one :meth:`batch`.
+        """
+        with self.batch():
+            return self.add(key, value, expire), self.get_many(keys)
+
+    def add_then_write(
+        self,
+        key: str,
+        value: t.Any,
+        expire: float | None,
+        writes: t.Sequence[Write],
+        *,
+        unless: str | None = None,
+        otherwise: t.Sequence[Write] = (),
+    ) -> bool | None:
+        """Atomically: if ``key`` is absent, :meth:`add` it and apply ``writes`` -- or, when the
+        key ``unless`` exists, ``otherwise`` instead.
+
+        Returns ``None`` if ``key`` was present (nothing written), ``True`` if ``writes`` were
+        applied, ``False`` if ``otherwise`` was. A job ends this way: the end claim, the check of
+        its cancel flag and its final records in one step. Must be atomic like :meth:`add`; the
+        default does it in one :meth:`batch` (atomic when batches are transactions, otherwise
+        override it, as the Redis backend does with a script).
+        """
+        with self.batch():
+            if not self.add(key, value, expire):
+                return None
+            chosen = unless is None or self.get(unless) is MISSING
+            self.write_all(writes if chosen else otherwise)
+            return chosen
+
+    def write_all(self, writes: t.Sequence[Write]) -> None:
+        """Apply ``writes`` (see :data:`Write`) in one :meth:`batch`."""
+        with self.batch():
+            for op, key, value, expire in writes:
+                if op == "set":
+                    self.set(key, value, expire)
+                elif op == "delete":
+                    self.delete(key)
+                elif op == "delete_if":
+                    self.delete_if(key, value)
+                else:  # pragma: no cover - the core only makes these three
+                    raise ValueError(f"Unknown write {op!r}.")
+
     def batch(self) -> t.ContextManager[None]:
         """Group the storage calls made inside into one transaction, if the backend can.
 
@@ -196,4 +252,4 @@ class Backend(abc.ABC):
         """Release threads, processes and connections. Optional; idempotent."""
 
 
-__all__ = ["MISSING", "Backend", "JobRequest"]
+__all__ = ["MISSING", "Backend", "JobRequest", "Write"]

@@ -16,7 +16,7 @@ except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
 from . import _json
-from .base import MISSING, Backend, JobRequest
+from .base import MISSING, Backend, JobRequest, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -70,6 +70,7 @@ class CeleryBackend(Backend):
         self._timers: set[threading.Timer] = set()
         self._local = threading.local()
         self._delete_if = self.redis.register_script(_DELETE_IF)
+        self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
         self._timers_lock = threading.Lock()
         _register(celery_app, self)
 
@@ -135,13 +136,11 @@ class CeleryBackend(Backend):
         if expire is not None and expire <= 0:
             self._writer().delete(self.prefix + key)
             return
-        px = None if expire is None else max(1, int(expire * 1000))
-        self._writer().set(self.prefix + key, _json.dumps(value), px=px)
+        self._writer().set(self.prefix + key, _json.dumps(value), px=_px(expire))
 
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
         self._flush()
-        px = None if expire is None else max(1, int(expire * 1000))
-        return bool(self.redis.set(self.prefix + key, _json.dumps(value), px=px, nx=True))
+        return bool(self.redis.set(self.prefix + key, _json.dumps(value), px=_px(expire), nx=True))
 
     def delete(self, key: str) -> None:
         self._writer().delete(self.prefix + key)
@@ -149,6 +148,38 @@ class CeleryBackend(Backend):
     def delete_if(self, key: str, value: t.Any) -> bool:
         self._flush()
         return bool(self._delete_if(keys=[self.prefix + key], args=[_json.dumps(value)]))
+
+    def claim_and_get(
+        self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
+    ) -> tuple[bool, list[t.Any]]:
+        self._flush()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.prefix + key, _json.dumps(value), px=_px(expire), nx=True)
+        pipe.mget([self.prefix + k for k in keys])
+        added, values = pipe.execute()
+        return bool(added), [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in values]
+
+    def add_then_write(
+        self,
+        key: str,
+        value: t.Any,
+        expire: float | None,
+        writes: t.Sequence[Write],
+        *,
+        unless: str | None = None,
+        otherwise: t.Sequence[Write] = (),
+    ) -> bool | None:
+        # One script, so one round trip, and atomic: Redis runs a script alone.
+        self._flush()
+        keys = [self.prefix + key, self.prefix + (unless or key)]
+        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes)]
+        for op, k, v, exp in (*writes, *otherwise):
+            if op == "set" and exp is not None and exp <= 0:
+                op, v = "delete", None
+            keys.append(self.prefix + k)
+            args += (op, "" if op == "delete" else _json.dumps(v), (_px(exp) or 0) if op == "set" else 0)
+        done = int(self._add_then_write(keys=keys, args=args))
+        return None if done < 0 else bool(done)
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()
@@ -196,6 +227,40 @@ class CeleryBackend(Backend):
             timer.cancel()
         self.redis.close()
 
+
+def _px(expire: float | None) -> int | None:
+    return None if expire is None else max(1, int(expire * 1000))
+
+
+# KEYS: the key to add, the "unless" key, then one key per write (writes, then otherwise).
+# ARGV: value, px (0: none), whether "unless" applies, how many writes, then per write:
+# op ("set", "delete", "delete_if"), encoded value, px.
+_ADD_THEN_WRITE = """
+local added
+if ARGV[2] == '0' then
+  added = redis.call('set', KEYS[1], ARGV[1], 'NX')
+else
+  added = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+end
+if not added then return -1 end
+local n = tonumber(ARGV[4])
+local first, last, result = 3, 2 + n, 1
+if ARGV[3] == '1' and redis.call('exists', KEYS[2]) == 1 then
+  first, last, result = 3 + n, #KEYS, 0
+end
+for i = first, last do
+  local a = 5 + (i - 3) * 3
+  local op, value, px = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  if op == 'set' then
+    if px == '0' then redis.call('set', KEYS[i], value) else redis.call('set', KEYS[i], value, 'PX', px) end
+  elseif op == 'delete' then
+    redis.call('del', KEYS[i])
+  elseif op == 'delete_if' then
+    if redis.call('get', KEYS[i]) == value then redis.call('del', KEYS[i]) end
+  end
+end
+return result
+"""
 
 _DELETE_IF = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
