@@ -82,6 +82,17 @@ def count_progress(n: int) -> int:
 
 
 @longtask.task
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """Run until the test creates ``path`` (the job's own work: a poll with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return "done"
+
+
+@longtask.task
 def cooperative() -> str:
     while not current_job.is_cancel_requested:
         time.sleep(0.01)

@@ -1,0 +1,167 @@
+"""The job table of DiskcacheBackend: large values, the sweep, waiting for SQLite's lock.
+
+The backend's contract is the conformance suite (``test_diskcache_conformance.py``); these are
+the parts of its storage that the contract does not reach.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from flask_longtask import JobStatus
+from flask_longtask.backends import _table
+from flask_longtask.backends.base import MISSING
+from flask_longtask.backends.diskcache import DiskcacheBackend
+from tests.helpers import wait_for
+from tests.test_diskcache import make_app
+
+BIG = b"x" * (2**20 + 1)  # over the 1 MiB kept inline: stored as a file
+
+
+def value_files(directory: Path) -> set[Path]:
+    """The files diskcache wrote for large values (in its two-level hex subdirectories)."""
+    return {p for p in directory.glob("*/*/*") if p.is_file()}
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    yield backend
+    backend.close()
+
+
+def test_large_values_live_in_files_that_go_with_them(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    directory = tmp_path / "lt"
+    backend.set("result:big", BIG)
+    assert backend.get("result:big") == BIG
+    assert backend.get_many(["result:big", "result:none"]) == [BIG, MISSING]
+    [first] = value_files(directory)
+    backend.set("result:big", {"replaced": BIG})  # overwritten by another large value
+    assert backend.get("result:big") == {"replaced": BIG}
+    assert backend.add("result:big", BIG) is False  # a losing add() leaves no file behind
+    backend.table.empty_trash()
+    assert first not in value_files(directory) and len(value_files(directory)) == 1
+    backend.delete("result:big")
+    backend.table.empty_trash()
+    assert value_files(directory) == set()
+
+
+def test_expired_large_values_are_swept_with_their_files(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    backend.set("result:big", BIG, expire=0.05)
+    backend.set("result:small", 1)
+    assert len(value_files(tmp_path / "lt")) == 1
+    wait_for(lambda: backend.get("result:big") is MISSING, 10, "the large value to expire")
+    assert backend.cleanup() == 1
+    assert value_files(tmp_path / "lt") == set()
+    assert backend.get("result:small") == 1
+
+
+def test_sweep_reads_the_table_in_chunks(backend: DiskcacheBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_table, "_SWEEP_CHUNK", 7)
+    for n in range(30):  # several jobs' keys, expired and not, across chunk boundaries
+        backend.set(f"job:{n:02}", n, expire=0.05 if n % 3 else None)
+        backend.set(f"alive:{n:02}", n, expire=0.05)
+    wait_for(lambda: backend.get("alive:29") is MISSING, 10, "the keys to expire")
+    assert backend.table.count() == 60
+    assert backend.table.sweep() == 50
+    assert sorted(backend.scan("job:")) == [f"job:{n:02}" for n in range(0, 30, 3)]
+    assert backend.table.count() == 10
+
+
+def test_keys_without_a_kind(backend: DiskcacheBackend) -> None:
+    # "abc" and "abc:" are different keys, and scan() sees both under "ab".
+    backend.set("abc", 1)
+    backend.set("abc:", 2)
+    backend.set("abc:d", 3)
+    assert backend.get_many(["abc", "abc:", "abc:d"]) == [1, 2, 3]
+    assert sorted(backend.scan("ab")) == ["abc", "abc:", "abc:d"]
+    assert sorted(backend.scan("abc:")) == ["abc:", "abc:d"]
+
+
+def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another process's writer, as SQLite sees it: a connection holding the write lock."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        con = sqlite3.connect(path, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(seconds)  # the other writer's transaction: what the test waits out
+        con.execute("COMMIT")
+        con.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(10)
+    return thread
+
+
+def test_a_write_waits_for_another_writer(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    backend.set("job:warm", 0)
+    holder = hold_write_lock(tmp_path / "lt" / "cache.db", 0.3)
+    backend.set("job:x", 1)  # retried until the other transaction commits, not failed
+    with backend.batch():
+        backend.set("job:y", 2)
+    holder.join()
+    assert backend.get_many(["job:x", "job:y"]) == [1, 2]
+
+
+def test_a_lock_held_too_long_is_a_clear_error(
+    backend: DiskcacheBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.set("job:warm", 0)
+    monkeypatch.setattr(_table, "BUSY_TIMEOUT", 0.05)
+    holder = hold_write_lock(tmp_path / "lt" / "cache.db", 0.5)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            backend.set("job:x", 1)
+    finally:
+        holder.join()
+    backend.set("job:x", 1)
+    assert backend.get("job:x") == 1
+
+
+def test_waiters_in_the_host_process_are_woken_when_the_job_ends(tmp_path: Path) -> None:
+    from tests import diskcache_jobs as jobs
+
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(backend).app_context():
+            gate = tmp_path / "gate"
+            job = jobs.wait_for_file.submit(str(gate))
+            wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
+            assert backend.is_pool_host
+            threading.Timer(0.2, gate.touch).start()
+            started = time.monotonic()
+            backend.wait_for_end(job.id, 60)  # returns when the worker reports the job done
+            assert time.monotonic() - started < 30
+            assert job.status is JobStatus.SUCCEEDED
+            started = time.monotonic()
+            backend.wait_for_end(job.id, 60)  # ended already: returns at once
+            assert time.monotonic() - started < 30
+    finally:
+        backend.close()
+
+
+def test_the_running_record_is_written_one_interval_after_the_claim(tmp_path: Path) -> None:
+    from tests import diskcache_jobs as jobs
+
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(backend).app_context():
+            gate = tmp_path / "gate"
+            job = jobs.wait_for_file.submit(str(gate))
+            # Readers see it running from the claim; the stored record follows, with a heartbeat.
+            wait_for(lambda: backend.get(f"job:{job.id}")["status"] == "running", 30, "the running record")
+            assert backend.get(f"alive:{job.id}") is not MISSING
+            assert backend.get(f"job:{job.id}")["started"] == backend.get(f"claim:{job.id}")["at"]
+            gate.touch()
+            assert job.wait(timeout=30) is JobStatus.SUCCEEDED
+    finally:
+        backend.close()
