@@ -119,16 +119,13 @@ class Dash:
         return self.manager.get_result(key, pid)
 
 
-def latency(*contenders: t.Callable[[], t.Any], n: int) -> list[float]:
-    """Median submit-to-result time of each contender, sampled in turn (a slow patch of the
-    shared machine then weighs on both alike)."""
-    times: list[list[float]] = [[] for _ in contenders]
+def latency(submit_and_wait: t.Callable[[], t.Any], n: int) -> float:
+    times = []
     for _ in range(n):
-        for samples, submit_and_wait in zip(times, contenders, strict=True):
-            started = time.perf_counter()
-            submit_and_wait()
-            samples.append(time.perf_counter() - started)
-    return [statistics.median(samples) for samples in times]
+        started = time.perf_counter()
+        submit_and_wait()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -144,82 +141,45 @@ def main() -> None:
     backend = DiskcacheBackend(os.path.join(root, "ours"), workers=opts.workers)
     app = make_app()
     longtask.init_app(app, backend=backend)
-    dash = Dash(os.path.join(root, "dash"))
-    rows: list[tuple[str, str, str, str, str]] = []
 
+    # All of ours first, then the pool is closed, then all of Dash's: Dash forks this process
+    # for each job, and a fork taken while our pool's dispatcher thread is inside SQLite can hang
+    # in the child (the hazard Dash's process-per-job design has in any threaded server); and a
+    # forked child still tearing down would take CPU from our next sample.
     with app.app_context():
         for _ in range(20):  # start the pool and warm both workers
             noop.submit().result(timeout=60)
 
-        ours, theirs = latency(
-            lambda: noop.submit().result(timeout=60), lambda: dash.result(*dash.submit(dash_noop, [])), n=opts.jobs
-        )
-        rows.append(
-            (
-                "submit -> result, no-op job (median)",
-                f"{ours * 1e3:.2f} ms",
-                f"{theirs * 1e3:.2f} ms",
-                f"{theirs / ours:.1f}x faster",
-                ">= 20x",
-            )
-        )
-
+        ours = latency(lambda: noop.submit().result(timeout=60), opts.jobs)
         started = time.perf_counter()
         handles = [noop.submit() for _ in range(opts.jobs)]
         for job in handles:
             job.result(timeout=120)
         ours_rate = opts.jobs / (time.perf_counter() - started)
-        started = time.perf_counter()
-        submitted = [dash.submit(dash_noop, []) for _ in range(opts.jobs)]
-        for key, pid in submitted:
-            dash.result(key, pid)
-        theirs_rate = opts.jobs / (time.perf_counter() - started)
-        rows.append(
-            (
-                f"throughput, {opts.jobs} no-op jobs at once",
-                f"{ours_rate:.0f} jobs/s",
-                f"{theirs_rate:.0f} jobs/s",
-                f"{ours_rate / theirs_rate:.1f}x",
-                ">= 10x",
-            )
-        )
 
         plain = min(loop.submit(opts.progress_calls, "none").result(timeout=120) for _ in range(3))
         with_progress = min(loop.submit(opts.progress_calls, "proxy").result(timeout=120) for _ in range(3))
         bound = min(loop.submit(opts.progress_calls, "bound").result(timeout=120) for _ in range(3))
-        key, pid = dash.submit(dash_loop, [opts.progress_calls], progress=True)
-        dash_progress = dash.result(key, pid)
-        rows.append(
-            (
-                f"{opts.progress_calls:,} `current_job.set_progress` calls / same loop without",
-                f"{with_progress * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
-                f"{dash_progress * 1e3:.0f} ms with progress",
-                f"{with_progress / plain:.2f}x",
-                "<= 1.5x",
-            )
-        )
-        rows.append(
+
+        # The same with ~1 us of work per iteration: where set_progress's ~0.1 us stops mattering.
+        plain_work = min(loop.submit(opts.progress_calls, "none", 40).result(timeout=120) for _ in range(3))
+        work_progress = min(loop.submit(opts.progress_calls, "proxy", 40).result(timeout=120) for _ in range(3))
+        progress_rows = [
             (
                 "the same, `set_progress` looked up once before the loop",
                 f"{bound * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
                 "-",
                 f"{bound / plain:.2f}x",
                 "<= 1.5x",
-            )
-        )
-
-        # The same with ~1 us of work per iteration: where set_progress's ~0.1 us stops mattering.
-        plain_work = min(loop.submit(opts.progress_calls, "none", 40).result(timeout=120) for _ in range(3))
-        work_progress = min(loop.submit(opts.progress_calls, "proxy", 40).result(timeout=120) for _ in range(3))
-        rows.append(
+            ),
             (
                 "the same, each iteration also doing `sum(range(40))` (~1 us)",
                 f"{work_progress * 1e3:.0f} ms / {plain_work * 1e3:.0f} ms",
                 "-",
                 f"{work_progress / plain_work:.2f}x",
                 "<= 1.5x",
-            )
-        )
+            ),
+        ]
 
         for _ in range(100):
             noop.submit().result(timeout=60)
@@ -229,26 +189,59 @@ def main() -> None:
             for job in [noop.submit() for _ in range(batch)]:
                 job.result(timeout=120)
         rss_many, anon_many = rss_mb(), anon_mb()
-        rows.append(
+        memory_rows = [
             (
                 f"web-process RSS after {opts.memory_jobs:,} jobs / after 100",
                 f"{rss_many:.1f} MB / {rss_100:.1f} MB",
                 "-",
                 f"{rss_many / rss_100:.3f}x",
                 "<= 1.10x",
-            )
-        )
-        rows.append(
+            ),
             (
                 "the same, private memory only (RssAnon)",
                 f"{anon_many:.1f} MB / {anon_100:.1f} MB",
                 "-",
                 f"{anon_many / anon_100:.3f}x",
                 "<= 1.10x",
-            )
-        )
-
+            ),
+        ]
     backend.close()
+
+    dash = Dash(os.path.join(root, "dash"))
+    theirs = latency(lambda: dash.result(*dash.submit(dash_noop, [])), opts.jobs)
+    started = time.perf_counter()
+    submitted = [dash.submit(dash_noop, []) for _ in range(opts.jobs)]
+    for key, pid in submitted:
+        dash.result(key, pid)
+    theirs_rate = opts.jobs / (time.perf_counter() - started)
+    key, pid = dash.submit(dash_loop, [opts.progress_calls], progress=True)
+    dash_progress = dash.result(key, pid)
+
+    rows = [
+        (
+            "submit -> result, no-op job (median)",
+            f"{ours * 1e3:.2f} ms",
+            f"{theirs * 1e3:.2f} ms",
+            f"{theirs / ours:.1f}x faster",
+            ">= 20x",
+        ),
+        (
+            f"throughput, {opts.jobs} no-op jobs at once",
+            f"{ours_rate:.0f} jobs/s",
+            f"{theirs_rate:.0f} jobs/s",
+            f"{ours_rate / theirs_rate:.1f}x",
+            ">= 10x",
+        ),
+        (
+            f"{opts.progress_calls:,} `current_job.set_progress` calls / same loop without",
+            f"{with_progress * 1e3:.0f} ms / {plain * 1e3:.0f} ms",
+            f"{dash_progress * 1e3:.0f} ms with progress",
+            f"{with_progress / plain:.2f}x",
+            "<= 1.5x",
+        ),
+        *progress_rows,
+        *memory_rows,
+    ]
     print(
         f"\nDiskcacheBackend (workers={opts.workers}) vs Dash DiskcacheManager, {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}\n"

@@ -194,7 +194,7 @@ class PoolHost:
     def _job_ended(self, job_id: str) -> None:
         with self._ended_cond:
             self._ended[job_id] = None
-            if len(self._ended) > 10_000:
+            if len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
             self._ended_cond.notify_all()
 
