@@ -24,7 +24,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from . import _pool, _poolworker
 from ._table import Table
-from .base import MISSING, Backend, JobRequest
+from .base import MISSING, Backend, JobRequest, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -189,6 +189,23 @@ class DiskcacheBackend(Backend):
 
     def delete_if(self, key: str, value: t.Any) -> bool:
         return self.table.delete_if(key, value)
+
+    def claim_and_get(
+        self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
+    ) -> tuple[bool, list[t.Any]]:
+        return self.table.claim_and_get(key, value, expire, keys)
+
+    def add_then_write(
+        self,
+        key: str,
+        value: t.Any,
+        expire: float | None,
+        writes: t.Sequence[Write],
+        *,
+        unless: str | None = None,
+        otherwise: t.Sequence[Write] = (),
+    ) -> bool | None:
+        return self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
 
     def batch(self) -> t.ContextManager[None]:
         # One SQLite transaction for a job step: a write costs its commit, not its row.
