@@ -138,6 +138,22 @@ class Table:
                     raise
             delay = min(delay * 2, 0.005)
 
+    def _write(self, sql: str, args: t.Sequence[t.Any]) -> int:
+        """One write statement, in the open batch or as its own transaction; the rows changed.
+
+        On its own it takes the writers' lock (see :meth:`batch`) but no ``BEGIN``/``COMMIT``:
+        SQLite commits a statement outside a transaction by itself.
+        """
+        local = self._local
+        con = self.con
+        if local.depth:
+            return int(self._run(sql, args).rowcount)
+        fcntl.flock(local.writer, fcntl.LOCK_EX)
+        try:
+            return int(self._run(sql, args, con=con).rowcount)
+        finally:
+            fcntl.flock(local.writer, fcntl.LOCK_UN)
+
     def _many(self, sql: str, rows: t.Sequence[t.Sequence[t.Any]]) -> int:
         """Execute a write statement for each row, in the open batch; return the rows changed."""
         con = self.con
@@ -242,8 +258,7 @@ class Table:
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         row = self._row(key, value, expire)
         try:
-            with self.batch():
-                self._run(_SET, row)
+            self._write(_SET, row)
         except BaseException:
             self._discard(row[4])
             raise
@@ -251,8 +266,7 @@ class Table:
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
         row = self._row(key, value, expire)
         try:
-            with self.batch():
-                added = self._run(_ADD, (*row, time.time())).rowcount == 1
+            added = self._write(_ADD, (*row, time.time())) == 1
         except BaseException:
             self._discard(row[4])
             raise
@@ -263,10 +277,11 @@ class Table:
     def claim_and_get(
         self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
     ) -> tuple[bool, list[t.Any]]:
+        # Read first, outside the lock (the claim decides who runs the job; what it reads cannot
+        # change under a claim, except the cancel flag, which the running job sees later).
+        values = self.get_many(keys)
         row = self._row(key, value, expire)
-        with self.batch():
-            added = self._run(_ADD, (*row, time.time())).rowcount == 1
-            values = self.get_many(keys)
+        added = self._write(_ADD, (*row, time.time())) == 1
         if not added:
             self._discard(row[4])
         return added, values
@@ -337,8 +352,7 @@ class Table:
             self.disk.remove(filename)
 
     def delete(self, key: str) -> None:
-        with self.batch():
-            self._run("DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key))
+        self._write("DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key))
 
     def delete_if(self, key: str, value: t.Any) -> bool:
         with self.batch():
