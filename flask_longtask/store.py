@@ -113,7 +113,7 @@ class JobStore:
         if record is MISSING:
             raise JobNotFoundError(job_id)
         if record["status"] == JobStatus.QUEUED.value and isinstance(claim, dict) and claim["by"] != "cancel":
-            # Claimed by a worker, which announces it within a progress interval (worker.py).
+            # Claimed by a worker: it runs (the record is rewritten only when it ends).
             record = {**record, "status": JobStatus.RUNNING.value, "started": claim["at"]}
         if (
             record["status"] == JobStatus.RUNNING.value
@@ -182,7 +182,7 @@ class JobStore:
         """Atomically take the job out of "queued"; only one caller ever wins.
 
         A worker's claim (any ``owner`` but ``"cancel"``) makes the job read as running from
-        ``at`` on, before :meth:`start` rewrites its record.
+        ``at`` on; its stored record keeps saying "queued" until the job ends.
         """
         claim = {"by": owner, "at": time.time() if at is None else at}
         return self.backend.add(f"claim:{job_id}", claim, self.claim_expire)
@@ -191,14 +191,6 @@ class JobStore:
     def claim_expire(self) -> float:
         """Claims outlive the records they guard: a job must never be claimable twice."""
         return max(CLAIM_EXPIRE, self.result_expire)
-
-    def start(self, record: dict[str, t.Any]) -> dict[str, t.Any]:
-        """Write a claimed job's record as running (``record["started"]`` set) and its first heartbeat."""
-        running = {**record, "status": JobStatus.RUNNING.value, "started": record.get("started") or time.time()}
-        with self.backend.batch():
-            self.beat(record["id"])
-            self.backend.set(f"job:{record['id']}", running)
-        return running
 
     def beat(self, job_id: str) -> None:
         self.backend.set(f"alive:{job_id}", time.time(), self.heartbeat_timeout)
@@ -304,9 +296,11 @@ class JobStore:
         Backends call this when they see a worker process die; readers call it when a running
         job's heartbeat expires. Returns whether this call ended the job.
         """
-        record = self.backend.get(f"job:{job_id}")
+        record, claim = self.backend.get_many([f"job:{job_id}", f"claim:{job_id}"])
         if record is MISSING or record["status"] not in _ACTIVE:
             return False
+        if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
+            record = {**record, "started": claim["at"]}  # it ran from its claim
         error: dict[str, str] | None = {
             "type": "WorkerLostError",
             "message": f"The worker running this job died: {how}.",

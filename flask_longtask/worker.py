@@ -43,10 +43,9 @@ class JobContext:
         self.id = job_id
         self._app = app
         self._store = store
-        #: The job's record as this process last wrote it (still "queued" until announced).
+        #: The job's record as stored ("queued": readers see "running" from the claim), with
+        #: its start time; finish() writes it with the final status.
         self._record = record
-        self._announced = False
-        self._closed = False
         self._value: t.Any = None
         self._dirty = False
         self._seq = 0
@@ -54,7 +53,7 @@ class JobContext:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         now = time.monotonic()
-        # The first tick announces the job running and writes the first heartbeat.
+        # The first heartbeat is written at the first tick: the claim stands for one until then.
         self._first_tick = now + (store.progress_interval if store is not None else 0.0)
         self._next_beat = self._first_tick
 
@@ -109,24 +108,11 @@ class JobContext:
     def _close(self) -> dict[str, t.Any]:
         """Stop ticking for this job (it is ending); return its record for ``finish()``."""
         _ticker.remove(self)
-        with self._lock:
-            self._closed = True
         return t.cast("dict[str, t.Any]", self._record)
-
-    def _announce(self, now: float) -> None:
-        store = t.cast(JobStore, self._store)
-        with self._lock:
-            if self._closed:  # it is ending: finish() writes the record now, never this
-                return
-            self._record = store.start(t.cast("dict[str, t.Any]", self._record))
-            self._announced = True
-        self._next_beat = now + store.heartbeat_timeout / 4
 
     def _tick(self, now: float) -> None:
         store = t.cast(JobStore, self._store)
         job_id = t.cast(str, self.id)
-        if not self._announced:
-            self._announce(now)
         self._flush()
         if not self._cancelled:
             self._cancelled = store.is_cancel_requested(job_id)
@@ -284,9 +270,9 @@ def execute(
     it; otherwise they are found by name (importing the task's module if needed). Returns
     ``None`` when the job was not run here: unknown, already claimed, or already ended.
     """
-    # Claim first, and read what the job needs with it, in one round trip: only the winner of
-    # the claim runs the job. A cancel that lands after this read is seen by the running job
-    # (is_cancel_requested, and atomically when it ends) instead.
+    # Claim the job and read what it needs in one round trip: only the winner of the claim runs
+    # it. A cancel that lands after the read is seen by the running job (is_cancel_requested,
+    # and atomically when it ends) instead.
     started = time.time()
     claimed, (record, request, cancelled) = backend.claim_and_get(
         f"claim:{job_id}",
@@ -311,9 +297,9 @@ def execute(
 
     state = app.extensions.get("longtask")
     store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
-    # Claimed: readers see the job "running" from now (the claim says since when). The record
-    # itself is rewritten as running, with the first heartbeat, by the ticker one progress
-    # interval from now, so a short job costs no write for that.
+    # Claimed: readers see the job "running" from now (the claim says since when); its record
+    # is not rewritten until it ends. The ticker writes its first heartbeat one progress
+    # interval from now, so a short job costs no write for its start but the claim.
     ctx = JobContext(job_id, app, store, {**record, "started": started})
     _ticker.add(ctx)
     with app.app_context():

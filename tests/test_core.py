@@ -384,7 +384,7 @@ def test_running_job_without_heartbeat_is_failed_as_lost(app, longtask):
     store = JobStore(app.extensions["longtask"].backend, heartbeat_timeout=0.2)
     store.create("lost1", {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
     assert store.claim("lost1", "a worker that is about to die")
-    store.start(store.backend.get("job:lost1"))
+    store.beat("lost1")
     with app.app_context():
         job = store.job("lost1")  # read with this store's 0.2 s heartbeat timeout
         assert job.status is JobStatus.RUNNING
@@ -393,9 +393,9 @@ def test_running_job_without_heartbeat_is_failed_as_lost(app, longtask):
         assert "no heartbeat" in job.error["message"]
 
 
-def test_claimed_job_reads_running_and_is_lost_if_never_announced(app, longtask):
-    """A worker's claim makes a job "running" at once; a worker that dies before announcing it
-    (its first tick) leaves no heartbeat, and the job fails once the heartbeat timeout passes."""
+def test_claimed_job_reads_running_and_is_lost_without_a_heartbeat(app, longtask):
+    """A worker's claim makes a job "running" at once; a worker that dies before its first
+    heartbeat leaves none, and the job fails once the heartbeat timeout has passed since the claim."""
     store = JobStore(app.extensions["longtask"].backend, heartbeat_timeout=0.3)
     store.create("lost2", {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
     with app.app_context():
@@ -403,12 +403,13 @@ def test_claimed_job_reads_running_and_is_lost_if_never_announced(app, longtask)
         assert job.status is JobStatus.QUEUED
         claimed_at = time.time()
         assert store.claim("lost2", "a worker that dies before its first tick", at=claimed_at)
-        assert store.backend.get("job:lost2")["status"] == "queued"  # the record is not rewritten yet
+        assert store.backend.get("job:lost2")["status"] == "queued"  # the record is rewritten at the end
         assert job.status is JobStatus.RUNNING
         assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claimed_at)
-        assert wait_for(lambda: job.status is JobStatus.FAILED, what="the unannounced job to fail")
+        assert wait_for(lambda: job.status is JobStatus.FAILED, what="the job to fail")
         assert time.time() - claimed_at >= 0.3
         assert job.error["type"] == "WorkerLostError"
+        assert job.started_at.timestamp() == pytest.approx(claimed_at)  # kept in the final record
 
 
 def test_cancel_claim_does_not_read_as_running(app, longtask):
@@ -561,7 +562,7 @@ def test_single_flight_does_not_join_a_job_whose_worker_is_gone(app, longtask):
         store.create("d" * 32, {"task": shared.name, "module": None, "app": app.import_name, "args": b""}, key)
         assert store.join_inflight(key, "d" * 32) is None
         assert store.claim("d" * 32, "a worker that dies")
-        store.start(store.backend.get("job:" + "d" * 32))
+        store.beat("d" * 32)
         wait_for(lambda: store.backend.get("alive:" + "d" * 32) is MISSING, what="the heartbeat to lapse")
         job = shared.submit()
         assert job.id != "d" * 32 and job.result(timeout=10) == 1
@@ -575,7 +576,7 @@ def test_an_end_left_half_written_by_a_dead_process_is_completed(app, longtask):
     store.heartbeat_timeout = 0.2
     store.create("e" * 32, {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
     assert store.claim("e" * 32, "a worker")
-    store.start(store.backend.get("job:" + "e" * 32))
+    store.beat("e" * 32)
     assert store.backend.add("end:" + "e" * 32, time.time() - 60)  # claimed, then died
     with app.app_context():
         job = longtask.get_job("e" * 32)

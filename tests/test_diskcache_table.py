@@ -6,6 +6,8 @@ the parts of its storage that the contract does not reach.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -149,7 +151,7 @@ def test_waiters_in_the_host_process_are_woken_when_the_job_ends(tmp_path: Path)
         backend.close()
 
 
-def test_the_running_record_is_written_one_interval_after_the_claim(tmp_path: Path) -> None:
+def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(tmp_path: Path) -> None:
     from tests import diskcache_jobs as jobs
 
     backend = DiskcacheBackend(tmp_path / "lt", workers=1)
@@ -157,11 +159,83 @@ def test_the_running_record_is_written_one_interval_after_the_claim(tmp_path: Pa
         with make_app(backend).app_context():
             gate = tmp_path / "gate"
             job = jobs.wait_for_file.submit(str(gate))
-            # Readers see it running from the claim; the stored record follows, with a heartbeat.
-            wait_for(lambda: backend.get(f"job:{job.id}")["status"] == "running", 30, "the running record")
-            assert backend.get(f"alive:{job.id}") is not MISSING
-            assert backend.get(f"job:{job.id}")["started"] == backend.get(f"claim:{job.id}")["at"]
+            wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
+            claim = backend.get(f"claim:{job.id}")
+            assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claim["at"])
+            # The worker's ticker beats one interval after the claim; the record waits for the end.
+            wait_for(lambda: backend.get(f"alive:{job.id}") is not MISSING, 30, "the first heartbeat")
+            assert backend.get(f"job:{job.id}")["status"] == "queued"
             gate.touch()
             assert job.wait(timeout=30) is JobStatus.SUCCEEDED
+            final = backend.get(f"job:{job.id}")
+            assert final["status"] == "succeeded" and final["started"] == claim["at"]
     finally:
         backend.close()
+
+
+def test_rolled_back_batches_leave_no_files(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), backend.batch():
+        backend.set("request:big", BIG)
+        raise RuntimeError("the step fails after writing a large value")
+    assert backend.get("request:big") is MISSING
+    assert value_files(tmp_path / "lt") == set()
+    # The same for a job's end that cannot be committed.
+    writes = [("set", "result:big", BIG, None)]
+    with pytest.raises(ZeroDivisionError):
+        backend.add_then_write("end:big", 1, None, writes, unless=1 / 0)  # type: ignore[arg-type]
+    assert value_files(tmp_path / "lt") == set()
+
+
+def test_threads_release_their_connections(backend: DiskcacheBackend) -> None:
+    backend.set("job:warm", 0)
+
+    def read() -> None:
+        assert backend.get("job:warm") == 0
+
+    threads = [threading.Thread(target=read) for _ in range(50)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    # Each ended thread's connection and lock file were closed with it.
+    wait_for(lambda: len(backend.table._threads) <= 2, 10, "the threads' connections to be released")
+
+
+_HOLD_AND_FORK = """
+import os, signal, sys, time
+from flask_longtask.backends.diskcache import DiskcacheBackend
+backend = DiskcacheBackend(sys.argv[1], embedded=False)
+with backend.batch():
+    backend.set("job:x", 1)  # holds the writers' lock from here
+    if os.fork() == 0:  # a process the job forks (multiprocessing): it outlives us
+        time.sleep(60)
+        os._exit(0)
+    print("holding", flush=True)
+    time.sleep(60)  # killed here, the lock still held
+"""
+
+
+def test_a_forked_child_does_not_keep_a_dead_writers_lock(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    """A writer killed while it holds the lock releases it, even if a process it forked lives on."""
+    import signal
+    import subprocess
+    import sys
+
+    backend.set("job:warm", 0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_FORK, str(tmp_path / "lt")], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"holding\n"
+        proc.kill()  # the writer dies holding the lock; its forked child is still running
+        proc.wait(10)
+        done = threading.Event()
+        threading.Thread(target=lambda: (backend.set("job:y", 2), done.set()), daemon=True).start()
+        assert done.wait(30), "a write waited for a lock held by nobody alive"
+        assert backend.get("job:y") == 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the forked child, in the same session
+        if proc.stdout is not None:
+            proc.stdout.close()
+        proc.wait(10)

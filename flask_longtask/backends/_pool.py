@@ -114,6 +114,9 @@ class PoolHost:
         self._stopping = threading.Event()
         #: Held by the dispatcher while it handles what it woke for, and by push_local.
         self._mutex = threading.RLock()
+        #: Jobs pushed locally while the dispatcher held the mutex (push_local never waits).
+        self._inbox: collections.deque[str] = collections.deque()
+        self._wake_lock = threading.Lock()
         self._poller = select.poll()
         self._polled: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -127,7 +130,7 @@ class PoolHost:
         self._next_mail = 0.0
         self._next_cleanup = time.monotonic() + backend.cleanup_interval
         #: Jobs that ended here recently (the newest last), for waiters in this process.
-        self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._ended_cond = threading.Condition()
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
         self.pids: list[int] = []
@@ -153,7 +156,7 @@ class PoolHost:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        self._wake()
+        self._wake(wait=False)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -178,7 +181,9 @@ class PoolHost:
             slot.process.close()
         self._slots.clear()
         os.ftruncate(self._queued_fd, 0)  # no host, no count
-        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, self._wake_w, self._queued_fd):
+        with self._wake_lock:
+            wake_w, self._wake_w = self._wake_w, -1
+        for fd in (self._fifo_r, self._fifo_keep, self._wake_r, wake_w, self._queued_fd):
             try:
                 os.close(fd)
             except OSError:
@@ -189,11 +194,17 @@ class PoolHost:
     def wait_done(self, job_id: str, timeout: float) -> None:
         """Block until a worker of this pool is done with ``job_id``, or ``timeout`` seconds."""
         with self._ended_cond:
+            ended = self._ended.get(job_id)
+            if ended is not None and time.monotonic() - ended > 1.0:
+                # Reported done a while ago, yet the waiter still sees it active (it was lost,
+                # and ending it failed): no wake-up is coming, so this is a plain wait.
+                self._ended_cond.wait(timeout)
+                return
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
 
     def _job_ended(self, job_id: str) -> None:
         with self._ended_cond:
-            self._ended[job_id] = None
+            self._ended[job_id] = time.monotonic()
             if len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
             self._ended_cond.notify_all()
@@ -213,6 +224,8 @@ class PoolHost:
                 self._read_fifo()
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
+            while self._inbox:
+                self._push(self._inbox.popleft())
             for slot in list(self._slots):
                 if slot.conn.fileno() in ready:
                     self._read_done(slot)
@@ -255,18 +268,33 @@ class PoolHost:
         Saves the hop through the FIFO and a wake-up of the dispatcher thread, which would
         contend for this process's GIL with the thread that submits.
         """
-        with self._mutex:
+        if not self._mutex.acquire(blocking=False):
+            # The dispatcher is busy (a sweep, a recovery, a lost job's signals): leave the job
+            # to it rather than make the request wait.
+            self._inbox.append(job_id)
+            self._wake()
+            return
+        try:
             self._push(job_id)
             self._dispatch_idle()
             pending = bool(self._queue)
+        finally:
+            self._mutex.release()
         if pending:  # no idle worker (or none started yet): the dispatcher takes it from here
             self._wake()
 
-    def _wake(self) -> None:
+    def _wake(self, *, wait: bool = True) -> None:
+        # ``wait=False`` in stop(), which may run in a signal handler: if the lock is held,
+        # someone is waking the dispatcher (or closing it) right now anyway.
+        if not self._wake_lock.acquire(blocking=wait):
+            return
         try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # pragma: no cover - stopped and closed
+            if self._wake_w >= 0:  # -1 once shut down: the descriptor is closed
+                os.write(self._wake_w, b"x")
+        except OSError:  # pragma: no cover - a full pipe: it is awake already
             pass
+        finally:
+            self._wake_lock.release()
 
     def _handle(self, line: bytes) -> None:
         parts = line.decode("ascii", "replace").split()

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 import typing as t
+import weakref
 
 from .base import MISSING, Write
 
@@ -70,7 +71,21 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 #: This process's id, kept current across forks without a system call per statement.
 _pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+#: Every table of this process (a forked child lets go of their writers' locks at once).
+_tables: weakref.WeakSet[Table] = weakref.WeakSet()
+#: Connections inherited from a parent process: kept, never closed, never used.
+_inherited: list[_Thread] = []
+#: The writers' lock files this thread holds, by path: a thread never waits on itself.
+_held = threading.local()
+
+
+def _after_fork_in_child() -> None:
+    _pid[0] = os.getpid()
+    for table in list(_tables):
+        table._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -79,11 +94,39 @@ def _split(key: str) -> tuple[str, str]:
     return (key[i:], key[:i]) if i else ("", key)
 
 
+def _release(con: sqlite3.Connection, writer: int) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        con.close()
+    with contextlib.suppress(OSError):
+        os.close(writer)
+
+
+class _Thread:
+    """One thread's connection, writers' lock file and transaction state.
+
+    Released when its thread ends (the thread-local storage holding it goes away), or by
+    :meth:`Table.close`.
+    """
+
+    __slots__ = ("__weakref__", "begun", "con", "depth", "files", "finalizer", "locked", "pid", "writer")
+
+    def __init__(self, con: sqlite3.Connection, writer: int) -> None:
+        self.con = con
+        self.writer = writer
+        self.pid = _pid[0]
+        self.depth = 0  # nesting of batch()
+        self.begun = False  # whether the batch's transaction has begun (it holds the locks)
+        self.locked = False  # whether it holds the writers' flock
+        self.files: list[str] = []  # files written for values in the open batch
+        self.finalizer = weakref.finalize(self, _release, con, writer)
+
+
 class Table:
     """Key/value storage with expiry and transactions, shared by every process on the host.
 
-    Each thread has its own SQLite connection (re-made after a fork). :meth:`batch` opens a
-    write transaction (``BEGIN IMMEDIATE``); batches nest, and the outermost commits.
+    Each thread has its own SQLite connection (re-made after a fork, closed when the thread
+    ends). :meth:`batch` groups statements in one write transaction; batches nest, and the
+    outermost commits.
     """
 
     def __init__(self, path: str, disk: diskcache.Disk) -> None:
@@ -92,19 +135,21 @@ class Table:
         self.disk = disk
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[sqlite3.Connection, int]] = []
+        self._threads: weakref.WeakSet[_Thread] = weakref.WeakSet()
         con = self._connect()  # closed at once: a connection per thread comes later
         try:
             for statement in _SCHEMA:
                 self._run(statement, con=con)
         finally:
             con.close()
+        _tables.add(self)
 
     def _connect(self) -> sqlite3.Connection:
         # timeout=0: SQLite's own busy handler sleeps 1 ms, then 2, 5, 10... when another
-        # process holds the write lock, which for transactions of ~50 us wastes most of the wait
-        # (and throughput, with a web process and several workers writing). _run() retries
-        # instead, after 50 us, doubling to 5 ms, for up to ``BUSY_TIMEOUT`` seconds.
+        # connection holds the write lock, which for transactions of ~50 us wastes most of the
+        # wait. Writers queue on the writers' flock instead (batch()), and _run() retries the
+        # rare statement that still finds SQLite's lock taken, after 50 us, doubling to 5 ms,
+        # for up to ``BUSY_TIMEOUT`` seconds.
         con = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         self._run("PRAGMA synchronous = NORMAL", con=con)  # with WAL: durable across a crash of the app
         # Checkpoints (copying the write-ahead log into the database, with two fsyncs) are the
@@ -119,10 +164,10 @@ class Table:
         """Execute one statement (in the batch's transaction, if one is open), retrying while
         another connection holds the lock it needs."""
         if con is None:
-            con = self.con
-            local = self._local
-            if local.depth and not local.begun:
-                self._begin(con)
+            state = self._state
+            con = state.con
+            if state.depth and not state.begun:
+                self._begin(state)
         try:
             return con.execute(sql, args)
         except sqlite3.OperationalError as exc:
@@ -144,45 +189,77 @@ class Table:
         On its own it takes the writers' lock (see :meth:`batch`) but no ``BEGIN``/``COMMIT``:
         SQLite commits a statement outside a transaction by itself.
         """
-        local = self._local
-        con = self.con
-        if local.depth:
+        state = self._state
+        if state.depth:
             return int(self._run(sql, args).rowcount)
-        fcntl.flock(local.writer, fcntl.LOCK_EX)
+        self._lock_writers(state)
         try:
-            return int(self._run(sql, args, con=con).rowcount)
+            return int(self._run(sql, args, con=state.con).rowcount)
         finally:
-            fcntl.flock(local.writer, fcntl.LOCK_UN)
+            self._unlock_writers(state)
 
     def _many(self, sql: str, rows: t.Sequence[t.Sequence[t.Any]]) -> int:
         """Execute a write statement for each row, in the open batch; return the rows changed."""
-        con = self.con
-        if not self._local.begun:
-            self._begin(con)
-        return int(con.executemany(sql, rows).rowcount)
+        state = self._state
+        if not state.begun:
+            self._begin(state)
+        return int(state.con.executemany(sql, rows).rowcount)
+
+    @property
+    def _state(self) -> _Thread:
+        state: _Thread | None = getattr(self._local, "state", None)
+        if state is None or state.pid != _pid[0]:
+            con = self._connect()
+            try:
+                # This thread's own open file for the writers' lock: flock() is held per open file.
+                writer = os.open(self.writer_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except BaseException:
+                con.close()
+                raise
+            state = self._local.state = _Thread(con, writer)
+            with self._lock:
+                self._threads.add(state)
+        return state
 
     @property
     def con(self) -> sqlite3.Connection:
-        local = self._local
-        if getattr(local, "pid", None) != _pid[0]:
-            local.con = self._connect()
-            # This thread's own open file for the writers' lock: flock() is held per open file.
-            local.writer = os.open(self.writer_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            local.pid = _pid[0]
-            local.depth = 0
-            with self._lock:
-                self._connections.append((local.con, local.writer))
-        return t.cast(sqlite3.Connection, local.con)
+        """This thread's connection."""
+        return self._state.con
 
     def close(self) -> None:
         with self._lock:
-            connections, self._connections = self._connections, []
-        for con, writer in connections:
-            with contextlib.suppress(sqlite3.Error):
-                con.close()
-            with contextlib.suppress(OSError):
-                os.close(writer)
+            states, self._threads = list(self._threads), weakref.WeakSet()
+        for state in states:
+            state.finalizer()
         self._local = threading.local()
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: close the parent's writers'-lock files (a lock the parent holds
+        must go when the parent does, not live on in us); keep its connections, unused."""
+        for state in list(self._threads):
+            state.finalizer.detach()
+            with contextlib.suppress(OSError):
+                os.close(state.writer)
+            _inherited.append(state)
+        self._threads = weakref.WeakSet()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- transactions -----------------------------------------------------------------------------
+
+    def _lock_writers(self, state: _Thread) -> None:
+        held: set[str] = _held.__dict__.setdefault("paths", set())
+        if self.writer_lock in held:
+            return  # this thread holds it through another table: SQLite's lock then arbitrates
+        fcntl.flock(state.writer, fcntl.LOCK_EX)
+        held.add(self.writer_lock)
+        state.locked = True
+
+    def _unlock_writers(self, state: _Thread) -> None:
+        if state.locked:
+            state.locked = False
+            _held.paths.discard(self.writer_lock)
+            fcntl.flock(state.writer, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def batch(self) -> t.Iterator[None]:
@@ -192,44 +269,46 @@ class Table:
         encoded before it holds the lock. Writers then queue on an ``flock`` of ``writer.lock``
         beside the database: the kernel wakes the next one the moment the lock is free, where
         SQLite's own lock can only be polled. SQLite's lock is then almost always free at once
-        (only diskcache's own rare writes, for the pool's mailbox, bypass the queue).
+        (only diskcache's own rare writes, for the pool's mailbox, bypass the queue). If the
+        transaction rolls back, the files it wrote for large values are removed.
         """
-        con = self.con
-        local = self._local
-        if local.depth:
-            local.depth += 1
+        state = self._state
+        if state.depth:
+            state.depth += 1
             try:
                 yield
             finally:
-                local.depth -= 1
+                state.depth -= 1
             return
-        local.depth, local.begun = 1, False
+        state.depth, state.begun = 1, False
         try:
             yield
-        except BaseException:
-            if local.begun:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-            raise
-        else:
-            if local.begun:
-                self._run("COMMIT", con=con)
+            if state.begun:
+                self._run("COMMIT", con=state.con)
+                state.begun = False
         finally:
-            local.depth = 0
-            if local.begun:
-                local.begun = False
-                fcntl.flock(local.writer, fcntl.LOCK_UN)
+            state.depth = 0
+            if state.begun:  # an exception, in the batch or in its commit
+                state.begun = False
+                with contextlib.suppress(sqlite3.Error):
+                    state.con.execute("ROLLBACK")
+                for filename in state.files:
+                    self.disk.remove(filename)
+            state.files.clear()
+            self._unlock_writers(state)
 
-    def _begin(self, con: sqlite3.Connection) -> None:
-        local = self._local
-        fcntl.flock(local.writer, fcntl.LOCK_EX)
-        local.begun = True  # from here on, the batch's end unlocks (and commits or rolls back)
-        self._run("BEGIN IMMEDIATE", con=con)
+    def _begin(self, state: _Thread) -> None:
+        self._lock_writers(state)
+        state.begun = True  # from here on, the batch's end commits or rolls back, and unlocks
+        self._run("BEGIN IMMEDIATE", con=state.con)
 
     # -- values -----------------------------------------------------------------------------------
 
     def _fetch(self, mode: int, filename: str | None, value: t.Any) -> t.Any:
-        return self.disk.fetch(mode, filename, value, False)
+        try:
+            return self.disk.fetch(mode, filename, value, False)
+        except FileNotFoundError:  # replaced or deleted since the row was read: gone, as in diskcache
+            return MISSING
 
     def get(self, key: str) -> t.Any:
         row = self._run(
@@ -253,6 +332,10 @@ class Table:
 
     def _row(self, key: str, value: t.Any, expire: float | None) -> tuple[t.Any, ...]:
         _, mode, filename, db_value = self.disk.store(value, False, key=key)
+        if filename is not None:
+            state = self._state
+            if state.depth:  # removed if the batch rolls back
+                state.files.append(filename)
         return (*_split(key), None if expire is None else time.time() + expire, mode, filename, db_value)
 
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
@@ -300,20 +383,24 @@ class Table:
         row = self._row(key, value, expire)
         plans = [self._plan(writes), self._plan(otherwise)]
         chosen: bool | None = None
+        committed = False
         try:
             with self.batch():
                 if self._run(_ADD, (*row, time.time())).rowcount == 1:
                     chosen = unless is None or self.get(unless) is MISSING
                     for sql, rows in plans[0 if chosen else 1]:
                         self._many(sql, rows)
+            committed = True
         finally:
-            for index, plan in enumerate(plans):  # files of values that were not written
-                if chosen is None or index != (0 if chosen else 1):
+            # Remove the files of values that were not written (all of them, if it failed).
+            kept = [] if not committed or chosen is None else [plans[0 if chosen else 1]]
+            for plan in plans:
+                if not any(plan is k for k in kept):
                     for sql, rows in plan:
                         if sql is _SET:
                             for r in rows:
                                 self._discard(r[4])
-            if chosen is None:
+            if not committed or chosen is None:
                 self._discard(row[4])
         return chosen
 

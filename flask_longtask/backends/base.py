@@ -144,10 +144,12 @@ class Backend(abc.ABC):
     def claim_and_get(
         self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
     ) -> tuple[bool, list[t.Any]]:
-        """:meth:`add` ``key``, then :meth:`get_many` ``keys``: in one round trip if the store can.
+        """:meth:`add` ``key`` and :meth:`get_many` ``keys``, in one round trip if the store can.
 
-        A worker claims a job and reads what it needs to run it this way. The default does both
-        in one :meth:`batch`.
+        A worker claims a job and reads what it needs to run it this way. Only the claim must be
+        atomic: the values may be read before it (the diskcache backend does, outside its write
+        lock), as nothing read here changes once a job is claimed but its cancel flag, which the
+        running job sees later. The default does both in one :meth:`batch`.
         """
         with self.batch():
             return self.add(key, value, expire), self.get_many(keys)

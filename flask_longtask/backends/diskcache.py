@@ -161,8 +161,14 @@ class DiskcacheBackend(Backend):
                         statistics=False,
                         cull_limit=0,  # expired rows are swept by the pool host, not on each write
                     )
-                    disk = diskcache.Disk(self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-                    self._table = Table(os.path.join(self.directory, diskcache.core.DBNAME), disk)
+                    try:
+                        disk = diskcache.Disk(
+                            self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL
+                        )
+                        self._table = Table(os.path.join(self.directory, diskcache.core.DBNAME), disk)
+                    except BaseException:
+                        cache.close()
+                        raise
                     self._cache = cache
                 except Exception as exc:
                     raise RuntimeError(

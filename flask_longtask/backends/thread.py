@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -31,7 +32,8 @@ class ThreadBackend(Backend):
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self._data: dict[str, tuple[t.Any, float | None]] = {}
-        self._lock = threading.Lock()
+        #: Guards the records; a batch holds it, so a batch is atomic (like a transaction).
+        self._lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
         self._writes = 0
         self._queued = 0
@@ -87,6 +89,11 @@ class ThreadBackend(Backend):
                 return False
             del self._data[key]
             return True
+
+    @contextlib.contextmanager
+    def batch(self) -> t.Iterator[None]:
+        with self._lock:
+            yield
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         now = time.time()
