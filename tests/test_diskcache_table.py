@@ -129,48 +129,46 @@ def test_a_lock_held_too_long_is_a_clear_error(
     assert backend.get("job:x") == 1
 
 
-def test_waiters_in_the_host_process_are_woken_when_the_job_ends(tmp_path: Path) -> None:
+@pytest.fixture
+def gated(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any, Path]]:
+    """A pool (hosted here) running one job that ends when the test creates its gate file."""
     from tests import diskcache_jobs as jobs
 
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
     try:
-        with make_app(backend).app_context():
+        with make_app(host).app_context():
             gate = tmp_path / "gate"
             job = jobs.wait_for_file.submit(str(gate))
             wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
-            assert backend.is_pool_host
-            threading.Timer(0.2, gate.touch).start()
-            started = time.monotonic()
-            backend.wait_for_end(job.id, 60)  # returns when the worker reports the job done
-            assert time.monotonic() - started < 30
-            assert job.status is JobStatus.SUCCEEDED
-            started = time.monotonic()
-            backend.wait_for_end(job.id, 60)  # ended already: returns at once
-            assert time.monotonic() - started < 30
+            yield host, job, gate
     finally:
-        backend.close()
+        host.close()
 
 
-def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(tmp_path: Path) -> None:
-    from tests import diskcache_jobs as jobs
+def test_waiters_in_the_host_process_are_woken_when_the_job_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+    host, job, gate = gated
+    assert host.is_pool_host
+    threading.Timer(0.2, gate.touch).start()  # ends the job while the waiter below waits
+    started = time.monotonic()
+    host.wait_for_end(job.id, 60)  # returns when the worker reports the job done
+    assert time.monotonic() - started < 30
+    assert job.status is JobStatus.SUCCEEDED
+    started = time.monotonic()
+    host.wait_for_end(job.id, 60)  # ended already: returns at once
+    assert time.monotonic() - started < 30
 
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
-    try:
-        with make_app(backend).app_context():
-            gate = tmp_path / "gate"
-            job = jobs.wait_for_file.submit(str(gate))
-            wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
-            claim = backend.get(f"claim:{job.id}")
-            assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claim["at"])
-            # The worker's ticker beats one interval after the claim; the record waits for the end.
-            wait_for(lambda: backend.get(f"alive:{job.id}") is not MISSING, 30, "the first heartbeat")
-            assert backend.get(f"job:{job.id}")["status"] == "queued"
-            gate.touch()
-            assert job.wait(timeout=30) is JobStatus.SUCCEEDED
-            final = backend.get(f"job:{job.id}")
-            assert final["status"] == "succeeded" and final["started"] == claim["at"]
-    finally:
-        backend.close()
+
+def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+    host, job, gate = gated
+    claim = host.get(f"claim:{job.id}")
+    assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claim["at"])
+    # The worker's ticker beats one interval after the claim; the record waits for the end.
+    wait_for(lambda: host.get(f"alive:{job.id}") is not MISSING, 30, "the first heartbeat")
+    assert host.get(f"job:{job.id}")["status"] == "queued"
+    gate.touch()
+    assert job.wait(timeout=30) is JobStatus.SUCCEEDED
+    final = host.get(f"job:{job.id}")
+    assert final["status"] == "succeeded" and final["started"] == claim["at"]
 
 
 def test_rolled_back_batches_leave_no_files(backend: DiskcacheBackend, tmp_path: Path) -> None:
