@@ -122,3 +122,14 @@ def live_server_process(
             yield base
         finally:
             stop(proc)
+
+
+def job_polls(driver: WebDriver) -> int:
+    """How many requests a Dash page has made that name a background job (its polls).
+
+    Dash enables a callback's Cancel button when the request leaves, but the page learns its
+    job's handle only from the answer: a Cancel clicked before that cancels nothing (in Dash's
+    own managers too). Tests click Cancel once this count has grown.
+    """
+    script = "return performance.getEntriesByType('resource').filter(e => e.name.includes('job=')).length"
+    return int(driver.execute_script(script))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .browser import chrome, free_port, live_server_process
+from .browser import chrome, free_port, job_polls, live_server_process
 from .services import start_redis, stop, wait_until
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -172,12 +172,6 @@ def test_example_3_cancel(chrome: WebDriver, tmp_path: Path, backend: str, reque
             "the running outputs to reset",
         )
         assert text(page, "paragraph_id") == "Clicked None times"  # the cancelled run never answered
-
-
-def job_polls(driver: WebDriver) -> int:
-    """How many requests the page has made that name a background job (its polls)."""
-    script = "return performance.getEntriesByType('resource').filter(e => e.name.includes('job=')).length"
-    return int(driver.execute_script(script))
 
 
 def progress_value(driver: WebDriver) -> tuple[str | None, str | None]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from .browser import chrome, free_port, live_server_process
+from .browser import chrome, free_port, job_polls, live_server_process
 from .helpers import wait_for
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -233,11 +233,13 @@ def test_quickstart_dash_app(tmp_path: Path, chrome: WebDriver) -> None:
         assert element("progress").get_attribute("value") == "20"
         assert element("run").is_enabled() and not element("cancel").is_enabled()
 
+        before = job_polls(chrome)
         element("run").click()
         until(
             lambda: element("cancel").is_enabled(),
             "Cancel to be enabled while the job runs",
         )
+        until(lambda: job_polls(chrome) > before, "the page to poll for its job (see job_polls)")
         element("cancel").click()
         until(lambda: element("run").is_enabled(), "Run to be enabled again after Cancel")
         assert element("result").text == "Finished run 1"
