@@ -7,6 +7,7 @@ through :data:`current_job`, and stores the outcome through :class:`~flask_longt
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 import logging
@@ -46,8 +47,12 @@ class JobContext:
         #: The job's record as stored ("queued": readers see "running" from the claim), with
         #: its start time; finish() writes it with the final status.
         self._record = record
-        self._value: t.Any = None
-        self._dirty = False
+        #: The latest value not yet written (at most one: each new one replaces the last).
+        self._latest: collections.deque[t.Any] = collections.deque(maxlen=1)
+        #: This job's set_progress: the bound append of that one-slot deque, a single C call
+        #: (it shadows the method below, which documents it).
+        self.set_progress = self._latest.append  # type: ignore[method-assign, assignment]
+        self._value: t.Any = None  # the last value taken for writing
         self._seq = 0
         self._cancelled = False
         self._error: BaseException | None = None
@@ -65,21 +70,24 @@ class JobContext:
     @property
     def progress(self) -> t.Any:
         """The last value given to :meth:`set_progress`."""
-        return self._value
+        try:
+            return self._latest[0]
+        except IndexError:  # taken for writing already
+            return self._value
 
-    def set_progress(self, value: t.Any) -> None:
+    def set_progress(self, value: t.Any) -> None:  # replaced per instance in __init__
         """Publish ``value`` (any serialisable value) as the job's progress.
 
-        Cheap enough for a tight loop: the value is stored in memory and written to the backend
-        at most once every ``LONGTASK_PROGRESS_INTERVAL`` seconds, and always at the end, so the
-        last value is never lost.
+        Cheap enough for a tight loop: one C-level call keeps the value in memory; the ticker
+        thread writes the latest one to the backend at most once every
+        ``LONGTASK_PROGRESS_INTERVAL`` seconds, and always at the end, so the last value is
+        never lost.
 
-        :raises TypeError: an earlier progress value could not be serialised.
+        :raises TypeError: through ``current_job.set_progress``, when an earlier value could not
+            be serialised. A job that looked ``set_progress`` up once (or got it as an argument)
+            is failed when it ends instead, with the same message.
         """
-        if self._error is not None:
-            self._raise_error()
-        self._value = value
-        self._dirty = True
+        self._latest.append(value)
 
     def _raise_error(self) -> None:
         err, self._error = self._error, None
@@ -89,13 +97,14 @@ class JobContext:
 
     def _flush(self) -> None:
         store = self._store
-        if store is None or not self._dirty:
+        if store is None or not self._latest:
             return
         with self._lock:
-            if not self._dirty:
+            try:
+                value = self._latest.pop()
+            except IndexError:
                 return
-            self._dirty = False
-            value = self._value
+            self._value = value
             try:
                 data = store.backend.dumps(value)
             except Exception as exc:
@@ -215,17 +224,19 @@ class _CurrentJobProxy:
 
     @property
     def progress(self) -> t.Any:
-        return self._get()._value
+        return self._get().progress
 
-    def set_progress(self, value: t.Any) -> None:
+    @property
+    def set_progress(self) -> t.Callable[[t.Any], None]:
+        # The running job's own C-level setter: ``current_job.set_progress(v)`` costs this
+        # lookup and one C call.
         try:
             ctx = _current.get()
         except LookupError:
             raise RuntimeError(_OUTSIDE) from None
         if ctx._error is not None:
             ctx._raise_error()
-        ctx._value = value
-        ctx._dirty = True
+        return ctx.set_progress
 
     def __repr__(self) -> str:
         ctx = _current.get(None)

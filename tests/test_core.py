@@ -192,6 +192,23 @@ def test_progress_in_a_tight_loop_is_coalesced_and_the_last_value_kept(app, long
     assert len(stored) < 1000  # one write per interval, not per call
 
 
+def test_unserialisable_progress_raises_at_the_next_current_job_set_progress(app, longtask):
+    @longtask.task
+    def tell() -> str:
+        current_job.set_progress(threading.Lock())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the job's own loop: until the ticker has tried it
+            try:
+                current_job.set_progress  # noqa: B018 - the look-up raises (a call would replace the value)
+            except TypeError as exc:
+                return str(exc)
+            time.sleep(0.01)
+        return "never raised"
+
+    with app.app_context():
+        assert tell.submit().result(timeout=30).startswith("A progress value could not be serialised")
+
+
 def test_unserialisable_progress_fails_the_job(app, longtask):
     @longtask.task
     def bad_progress() -> None:
