@@ -85,7 +85,9 @@ class JobContext:
 
         :raises TypeError: through ``current_job.set_progress``, when an earlier value could not
             be serialised. A job that looked ``set_progress`` up once (or got it as an argument)
-            is failed when it ends instead, with the same message.
+            is failed when it ends instead ("The job's last progress value could not be
+            serialised"). Outside a job, looking ``current_job.set_progress`` up raises
+            ``RuntimeError``.
         """
         self._latest.append(value)
 
@@ -95,9 +97,11 @@ class JobContext:
 
     # -- driven by the ticker thread and by execute() -------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, *, final: bool = False) -> None:
+        """Write the latest value, if there is one. ``final``: the job has returned; wait for a
+        write the ticker may still be making, so that the end is written after it."""
         store = self._store
-        if store is None or not self._latest:
+        if store is None or (not final and not self._latest):
             return
         with self._lock:
             try:
@@ -111,7 +115,12 @@ class JobContext:
                 self._error = exc
                 return
             self._seq += 1
-            store.write_progress(t.cast(str, self.id), self._seq, data)
+            try:
+                store.write_progress(t.cast(str, self.id), self._seq, data)
+            except BaseException:
+                if not self._latest:  # keep it for the next write (and the final one)
+                    self._latest.append(value)
+                raise
         signals.send(signals.job_progress, self._app, job=store.job(t.cast(str, self.id)), progress=value)
 
     def _close(self) -> dict[str, t.Any]:
@@ -339,7 +348,7 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
     finally:
         _current.reset(token)
         record = ctx._close()
-        ctx._flush()
+        ctx._flush(final=True)
     # Unless it was cancelled: a cancel requested while it ran wins over its outcome, checked
     # atomically with the end.
     ended: JobStatus | None

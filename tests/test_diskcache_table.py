@@ -237,3 +237,44 @@ def test_a_forked_child_does_not_keep_a_dead_writers_lock(backend: DiskcacheBack
         if proc.stdout is not None:
             proc.stdout.close()
         proc.wait(10)
+
+
+_EXIT_WITH_A_JOB_RUNNING = """
+import sys
+from flask import Flask
+from flask_longtask.backends.diskcache import DiskcacheBackend
+from tests import diskcache_jobs as jobs
+from tests.helpers import wait_for
+
+app = Flask("exit_test")
+jobs.longtask.init_app(app, backend=DiskcacheBackend(sys.argv[1], workers=1))
+with app.app_context():
+    job = jobs.wait_for_file.submit(sys.argv[2])
+    wait_for(lambda: job.status.value == "running", 30, "the job to start")
+    print(job.id, flush=True)
+sys.exit(0)  # a normal exit, the pool hosted here and the job still running
+"""
+
+
+def test_a_normal_exit_of_the_host_process_ends_its_running_jobs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    directory = tmp_path / "lt"
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_A_JOB_RUNNING, str(directory), str(tmp_path / "never")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    job_id = done.stdout.split()[-1]
+    reader = DiskcacheBackend(directory, embedded=False)
+    try:
+        record = reader.get(f"job:{job_id}")
+        assert record["status"] == "failed"
+        assert "the worker pool was shut down while it ran" in record["error"]["message"]
+    finally:
+        reader.close()

@@ -110,6 +110,8 @@ class PoolHost:
         self._slots: list[_Slot] = []
         self._queue: collections.deque[str] = collections.deque()
         self._known: set[str] = set()
+        #: Jobs put back in the queue once because their worker died before claiming them.
+        self._requeued: set[str] = set()
         self._kills: dict[str, float] = {}
         self._stopping = threading.Event()
         #: Held by the dispatcher while it handles what it woke for, and by push_local.
@@ -120,6 +122,7 @@ class PoolHost:
         self._poller = select.poll()
         self._polled: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe means it is awake already: never wait
         self._thread: threading.Thread | None = None
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
         self.ran = False
@@ -169,17 +172,19 @@ class PoolHost:
                 pass
 
     def _shutdown(self) -> None:
-        for slot in self._slots:
-            _close(slot.lifeline)  # workers see their lifeline close and exit at once
-            if slot.process.is_alive():
-                slot.process.kill()
-        for slot in self._slots:
-            slot.process.join(5)
-            if slot.job_id is not None:
-                self.backend._lost(slot.job_id, "the worker pool was shut down while it ran")
-            _close(slot.conn)
-            slot.process.close()
-        self._slots.clear()
+        with self._mutex:  # push_local leaves jobs in storage from here (through the inbox)
+            for slot in self._slots:
+                _close(slot.lifeline)  # workers see their lifeline close and exit at once
+                if slot.process.is_alive():
+                    slot.process.kill()
+            for slot in self._slots:
+                slot.process.join(5)
+                if slot.job_id is not None and self._claimed(slot.job_id):
+                    self.backend._lost(slot.job_id, "the worker pool was shut down while it ran")
+                # (one never claimed stays queued in storage: the next host runs it)
+                _close(slot.conn)
+                slot.process.close()
+            self._slots.clear()
         os.ftruncate(self._queued_fd, 0)  # no host, no count
         with self._wake_lock:
             wake_w, self._wake_w = self._wake_w, -1
@@ -344,6 +349,7 @@ class PoolHost:
         if slot.job_id is not None:
             self._known.discard(slot.job_id)
             self._kills.pop(slot.job_id, None)
+            self._requeued.discard(slot.job_id)
             self._job_ended(slot.job_id)
         slot.job_id = None
         self._respawn_delay = 0.0
@@ -356,15 +362,24 @@ class PoolHost:
         _close(slot.lifeline)
         slot.process.close()
         if slot.job_id is not None:
-            self._known.discard(slot.job_id)
-            self._kills.pop(slot.job_id, None)
-            self.backend._lost(slot.job_id, reason)
-            self._job_ended(slot.job_id)
+            job_id = slot.job_id
+            self._kills.pop(job_id, None)
+            if how is None and slot.reason is None and job_id not in self._requeued and not self._claimed(job_id):
+                # It died before it took the job (killed from outside): the job never started.
+                self._requeued.add(job_id)
+                self._queue.appendleft(job_id)
+            else:
+                self._known.discard(job_id)
+                self.backend._lost(job_id, reason)
+                self._job_ended(job_id)
         elif how is None:
             # Died idle, most often at start-up (an import error in __main__): do not spin.
             self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
             self._next_spawn = time.monotonic() + self._respawn_delay
             _log.error("A pool worker of %s died while idle: %s.", self.backend.directory, reason)
+
+    def _claimed(self, job_id: str) -> bool:
+        return self.backend.get(f"claim:{job_id}") is not MISSING
 
     def _run_kills(self) -> None:
         now = time.time()

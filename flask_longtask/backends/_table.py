@@ -81,6 +81,7 @@ _held = threading.local()
 
 def _after_fork_in_child() -> None:
     _pid[0] = os.getpid()
+    _held.paths = set()  # the forking thread's: its locks were the parent's
     for table in list(_tables):
         table._forget_inherited()
 
@@ -119,6 +120,9 @@ class _Thread:
         self.locked = False  # whether it holds the writers' flock
         self.files: list[str] = []  # files written for values in the open batch
         self.finalizer = weakref.finalize(self, _release, con, writer)
+        # Not at interpreter exit: the pool host still writes then, as it shuts down (atexit
+        # hooks closing it run after finalize's own), and closing the process closes these.
+        self.finalizer.atexit = False
 
 
 class Table:
@@ -259,7 +263,8 @@ class Table:
         if state.locked:
             state.locked = False
             _held.paths.discard(self.writer_lock)
-            fcntl.flock(state.writer, fcntl.LOCK_UN)
+            if state.finalizer.alive:  # not closed under us by Table.close() (the fd may be reused)
+                fcntl.flock(state.writer, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def batch(self) -> t.Iterator[None]:
@@ -290,10 +295,11 @@ class Table:
             state.depth = 0
             if state.begun:  # an exception, in the batch or in its commit
                 state.begun = False
-                with contextlib.suppress(sqlite3.Error):
-                    state.con.execute("ROLLBACK")
-                for filename in state.files:
-                    self.disk.remove(filename)
+                if state.finalizer.alive and state.con.in_transaction:  # it did not commit
+                    with contextlib.suppress(sqlite3.Error):
+                        state.con.execute("ROLLBACK")
+                    for filename in state.files:
+                        self.disk.remove(filename)
             state.files.clear()
             self._unlock_writers(state)
 

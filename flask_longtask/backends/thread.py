@@ -32,7 +32,8 @@ class ThreadBackend(Backend):
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self._data: dict[str, tuple[t.Any, float | None]] = {}
-        #: Guards the records; a batch holds it, so a batch is atomic (like a transaction).
+        #: Guards the records; a batch holds it, so no other thread sees a batch half done
+        #: (isolation without rollback: what a failing batch wrote before it failed stays).
         self._lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
         self._writes = 0
