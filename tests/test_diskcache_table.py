@@ -21,7 +21,7 @@ from flask_longtask.backends import _table
 from flask_longtask.backends.base import MISSING
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests.helpers import wait_for
-from tests.test_diskcache import make_app
+from tests.test_diskcache import host_pids, make_app
 
 BIG = b"x" * (2**20 + 1)  # over the 1 MiB kept inline: stored as a file
 
@@ -278,3 +278,27 @@ def test_a_normal_exit_of_the_host_process_ends_its_running_jobs(tmp_path: Path)
         assert "the worker pool was shut down while it ran" in record["error"]["message"]
     finally:
         reader.close()
+
+
+def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
+    """A worker killed after it was handed a job, before it claimed it: the job never started,
+    so it is not failed; the pool gives it to the replacement worker."""
+    import signal
+
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    try:
+        with make_app(host).app_context():
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2  # the pool and its one worker run
+            [worker] = host_pids(host)
+            os.kill(worker, signal.SIGSTOP)  # it will not read its pipe
+            job = jobs.add.submit(2, 3)  # handed to the stopped worker
+            slot = t.cast(t.Any, host._host)._slots[0]
+            wait_for(lambda: slot.job_id == job.id, 10, "the job to be handed to the worker")
+            assert host.get(f"claim:{job.id}") is MISSING
+            os.kill(worker, signal.SIGKILL)
+            assert job.result(timeout=30) == 5
+            assert worker not in host_pids(host)[-1:]
+    finally:
+        host.close()
