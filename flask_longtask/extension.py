@@ -256,11 +256,13 @@ class LongTask:
                 return other
 
         request = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
-        store.create(job_id, request, memo_key, owner)
         job: Job[R] = store.job(job_id)
-        signals.send(signals.job_submitted, app, job=job)
         try:
-            backend.enqueue(JobRequest(job_id, task.name, task, app))
+            backend.store_and_enqueue(
+                store.create_writes(job_id, request, memo_key, owner),
+                JobRequest(job_id, task.name, task, app),
+                lambda: signals.send(signals.job_submitted, app, job=job),
+            )
         except BaseException:
             store.discard(job_id, memo_key)
             raise

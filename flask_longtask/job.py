@@ -132,19 +132,23 @@ class Job(t.Generic[R]):
     def _wait(self, timeout: float | None, *, with_result: bool) -> tuple[dict[str, t.Any], t.Any]:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        backend = self._store.backend
+        wait = 0.0
         while True:
-            record, data = self._store.read_state(self.id, with_result=with_result)
+            record, data = self._store.read_state(self.id, with_result=with_result, wait=wait)
             if JobStatus(record["status"]).is_finished:
                 return record, data
             now = time.monotonic()
-            # Short jobs end within a few ms: look often then, and back off to 50 ms after.
-            delay = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)
+            if backend.ends_wake_waiters:
+                wait = 1.0  # woken by the end; look again each second for a lost worker
+            else:
+                # Short jobs end within a few ms: look often then, and back off to 50 ms after.
+                wait = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)
             if deadline is not None:
                 left = deadline - now
                 if left <= 0:
                     raise JobTimeoutError(self.id, t.cast(float, timeout))
-                delay = min(delay, left)
-            self._store.backend.wait_for_end(self.id, delay)
+                wait = min(wait, left)
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to end and return its value.

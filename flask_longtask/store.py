@@ -102,13 +102,21 @@ class JobStore:
         """
         return self.read_state(job_id)[0]
 
-    def read_state(self, job_id: str, *, with_result: bool = False) -> tuple[dict[str, t.Any], t.Any]:
+    def read_state(
+        self, job_id: str, *, with_result: bool = False, wait: float = 0.0
+    ) -> tuple[dict[str, t.Any], t.Any]:
         """:meth:`read_record`, and with ``with_result`` the stored result (or :data:`MISSING`)
-        in the same read: ``Job.result()`` polls this way, one round trip per look."""
+        in the same read: ``Job.result()`` polls this way, one round trip per look. With
+        ``wait``, first wait up to that many seconds for the job to end
+        (:meth:`Backend.wait_then_get_many`)."""
         keys = [f"job:{job_id}", f"claim:{job_id}", f"alive:{job_id}"]
         if with_result:
             keys.append(f"result:{job_id}")
-        record, claim, alive, *rest = self.backend.get_many(keys)
+        if wait > 0:
+            values = self.backend.wait_then_get_many(job_id, wait, keys)
+        else:
+            values = self.backend.get_many(keys)
+        record, claim, alive, *rest = values
         data = rest[0] if rest else MISSING
         if record is MISSING:
             raise JobNotFoundError(job_id)
@@ -147,7 +155,13 @@ class JobStore:
     # -- transitions ----------------------------------------------------------------------------
 
     def create(self, job_id: str, request: dict[str, t.Any], memo_key: str | None, owner: str | None = None) -> None:
-        """Write a new queued job: its request first, so a worker never finds a bare record.
+        """Write a new queued job (see :meth:`create_writes`) in one batch."""
+        self.backend.write_all(self.create_writes(job_id, request, memo_key, owner))
+
+    def create_writes(
+        self, job_id: str, request: dict[str, t.Any], memo_key: str | None, owner: str | None = None
+    ) -> list[Write]:
+        """The writes of a new queued job: its request first, so a worker never finds a bare record.
 
         ``request`` holds ``task`` and ``module`` (the task's name and defining module), ``app``
         (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
@@ -167,9 +181,7 @@ class JobStore:
             "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
         }
-        with self.backend.batch():
-            self.backend.set(f"request:{job_id}", request)
-            self.backend.set(f"job:{job_id}", record)
+        return [("set", f"request:{job_id}", request, None), ("set", f"job:{job_id}", record, None)]
 
     def discard(self, job_id: str, memo_key: str | None) -> None:
         """Remove a job that could not be queued, as if it had never been submitted."""

@@ -86,6 +86,10 @@ class Backend(abc.ABC):
 
     #: Whether :meth:`terminate` can stop a running job that ignores the cancel flag.
     can_terminate: t.ClassVar[bool] = False
+    #: Whether :meth:`wait_for_end` returns as soon as a job ends, whichever process ends it and
+    #: whichever waits. ``Job.wait`` then blocks in it for up to a second at a time instead of
+    #: polling.
+    ends_wake_waiters: bool = False
 
     # -- serialisation --------------------------------------------------------------------------
 
@@ -208,15 +212,43 @@ class Backend(abc.ABC):
         :meth:`Job.wait <flask_longtask.Job.wait>` reads the job's status between calls, so a
         backend that cannot tell simply sleeps (the default). One that sees its jobs end (the
         diskcache pool host, in its own process) returns as soon as this one has, which saves a
-        waiter the rest of its polling interval.
+        waiter the rest of its polling interval. A job ends with :meth:`add_then_write` on the
+        key ``end:<job_id>``: a store that can block on a key (Redis) wakes its waiters from
+        there, and sets :attr:`ends_wake_waiters`.
         """
         time.sleep(timeout)
+
+    def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
+        """:meth:`wait_for_end`, then :meth:`get_many`: how ``Job.wait`` waits and looks again.
+
+        A backend whose wait is a request to its store can send both at once (the Redis backend
+        pipelines its blocking wait with the read), so a waiter learns of the end in one round
+        trip. The default calls one after the other.
+        """
+        self.wait_for_end(job_id, timeout)
+        return self.get_many(keys)
 
     @abc.abstractmethod
     def scan(self, prefix: str) -> t.Iterator[str]:
         """Yield every live key that starts with ``prefix`` (any order; used for listings)."""
 
     # -- execution ------------------------------------------------------------------------------
+
+    def store_and_enqueue(
+        self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]
+    ) -> None:
+        """Write a new job's records, call ``announce()``, and :meth:`enqueue` it.
+
+        The default does exactly that, in that order: the ``job_submitted`` signal (``announce``)
+        comes before the job can start. A backend may overlap the writes with the enqueue to save
+        a round trip (the Celery backend sends its writes and the task message together, then
+        reads the replies); its workers must then wait briefly for a job's record that is not
+        there yet, and it calls ``announce()`` once both are done. Raise if either fails: the
+        core then removes the job's records.
+        """
+        self.write_all(writes)
+        announce()
+        self.enqueue(request)
 
     @abc.abstractmethod
     def enqueue(self, request: JobRequest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import typing as t
 import weakref
 
@@ -51,6 +52,7 @@ class CeleryBackend(Backend):
     """
 
     can_terminate = True
+    ends_wake_waiters = True  # a job's end pushes to done:<id>; waiters block on it (BLMOVE)
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class CeleryBackend(Backend):
         self._delete_if = self.redis.register_script(_DELETE_IF)
         self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
         self._timers_lock = threading.Lock()
+        self._blocking_wait = True
         _register(celery_app, self)
 
     def __repr__(self) -> str:
@@ -153,10 +156,22 @@ class CeleryBackend(Backend):
         self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
     ) -> tuple[bool, list[t.Any]]:
         self._flush()
+        names = [self.prefix + k for k in keys]
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.prefix + key, _json.dumps(value), px=_px(expire), nx=True)
-        pipe.mget([self.prefix + k for k in keys])
+        pipe.mget(names)
         added, values = pipe.execute()
+        if added and values[0] is None:
+            # The worker reads the job's record first. store_and_enqueue() sends the record and
+            # the task message at once, over two connections, and its caller returns only once
+            # both are stored: a worker that got here first waits for the record. None after
+            # _RECORD_WAIT seconds: the submit failed (it then deletes what it wrote), or the
+            # job was purged while its message was queued.
+            deadline, pause = time.monotonic() + _RECORD_WAIT, 0.0005
+            while values[0] is None and time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                values = self.redis.mget(names)
         return bool(added), [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in values]
 
     def add_then_write(
@@ -169,10 +184,12 @@ class CeleryBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        # One script, so one round trip, and atomic: Redis runs a script alone.
+        # One script, so one round trip, and atomic: Redis runs a script alone. A job's end
+        # (the key end:<id>) also pushes to done:<id>, which wakes wait_for_end().
         self._flush()
-        keys = [self.prefix + key, self.prefix + (unless or key)]
-        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes)]
+        ends = key.startswith("end:")
+        keys = [self.prefix + key, self.prefix + (unless or key), self.prefix + "done:" + key[4:]]
+        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes), 1 if ends else 0]
         for op, k, v, exp in (*writes, *otherwise):
             if op == "set" and exp is not None and exp <= 0:
                 op, v = "delete", None
@@ -180,6 +197,33 @@ class CeleryBackend(Backend):
             args += (op, "" if op == "delete" else _json.dumps(v), (_px(exp) or 0) if op == "set" else 0)
         done = int(self._add_then_write(keys=keys, args=args))
         return None if done < 0 else bool(done)
+
+    def wait_for_end(self, job_id: str, timeout: float) -> None:
+        self.wait_then_get_many(job_id, timeout, [])
+
+    def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
+        # BLMOVE from a list to itself returns at once if the job's end has pushed to it, else
+        # blocks until it does (for every waiter: the element stays) or until the timeout. The
+        # read is pipelined behind it: Redis runs it as soon as the wait is over.
+        if not self._blocking_wait:
+            time.sleep(timeout)
+            return self.get_many(keys)
+        self._flush()
+        key = self.prefix + "done:" + job_id
+        pipe = self.redis.pipeline(transaction=False)  # not MULTI: a blocking command would not block
+        pipe.blmove(key, key, max(timeout, 0.001), "LEFT", "LEFT")
+        if keys:
+            pipe.mget([self.prefix + k for k in keys])
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.TimeoutError:  # a client socket_timeout shorter than the wait
+            return self.get_many(keys) if keys else []
+        if isinstance(replies[0], redis.ResponseError):  # Redis < 6.2 has no BLMOVE: poll
+            self._blocking_wait = False
+            self.ends_wake_waiters = False
+        if not keys:
+            return []
+        return [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in replies[1]]
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()
@@ -190,9 +234,40 @@ class CeleryBackend(Backend):
 
     # -- execution ------------------------------------------------------------------------------
 
+    def store_and_enqueue(
+        self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]
+    ) -> None:
+        # Send the writes, send the task message while Redis handles them, then read their
+        # replies: a submit costs one round trip less. A worker that gets the message before
+        # Redis has stored the record waits for it (claim_and_get).
+        commands = []
+        for op, key, value, expire in writes:
+            if op != "set":  # pragma: no cover - the core writes a new job with "set" only
+                return super().store_and_enqueue(writes, request, announce)
+            px = _px(expire)
+            data = _json.dumps(value)
+            commands.append(("SET", self.prefix + key, data) if px is None else ("SET", self.prefix + key, data, "PX", px))
+        self._flush()
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            try:
+                self.enqueue(request)
+            finally:
+                for _ in commands:
+                    conn.read_response()  # raises the command's error, if any
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            pool.release(conn)
+        announce()
+
     def enqueue(self, request: JobRequest) -> None:
-        # The Celery task id is the job id, so a revoke can name the job.
-        self.celery.send_task(RUN_TASK, args=[request.job_id], task_id=request.job_id)
+        # The Celery task id is the job id, so a revoke can name the job. No Celery result: the
+        # job's outcome is in our records (and not asking for one saves a SUBSCRIBE per submit).
+        self.celery.send_task(RUN_TASK, args=[request.job_id], task_id=request.job_id, ignore_result=True)
 
     def terminate(self, job_id: str, grace: float) -> None:
         timer = threading.Timer(grace, self._force_stop, args=(job_id,))
@@ -228,13 +303,18 @@ class CeleryBackend(Backend):
         self.redis.close()
 
 
+#: Seconds a Celery worker waits for the record of a job whose message came first.
+_RECORD_WAIT = 5.0
+
+
 def _px(expire: float | None) -> int | None:
     return None if expire is None else max(1, int(expire * 1000))
 
 
-# KEYS: the key to add, the "unless" key, then one key per write (writes, then otherwise).
-# ARGV: value, px (0: none), whether "unless" applies, how many writes, then per write:
-# op ("set", "delete", "delete_if"), encoded value, px.
+# KEYS: the key to add, the "unless" key, the done:<id> list to push to if this is a job's end,
+# then one key per write (writes, then otherwise).
+# ARGV: value, px (0: none), whether "unless" applies, how many writes, whether to push, then
+# per write: op ("set", "delete", "delete_if"), encoded value, px.
 _ADD_THEN_WRITE = """
 local added
 if ARGV[2] == '0' then
@@ -244,12 +324,12 @@ else
 end
 if not added then return -1 end
 local n = tonumber(ARGV[4])
-local first, last, result = 3, 2 + n, 1
+local first, last, result = 4, 3 + n, 1
 if ARGV[3] == '1' and redis.call('exists', KEYS[2]) == 1 then
-  first, last, result = 3 + n, #KEYS, 0
+  first, last, result = 4 + n, #KEYS, 0
 end
 for i = first, last do
-  local a = 5 + (i - 3) * 3
+  local a = 6 + (i - 4) * 3
   local op, value, px = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if op == 'set' then
     if px == '0' then redis.call('set', KEYS[i], value) else redis.call('set', KEYS[i], value, 'PX', px) end
@@ -258,6 +338,10 @@ for i = first, last do
   elseif op == 'delete_if' then
     if redis.call('get', KEYS[i]) == value then redis.call('del', KEYS[i]) end
   end
+end
+if ARGV[5] == '1' then
+  redis.call('rpush', KEYS[3], '1')
+  if ARGV[2] ~= '0' then redis.call('pexpire', KEYS[3], ARGV[2]) end
 end
 return result
 """
