@@ -25,7 +25,6 @@ from pathlib import Path
 
 from tests.services import start_celery_worker, start_redis, stop, wait_until
 
-
 #: Seconds between samples, so that each starts with an idle worker.
 _SETTLE = 0.02
 
@@ -128,7 +127,7 @@ def main() -> None:
 
     print(f"\nSubmit-to-result, median of {runs} (ms); same Redis, same worker, same run\n")
     print("Each waits its own way: `Job.result()`, Celery's `AsyncResult.get()`, and Dash's")
-    print("`result_ready()` polled on Job.wait's schedule. \"polled\": every contender polled every 1 ms.\n")
+    print('`result_ready()` polled on Job.wait\'s schedule. "polled": every contender polled every 1 ms.\n')
     print("| case | median ms |")
     print("| --- | ---: |")
     for name, ms in results.items():

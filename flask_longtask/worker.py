@@ -268,13 +268,14 @@ def run_inline(func: t.Callable[..., t.Any], args: t.Any, kwargs: t.Any) -> t.An
 
 
 @functools.lru_cache(maxsize=64)
-def _owner_of(pid: int, thread: int) -> str:
+def owner_of(pid: int, thread: int) -> str:
+    """Who claims a job, as stored in its claim: host name, process id and thread id."""
     return f"{socket.gethostname()}:{pid}:{thread}"
 
 
 def _owner() -> str:
     """Who claims a job: host, process and thread (the host name is looked up once)."""
-    return _owner_of(os.getpid(), threading.get_ident())
+    return owner_of(os.getpid(), threading.get_ident())
 
 
 def execute(
@@ -283,25 +284,38 @@ def execute(
     *,
     task: Task[..., t.Any] | None = None,
     app: Flask | None = None,
+    claimed: tuple[float, dict[str, t.Any], dict[str, t.Any] | None] | None = None,
 ) -> JobStatus | None:
     """Run job ``job_id`` here and now, if nobody else has; return its final status.
 
     ``task`` and ``app`` are the live objects when the job runs in the process that submitted
     it; otherwise they are found by name (importing the task's module if needed). Returns
     ``None`` when the job was not run here: unknown, already claimed, or already ended.
+
+    ``claimed`` is ``(claim time, record, request or None)`` of a job already claimed for this
+    worker by whoever handed it over (the diskcache pool, for a job submitted in its host
+    process): it runs without a claim or a read of its own.
     """
-    # Claim the job and read what it needs in one round trip: only the winner of the claim runs
-    # it. A cancel that lands after the read is seen by the running job (is_cancel_requested,
-    # and atomically when it ends) instead.
-    started = time.time()
-    claimed, (record, request, cancelled) = backend.claim_and_get(
-        f"claim:{job_id}",
-        {"by": _owner(), "at": started},
-        JobStore(backend).claim_expire,
-        [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"],
-    )
-    if not claimed or record is MISSING or record["status"] != JobStatus.QUEUED.value:
-        return None  # someone else has it, or it is unknown (expired, purged) or over
+    if claimed is None:
+        # Claim the job and read what it needs in one round trip: only the winner of the claim
+        # runs it. A cancel that lands after the read is seen by the running job
+        # (is_cancel_requested, and atomically when it ends) instead.
+        started = time.time()
+        won, (record, request, cancelled) = backend.claim_and_get(
+            f"claim:{job_id}",
+            {"by": _owner(), "at": started},
+            JobStore(backend).claim_expire,
+            [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"],
+        )
+        if not won or record is MISSING or record["status"] != JobStatus.QUEUED.value:
+            return None  # someone else has it, or it is unknown (expired, purged) or over
+    else:
+        # Its cancel flag is not read here: a cancel from now on finds the job claimed, so the
+        # ticker's first look, the forced stop and the end's atomic check see to it.
+        started, record, request = claimed
+        cancelled = MISSING
+        if request is None:  # too large to hand over inline
+            request = backend.get(f"request:{job_id}")
     try:
         if request is MISSING:
             raise LookupError("the job's request record is missing (expired or deleted)")

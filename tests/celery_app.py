@@ -39,6 +39,15 @@ def pid_then_wait(path: str, seconds: float) -> str:
 
 
 @longtask.task
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """Run until the test creates ``path`` (the job's own work: a poll with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
+@longtask.task
 def progress_steps(n: int) -> str:
     for i in range(n):
         current_job.set_progress({"step": i + 1, "of": n})

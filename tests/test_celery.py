@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 
 import pytest
 from flask import Flask
 
 from flask_longtask import JobStatus, LongTask
+from flask_longtask.backends.base import MISSING
 from flask_longtask.testing import BackendConformance
 
 from .helpers import wait_for
@@ -190,3 +192,71 @@ def test_configured_by_longtask_keys(redis_url):
     backend.set(key, {"ok": b"yes"}, expire=5)
     assert backend.get(key) == {"ok": b"yes"}
     backend.close()
+
+
+def test_a_worker_waits_for_a_record_sent_with_its_message(redis_url, monkeypatch):
+    """Submit sends the job's record and its task message at once; a worker that gets the
+    message first waits for the record, and gives up (runs nothing) if it never comes."""
+    from flask_longtask.backends import celery as celery_backend
+
+    backend = _clean_backend(redis_url)
+    writer = _clean_backend(redis_url)
+    try:
+        found: list[object] = []
+        reader = threading.Thread(
+            target=lambda: found.append(backend.claim_and_get("claim:late", {"by": "w"}, 60, ["job:late"]))
+        )
+        reader.start()
+        wait_for(lambda: backend.get("claim:late") is not MISSING, 10, "the worker's claim")
+        writer.set("job:late", {"id": "late"})
+        reader.join(10)
+        assert found == [(True, [{"id": "late"}])]
+
+        monkeypatch.setattr(celery_backend, "_RECORD_WAIT", 0.2)
+        assert backend.claim_and_get("claim:never", {"by": "w"}, 60, ["job:never"]) == (True, [MISSING])
+    finally:
+        writer.close()
+        backend.close()
+
+
+def test_a_waiter_is_woken_by_the_end(app, tmp_path):
+    """Job.wait blocks on the job's done list (BLMOVE), not on a poll: it returns as soon as the
+    job ends, wherever it ended, with the final status read in the same round trip."""
+    from tests import celery_app as worker_module
+
+    backend = app.extensions["longtask"].backend
+    assert backend.ends_wake_waiters
+    gate = tmp_path / "gate"
+    job = worker_module.wait_for_file.submit(str(gate))
+    wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
+    values: list[list[object]] = []
+    waiter = threading.Thread(target=lambda: values.append(backend.wait_then_get_many(job.id, 60, [f"job:{job.id}"])))
+    waiter.start()
+    gate.touch()
+    waiter.join(30)  # a deadline, far below the waiter's own 60 s
+    assert not waiter.is_alive()
+    assert values[0][0]["status"] == "succeeded"
+    assert job.result(timeout=5) == str(gate)
+
+
+def test_submit_when_the_broker_is_down_leaves_nothing(redis_url):
+    """The record and the message go out together; when the message cannot be sent, the submit
+    raises and the records it wrote are removed."""
+    from kombu.exceptions import OperationalError
+
+    from tests import celery_app as worker_module
+
+    down = celery.Celery("tests.down", broker="redis://127.0.0.1:1/0")
+    down.conf.update(broker_connection_retry=False, broker_connection_max_retries=0, task_publish_retry=False)
+    backend = CeleryBackend(down, redis_url=redis_url)
+    app = Flask("tests.broker_down")
+    worker_module.longtask.init_app(app, backend=backend)
+    try:
+        with app.app_context():
+            before = set(backend.scan("job:"))
+            with pytest.raises(OperationalError, match="Connection refused"):
+                worker_module.roundtrip.submit(1)
+            assert set(backend.scan("job:")) == before
+            assert not [k for k in backend.scan("request:")]
+    finally:
+        backend.close()

@@ -281,8 +281,39 @@ def test_a_normal_exit_of_the_host_process_ends_its_running_jobs(tmp_path: Path)
 
 
 def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
-    """A worker killed after it was handed a job, before it claimed it: the job never started,
-    so it is not failed; the pool gives it to the replacement worker."""
+    """A worker killed after the pool handed it a job, before it claimed it: the job never
+    started, so it is not failed; the pool gives it to the replacement worker. (A job submitted
+    from another process goes through the pool host's queue; the worker claims it itself.)"""
+    import signal
+
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    client = DiskcacheBackend(tmp_path / "pool", embedded=False)  # as in another web process
+    try:
+        with make_app(host).app_context():
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2  # the pool and its one worker run
+        [worker] = host_pids(host)
+        os.kill(worker, signal.SIGSTOP)  # it will not read its pipe
+        with make_app(client).app_context():
+            job = jobs.add.submit(2, 3)  # through the FIFO, handed to the stopped worker
+            slot = t.cast(t.Any, host._host)._slots[0]
+            wait_for(lambda: slot.job_id == job.id, 10, "the job to be handed to the worker")
+            assert client.get(f"claim:{job.id}") is MISSING
+            assert job.status is JobStatus.QUEUED
+            os.kill(worker, signal.SIGKILL)
+            assert job.result(timeout=30) == 5
+            assert worker not in host_pids(host)[-1:]
+    finally:
+        client.close()
+        host.close()
+
+
+def test_a_job_submitted_in_the_host_is_claimed_for_an_idle_worker(tmp_path: Path) -> None:
+    """In the process hosting the pool, a job for an idle worker is written with that worker's
+    claim (it reads "running" at once, and the worker runs it without a write of its own). If
+    that worker dies before it reads its pipe, the job, possibly started, ends failed as lost
+    (never run twice, never left running); the next job runs on the replacement."""
     import signal
 
     from tests import diskcache_jobs as jobs
@@ -290,15 +321,21 @@ def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
     host = DiskcacheBackend(tmp_path / "pool", workers=1)
     try:
         with make_app(host).app_context():
-            assert jobs.add.submit(1, 1).result(timeout=30) == 2  # the pool and its one worker run
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2
             [worker] = host_pids(host)
-            os.kill(worker, signal.SIGSTOP)  # it will not read its pipe
-            job = jobs.add.submit(2, 3)  # handed to the stopped worker
-            slot = t.cast(t.Any, host._host)._slots[0]
-            wait_for(lambda: slot.job_id == job.id, 10, "the job to be handed to the worker")
-            assert host.get(f"claim:{job.id}") is MISSING
+            job = jobs.add.submit(2, 2)
+            assert host.get(f"claim:{job.id}")["by"].endswith(f":{worker}:0")
+            assert job.status is JobStatus.RUNNING
+            assert job.result(timeout=30) == 4
+            big = "x" * (300 * 1024)  # arguments over 256 KiB: the worker reads them from storage
+            assert jobs.echo.submit(big).result(timeout=30) == big
+
+            os.kill(worker, signal.SIGSTOP)
+            stopped = jobs.add.submit(3, 3)
+            assert stopped.status is JobStatus.RUNNING
             os.kill(worker, signal.SIGKILL)
-            assert job.result(timeout=30) == 5
-            assert worker not in host_pids(host)[-1:]
+            assert stopped.wait(timeout=30) is JobStatus.FAILED
+            assert "killed by SIGKILL" in stopped.error["message"]
+            assert jobs.add.submit(4, 4).result(timeout=30) == 8
     finally:
         host.close()

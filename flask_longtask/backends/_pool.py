@@ -288,6 +288,40 @@ class PoolHost:
         if pending:  # no idle worker (or none started yet): the dispatcher takes it from here
             self._wake()
 
+    def reserve(self, job_id: str) -> _Slot | None:
+        """Take an idle worker for a job submitted in this process, before its records are
+        written: they then include the claim for that worker (see ``store_and_enqueue``), and
+        the worker runs the job without a claim or a read of its own. ``None`` when no worker
+        is idle, jobs are waiting (they go first), or the dispatcher is busy."""
+        if not self._mutex.acquire(blocking=False):
+            return None
+        try:
+            if self._queue or self._inbox or self._stopping.is_set():
+                return None
+            for slot in self._slots:
+                if slot.job_id is None and slot.reason is None:
+                    slot.job_id = job_id
+                    self._known.add(job_id)
+                    return slot
+            return None
+        finally:
+            self._mutex.release()
+
+    def unreserve(self, slot: _Slot, job_id: str) -> None:
+        """Give back a worker :meth:`reserve` took, for a job whose records could not be written."""
+        with self._mutex:
+            if slot.job_id == job_id:
+                slot.job_id = None
+            self._known.discard(job_id)
+        self._wake()  # jobs may have queued meanwhile
+
+    def hand_over(self, slot: _Slot, message: bytes) -> None:
+        """Send a reserved worker its (claimed) job."""
+        try:
+            slot.conn.send_bytes(message)
+        except (OSError, ValueError):
+            pass  # it is dying (or the pool shut down): the job, claimed for it, ends as lost
+
     def _wake(self, *, wait: bool = True) -> None:
         # ``wait=False`` in stop(), which may run in a signal handler: if the lock is held,
         # someone is waking the dispatcher (or closing it) right now anyway.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import threading
 import typing as t
@@ -23,7 +24,11 @@ def _watch_lifeline(lifeline: t.Any) -> None:
 
 
 def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
-    """The body of a pool worker process: run the job ids the host sends, one at a time."""
+    """The body of a pool worker process: run the jobs the host sends, one at a time.
+
+    A message is a job id, or ``P`` and the pickle of ``(job id, claimed)`` for a job the host
+    has claimed for this worker already (see :func:`flask_longtask.worker.execute`).
+    """
     global IN_WORKER
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
@@ -38,13 +43,17 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
             return
+        if data[:1] == b"P":
+            job_id, claimed = pickle.loads(data[1:])
+        else:
+            job_id, claimed = data.decode(), None
         try:
-            execute(backend, data.decode())
+            execute(backend, job_id, claimed=claimed)
         except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
             # process whose file writes fail cannot save coverage data either.
             # Storage failed under the job (disk full, directory gone): this process cannot record
             # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
-            _log.exception("Job %s: its outcome could not be stored.", data.decode())
+            _log.exception("Job %s: its outcome could not be stored.", job_id)
             conn.send_bytes(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
             os._exit(70)
-        conn.send_bytes(data)
+        conn.send_bytes(job_id.encode())

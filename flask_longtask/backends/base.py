@@ -234,9 +234,7 @@ class Backend(abc.ABC):
 
     # -- execution ------------------------------------------------------------------------------
 
-    def store_and_enqueue(
-        self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]
-    ) -> None:
+    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
         """Write a new job's records, call ``announce()``, and :meth:`enqueue` it.
 
         The default does exactly that, in that order: the ``job_submitted`` signal (``announce``)

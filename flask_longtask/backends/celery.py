@@ -211,7 +211,7 @@ class CeleryBackend(Backend):
         self._flush()
         key = self.prefix + "done:" + job_id
         pipe = self.redis.pipeline(transaction=False)  # not MULTI: a blocking command would not block
-        pipe.blmove(key, key, max(timeout, 0.001), "LEFT", "LEFT")
+        pipe.blmove(key, key, t.cast(int, max(timeout, 0.001)), "LEFT", "LEFT")  # Redis takes seconds as a float
         if keys:
             pipe.mget([self.prefix + k for k in keys])
         try:
@@ -234,9 +234,7 @@ class CeleryBackend(Backend):
 
     # -- execution ------------------------------------------------------------------------------
 
-    def store_and_enqueue(
-        self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]
-    ) -> None:
+    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
         # Send the writes, send the task message while Redis handles them, then read their
         # replies: a submit costs one round trip less. A worker that gets the message before
         # Redis has stored the record waits for it (claim_and_get).
@@ -245,11 +243,11 @@ class CeleryBackend(Backend):
             if op != "set":  # pragma: no cover - the core writes a new job with "set" only
                 return super().store_and_enqueue(writes, request, announce)
             px = _px(expire)
-            data = _json.dumps(value)
-            commands.append(("SET", self.prefix + key, data) if px is None else ("SET", self.prefix + key, data, "PX", px))
+            command: tuple[t.Any, ...] = ("SET", self.prefix + key, _json.dumps(value))
+            commands.append(command if px is None else (*command, "PX", px))
         self._flush()
         pool = self.redis.connection_pool
-        conn = pool.get_connection()
+        conn: t.Any = pool.get_connection()  # redis-py's Connection is untyped
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             try:

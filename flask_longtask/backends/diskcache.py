@@ -33,6 +33,9 @@ _log = logging.getLogger(__name__)
 
 #: Every live backend that may host a pool: closed at exit, reset in a forked child.
 _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
+#: Arguments up to this size (bytes, serialised) go to the worker with the job; larger ones it
+#: reads from storage.
+_INLINE_ARGS = 256 * 1024
 
 
 class DiskcacheBackend(Backend):
@@ -213,6 +216,9 @@ class DiskcacheBackend(Backend):
     ) -> bool | None:
         return self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
 
+    def write_all(self, writes: t.Sequence[Write]) -> None:
+        self.table.write_all(writes)
+
     def batch(self) -> t.ContextManager[None]:
         # One SQLite transaction for a job step: a write costs its commit, not its row.
         return self.table.batch()
@@ -229,6 +235,32 @@ class DiskcacheBackend(Backend):
         return self.table.sweep() + int(self.cache.expire(retry=True))
 
     # -- execution ------------------------------------------------------------------------------
+
+    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
+        # In the process hosting the pool, with a worker idle: the job's records, and the claim
+        # for that worker, in one transaction; then the worker gets the job with its record and
+        # request, and runs it without a transaction or a read of its own.
+        host = self._host
+        slot = host.reserve(request.job_id) if host is not None else None
+        if host is None or slot is None:
+            super().store_and_enqueue(writes, request, announce)
+            return
+        from ..store import CLAIM_EXPIRE
+        from ..worker import owner_of
+
+        job_id = request.job_id
+        values = {key: value for _, key, value, _ in writes}
+        record, job_request = values[f"job:{job_id}"], values[f"request:{job_id}"]
+        started = time.time()
+        claim = {"by": owner_of(slot.process.pid, 0), "at": started}
+        try:
+            self.write_all([*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))])
+        except BaseException:
+            host.unreserve(slot, job_id)
+            raise
+        announce()
+        inline = job_request if len(job_request["args"]) <= _INLINE_ARGS else None
+        host.hand_over(slot, b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL))
 
     def enqueue(self, request: JobRequest) -> None:
         host = self._host
