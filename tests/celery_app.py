@@ -43,7 +43,7 @@ def wait_for_file(path: str, timeout: float = 60.0) -> str:
     """Run until the test creates ``path`` (the job's own work: a poll with a deadline)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.01)  # the job's work: waiting for the test's file
     return path
 
 
