@@ -18,7 +18,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
 
 #: Keys a job leaves in storage; ``purge`` removes them all for a finished job.
-_JOB_KEYS = ("job", "request", "progress", "result", "cancel", "claim", "end", "alive")
+_JOB_KEYS = ("job", "request", "progress", "result", "cancel", "claim", "end", "alive", "done")
 
 longtask_cli = AppGroup("longtask", help="Run the worker pool and manage Flask-LongTask jobs.")
 

@@ -54,6 +54,26 @@ def test_large_values_live_in_files_that_go_with_them(backend: DiskcacheBackend,
     assert value_files(directory) == set()
 
 
+def test_write_all_stores_every_row_once(backend: DiskcacheBackend, tmp_path: Path) -> None:
+    """A new job's records go in as one statement; many rows, large values and a repeated key
+    are written as separate writes would be, and a failed write leaves no value file."""
+    directory = tmp_path / "lt"
+    backend.write_all([("set", "job:a", {"n": 1}, None), ("set", "request:a", BIG, None)])
+    assert backend.get_many(["job:a", "request:a"]) == [{"n": 1}, BIG]
+    assert len(value_files(directory)) == 1
+    backend.write_all([("set", f"job:{i}", i, None) for i in range(250)])  # over one statement's rows
+    assert backend.get_many([f"job:{i}" for i in range(250)]) == list(range(250))
+    backend.write_all([("set", "job:twice", 1, None), ("set", "job:twice", 2, None)])
+    assert backend.get("job:twice") == 2
+    unpicklable = threading.Lock()
+    with pytest.raises(TypeError):  # a value that cannot be encoded fails the whole write
+        backend.write_all(
+            [("set", "job:b", 1, None), ("set", "request:b", BIG, None), ("set", "job:c", unpicklable, None)]
+        )
+    assert backend.get_many(["job:b", "request:b"]) == [MISSING, MISSING]
+    assert len(value_files(directory)) == 1
+
+
 def test_expired_large_values_are_swept_with_their_files(backend: DiskcacheBackend, tmp_path: Path) -> None:
     backend.set("result:big", BIG, expire=0.05)
     backend.set("result:small", 1)

@@ -30,6 +30,7 @@ import logging
 import os
 import select
 import signal
+import string
 import threading
 import time
 import typing as t
@@ -63,13 +64,15 @@ TICK = 0.25
 class _Slot:
     """One worker process and the job it runs."""
 
-    __slots__ = ("conn", "job_id", "lifeline", "process", "reason", "started")
+    __slots__ = ("conn", "job_id", "lifeline", "preclaimed", "process", "reason", "started")
 
     def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
         self.process = process
         self.conn = conn
         self.lifeline = lifeline
         self.job_id: str | None = None
+        #: Whether its job was claimed for it when it was handed over (not by the worker).
+        self.preclaimed = False
         self.started = time.monotonic()
         #: Why the worker is about to exit, when it says so first (it could not store an outcome).
         self.reason: str | None = None
@@ -315,12 +318,19 @@ class PoolHost:
             self._known.discard(job_id)
         self._wake()  # jobs may have queued meanwhile
 
-    def hand_over(self, slot: _Slot, message: bytes) -> None:
-        """Send a reserved worker its (claimed) job."""
+    def hand_over(self, slot: _Slot, job_id: str, message: bytes) -> bool:
+        """Send a reserved worker its (claimed) job; ``False`` if that worker is gone already."""
+        # No lock (the dispatcher may be busy for a while): flag first, then look. _reap removes
+        # a dead worker's slot first and reads the flag after, so either it sees the flag and
+        # fails the job, or we see the slot gone and the caller does.
+        slot.preclaimed = True
+        if slot not in self._slots or slot.job_id != job_id:
+            return False
         try:
             slot.conn.send_bytes(message)
         except (OSError, ValueError):
-            pass  # it is dying (or the pool shut down): the job, claimed for it, ends as lost
+            pass  # it is dying (or the pool shut down): the sentinel fires, and _reap fails the job
+        return True
 
     def _wake(self, *, wait: bool = True) -> None:
         # ``wait=False`` in stop(), which may run in a signal handler: if the lock is held,
@@ -339,7 +349,7 @@ class PoolHost:
         parts = line.decode("ascii", "replace").split()
         if not parts:
             return
-        if parts[0] == "q" and len(parts) == 2:
+        if parts[0] == "q" and len(parts) == 2 and all(c in string.hexdigits for c in parts[1]):
             self._push(parts[1])
         elif parts[0] == "k" and len(parts) == 3:
             self._kills[parts[1]] = float(parts[2])
@@ -386,6 +396,7 @@ class PoolHost:
             self._requeued.discard(slot.job_id)
             self._job_ended(slot.job_id)
         slot.job_id = None
+        slot.preclaimed = False
         self._respawn_delay = 0.0
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
@@ -398,7 +409,13 @@ class PoolHost:
         if slot.job_id is not None:
             job_id = slot.job_id
             self._kills.pop(job_id, None)
-            if how is None and slot.reason is None and job_id not in self._requeued and not self._claimed(job_id):
+            if (
+                how is None
+                and slot.reason is None
+                and not slot.preclaimed
+                and job_id not in self._requeued
+                and not self._claimed(job_id)
+            ):
                 # It died before it took the job (killed from outside): the job never started.
                 self._requeued.add(job_id)
                 self._queue.appendleft(job_id)

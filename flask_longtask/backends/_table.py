@@ -157,7 +157,6 @@ class Table:
         # for up to ``BUSY_TIMEOUT`` seconds.
         con = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
         self._run("PRAGMA synchronous = NORMAL", con=con)  # with WAL: durable across a crash of the app
-        self._run("PRAGMA mmap_size = 67108864", con=con)
         # Checkpoints (copying the write-ahead log into the database, with two fsyncs) are the
         # pool host's job, a few times a second (checkpoint()). SQLite's default, a checkpoint by
         # whichever commit finds the log over 1,000 pages, starves under a steady stream of short
@@ -415,11 +414,12 @@ class Table:
     def write_all(self, writes: t.Sequence[Write]) -> None:
         """Apply ``writes`` in one transaction, every value encoded before it takes the lock.
 
-        Sets only (a new job's records): one multi-row statement, which SQLite commits by itself.
+        A few sets only (a new job's records): one multi-row statement, which SQLite commits by
+        itself.
         """
         plan = self._plan(writes)
         try:
-            if len(plan) == 1 and plan[0][0] is _SET:
+            if len(plan) == 1 and plan[0][0] is _SET and len(plan[0][1]) <= 100:  # SQLite's variables
                 rows = plan[0][1]
                 sql = _SET.replace(_SET_VALUES, ", ".join([_SET_VALUES] * len(rows)), 1)
                 self._write(sql, [arg for row in rows for arg in row])
@@ -437,31 +437,38 @@ class Table:
     def _plan(self, writes: t.Sequence[Write]) -> list[tuple[str, list[tuple[t.Any, ...]]]]:
         """``writes`` as statements with their rows, in order (consecutive sets together)."""
         plan: list[tuple[str, list[tuple[t.Any, ...]]]] = []
-        for op, key, value, expire in writes:
-            if op == "set":
-                sql, args = _SET, self._row(key, value, expire)
-            elif op == "delete":
-                sql, args = "DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key)
-            elif op == "delete_if":
-                # Small plain values (the core's are job ids) are stored inline as they are.
-                _, mode, filename, db_value = self.disk.store(value, False, key=key)
-                if filename is not None:  # pragma: no cover - never a file for the core's values
-                    self.disk.remove(filename)
-                    raise ValueError("delete_if() compares small values only.")
-                sql, args = (
-                    "DELETE FROM longtask WHERE id = ? AND kind = ? AND mode = ? AND value = ?",
-                    (
-                        *_split(key),
-                        mode,
-                        db_value,
-                    ),
-                )
-            else:  # pragma: no cover - the core only makes these three
-                raise ValueError(f"Unknown write {op!r}.")
-            if plan and plan[-1][0] is sql:
-                plan[-1][1].append(args)
-            else:
-                plan.append((sql, [args]))
+        try:
+            for op, key, value, expire in writes:
+                if op == "set":
+                    sql, args = _SET, self._row(key, value, expire)
+                elif op == "delete":
+                    sql, args = "DELETE FROM longtask WHERE id = ? AND kind = ?", _split(key)
+                elif op == "delete_if":
+                    # Small plain values (the core's are job ids) are stored inline as they are.
+                    _, mode, filename, db_value = self.disk.store(value, False, key=key)
+                    if filename is not None:  # pragma: no cover - never a file for the core's values
+                        self.disk.remove(filename)
+                        raise ValueError("delete_if() compares small values only.")
+                    sql, args = (
+                        "DELETE FROM longtask WHERE id = ? AND kind = ? AND mode = ? AND value = ?",
+                        (
+                            *_split(key),
+                            mode,
+                            db_value,
+                        ),
+                    )
+                else:  # pragma: no cover - the core only makes these three
+                    raise ValueError(f"Unknown write {op!r}.")
+                if plan and plan[-1][0] is sql:
+                    plan[-1][1].append(args)
+                else:
+                    plan.append((sql, [args]))
+        except BaseException:  # a value that cannot be encoded: no file of the others may stay
+            for sql, rows in plan:
+                if sql is _SET:
+                    for r in rows:
+                        self._discard(r[4])
+            raise
         return plan
 
     def _discard(self, filename: str | None) -> None:

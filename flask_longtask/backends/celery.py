@@ -161,7 +161,7 @@ class CeleryBackend(Backend):
         pipe.set(self.prefix + key, _json.dumps(value), px=_px(expire), nx=True)
         pipe.mget(names)
         added, values = pipe.execute()
-        if added and values[0] is None:
+        if added and keys and values[0] is None:
             # The worker reads the job's record first. store_and_enqueue() sends the record and
             # the task message at once, over two connections, and its caller returns only once
             # both are stored: a worker that got here first waits for the record. None after
@@ -211,6 +211,9 @@ class CeleryBackend(Backend):
         self._flush()
         key = self.prefix + "done:" + job_id
         pipe = self.redis.pipeline(transaction=False)  # not MULTI: a blocking command would not block
+        limit = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        if limit:  # block for less than the client waits for a reply
+            timeout = min(timeout, limit * 0.8)
         pipe.blmove(key, key, t.cast(int, max(timeout, 0.001)), "LEFT", "LEFT")  # Redis takes seconds as a float
         if keys:
             pipe.mget([self.prefix + k for k in keys])
@@ -218,11 +221,15 @@ class CeleryBackend(Backend):
             replies = pipe.execute(raise_on_error=False)
         except redis.TimeoutError:  # a client socket_timeout shorter than the wait
             return self.get_many(keys) if keys else []
-        if isinstance(replies[0], redis.ResponseError):  # Redis < 6.2 has no BLMOVE: poll
+        if isinstance(replies[0], redis.ResponseError) and "unknown command" in str(replies[0]).lower():
+            # Redis < 6.2 has no BLMOVE: poll instead (other errors, such as a replica's
+            # READONLY during a failover, only cost this one wait)
             self._blocking_wait = False
             self.ends_wake_waiters = False
         if not keys:
             return []
+        if isinstance(replies[1], Exception):
+            raise replies[1]
         return [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in replies[1]]
 
     def scan(self, prefix: str) -> t.Iterator[str]:

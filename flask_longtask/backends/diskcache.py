@@ -33,9 +33,10 @@ _log = logging.getLogger(__name__)
 
 #: Every live backend that may host a pool: closed at exit, reset in a forked child.
 _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
-#: Arguments up to this size (bytes, serialised) go to the worker with the job; larger ones it
-#: reads from storage.
-_INLINE_ARGS = 256 * 1024
+#: Arguments up to this size (bytes, serialised) go to the worker with the job, which then fits
+#: in a pipe's buffer (a submit never waits for the worker to read); larger ones it reads from
+#: storage.
+_INLINE_ARGS = 32 * 1024
 
 
 class DiskcacheBackend(Backend):
@@ -258,9 +259,16 @@ class DiskcacheBackend(Backend):
         except BaseException:
             host.unreserve(slot, job_id)
             raise
-        announce()
+        # Handed over before the signal: job_started is sent in the worker's process, so no
+        # receiver here can see the two out of order, and nothing may fail between the claim
+        # and the hand-over.
         inline = job_request if len(job_request["args"]) <= _INLINE_ARGS else None
-        host.hand_over(slot, b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL))
+        message = b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL)
+        if not host.hand_over(slot, job_id, message):
+            # The worker died after it was reserved (its death may have been handled before the
+            # claim was written): the job is claimed for a process that is gone.
+            self._lost(job_id, "its worker process died before it could start the job")
+        announce()
 
     def enqueue(self, request: JobRequest) -> None:
         host = self._host
