@@ -343,16 +343,20 @@ def test_a_job_submitted_in_the_host_is_claimed_for_an_idle_worker(tmp_path: Pat
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2
             [worker] = host_pids(host)
+            slot = t.cast(t.Any, host._host)._slots[0]
+            # (a result can be read before the pool has heard from its worker that it is free)
+            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
             job = jobs.add.submit(2, 2)
             assert host.get(f"claim:{job.id}")["by"].endswith(f":{worker}:0")
-            assert job.status is JobStatus.RUNNING
             assert job.result(timeout=30) == 4
-            big = "x" * (300 * 1024)  # arguments over 256 KiB: the worker reads them from storage
+            big = "x" * (300 * 1024)  # arguments over 32 KiB: the worker reads them from storage
+            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
             assert jobs.echo.submit(big).result(timeout=30) == big
 
+            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
             os.kill(worker, signal.SIGSTOP)
             stopped = jobs.add.submit(3, 3)
-            assert stopped.status is JobStatus.RUNNING
+            assert stopped.status is JobStatus.RUNNING  # claimed for the stopped worker
             os.kill(worker, signal.SIGKILL)
             assert stopped.wait(timeout=30) is JobStatus.FAILED
             assert "killed by SIGKILL" in stopped.error["message"]

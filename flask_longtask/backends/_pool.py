@@ -59,6 +59,10 @@ QUEUED_NAME = "pool.queued"
 MAILBOX = "_lt-mail"
 #: How often the host wakes with nothing to do: mailbox, kill deadlines, maintenance.
 TICK = 0.25
+#: Seconds a submit in the host's process waits for the dispatcher's mutex to hand its job to
+#: an idle worker directly (the dispatcher holds it for a step: a few hundred microseconds,
+#: longer for a sweep); past that, the job goes through the queue.
+_RESERVE_WAIT = 0.05
 
 
 class _Slot:
@@ -138,6 +142,7 @@ class PoolHost:
         #: Jobs that ended here recently (the newest last), for waiters in this process.
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._ended_cond = threading.Condition()
+        self._ends: list[str] = []  # ended here, not yet announced to waiters
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
         self.pids: list[int] = []
 
@@ -188,6 +193,7 @@ class PoolHost:
                 _close(slot.conn)
                 slot.process.close()
             self._slots.clear()
+        self._announce_ends()
         os.ftruncate(self._queued_fd, 0)  # no host, no count
         with self._wake_lock:
             wake_w, self._wake_w = self._wake_w, -1
@@ -211,9 +217,19 @@ class PoolHost:
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
 
     def _job_ended(self, job_id: str) -> None:
+        # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken
+        # by its job's end often submits the next one at once, and that submit needs the mutex
+        # to hand it to the idle worker (reserve()).
+        self._ends.append(job_id)
+
+    def _announce_ends(self) -> None:
+        if not self._ends:
+            return
         with self._ended_cond:
-            self._ended[job_id] = time.monotonic()
-            if len(self._ended) > 1024:  # a waiter looks within moments of its job's end
+            now = time.monotonic()
+            while self._ends:
+                self._ended[self._ends.pop()] = now
+            while len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
             self._ended_cond.notify_all()
 
@@ -227,6 +243,12 @@ class PoolHost:
         if (self._queue or self._started) and len(self._slots) < self.workers:
             timeout = max(0.0, min(timeout, self._next_spawn - now))
         ready = self._poll(timeout)
+        try:
+            self._handle_ready(ready)
+        finally:
+            self._announce_ends()
+
+    def _handle_ready(self, ready: set[int]) -> None:
         with self._mutex:
             if self._fifo_r in ready:
                 self._read_fifo()
@@ -296,7 +318,7 @@ class PoolHost:
         written: they then include the claim for that worker (see ``store_and_enqueue``), and
         the worker runs the job without a claim or a read of its own. ``None`` when no worker
         is idle, jobs are waiting (they go first), or the dispatcher is busy."""
-        if not self._mutex.acquire(blocking=False):
+        if not self._mutex.acquire(timeout=_RESERVE_WAIT):  # busy for longer: take the queue
             return None
         try:
             if self._queue or self._inbox or self._stopping.is_set():
@@ -390,14 +412,14 @@ class PoolHost:
         if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
             slot.reason = data[1:].decode("utf-8", "replace")
             return
-        if slot.job_id is not None:
-            self._known.discard(slot.job_id)
-            self._kills.pop(slot.job_id, None)
-            self._requeued.discard(slot.job_id)
-            self._job_ended(slot.job_id)
-        slot.job_id = None
-        slot.preclaimed = False
+        job_id, slot.job_id, slot.preclaimed = slot.job_id, None, False
         self._respawn_delay = 0.0
+        if job_id is not None:
+            self._known.discard(job_id)
+            self._kills.pop(job_id, None)
+            self._requeued.discard(job_id)
+            # Last: a waiter woken here may submit its next job at once, to this idle worker.
+            self._job_ended(job_id)
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
         slot.process.join()

@@ -403,10 +403,7 @@ class Table:
             kept = [] if not committed or chosen is None else [plans[0 if chosen else 1]]
             for plan in plans:
                 if not any(plan is k for k in kept):
-                    for sql, rows in plan:
-                        if sql is _SET:
-                            for r in rows:
-                                self._discard(r[4])
+                    self._discard_plan(plan)
             if not committed or chosen is None:
                 self._discard(row[4])
         return chosen
@@ -428,10 +425,7 @@ class Table:
                     for sql, rows in plan:
                         self._many(sql, rows)
         except BaseException:
-            for sql, rows in plan:
-                if sql is _SET:
-                    for r in rows:
-                        self._discard(r[4])
+            self._discard_plan(plan)
             raise
 
     def _plan(self, writes: t.Sequence[Write]) -> list[tuple[str, list[tuple[t.Any, ...]]]]:
@@ -464,12 +458,16 @@ class Table:
                 else:
                     plan.append((sql, [args]))
         except BaseException:  # a value that cannot be encoded: no file of the others may stay
-            for sql, rows in plan:
-                if sql is _SET:
-                    for r in rows:
-                        self._discard(r[4])
+            self._discard_plan(plan)
             raise
         return plan
+
+    def _discard_plan(self, plan: list[tuple[str, list[tuple[t.Any, ...]]]]) -> None:
+        """Remove the files written for the values of a plan that was not (all) stored."""
+        for sql, rows in plan:
+            if sql is _SET:
+                for row in rows:
+                    self._discard(row[4])
 
     def _discard(self, filename: str | None) -> None:
         if filename is not None:
