@@ -40,6 +40,9 @@ _log = logging.getLogger(__name__)
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 #: Seconds a claim is kept at least (a week; longer if ``LONGTASK_RESULT_EXPIRE`` is longer).
 CLAIM_EXPIRE = 7 * 24 * 3600.0
+#: Seconds a submit waits for the record of the in-flight job it would join (see
+#: ``Store.join_inflight``) before it takes that job's place.
+INFLIGHT_WAIT = 5.0
 #: Seconds after which an end claim whose job still looks active is taken as abandoned.
 _STALE_END = 5.0
 
@@ -366,10 +369,7 @@ class JobStore:
             other = self.backend.get(f"inflight:{memo_key}")
             if other is MISSING:
                 continue
-            try:
-                record = self.read_record(other)  # ends it here if its worker is gone
-            except JobNotFoundError:
-                record = None
+            record = self._inflight_record(memo_key, other)
             if record is not None and (
                 record["status"] == JobStatus.SUCCEEDED.value
                 or (record["status"] in _ACTIVE and not self.is_cancel_requested(other))
@@ -379,6 +379,26 @@ class JobStore:
             # releasing the key: a new submit must not join it, so take its place.
             self._release_inflight(memo_key, other)
         raise RuntimeError(f"Could not register memo key {memo_key!r}: the backend's add() is not atomic.")
+
+    def _inflight_record(self, memo_key: str, job_id: str) -> dict[str, t.Any] | None:
+        """The record of the job holding ``memo_key``'s in-flight key, or ``None`` if it has none.
+
+        A submit registers the key before it writes the job, so a record can be missing for a
+        moment (longer when that write waits for a lock): wait for it while the key still names
+        that job, up to :data:`INFLIGHT_WAIT` seconds. Only a submitter that died between the two
+        leaves a key whose record never comes.
+        """
+        deadline = time.monotonic() + INFLIGHT_WAIT
+        delay = 0.0002
+        while True:
+            try:
+                return self.read_record(job_id)  # ends it here if its worker is gone
+            except JobNotFoundError:
+                pass
+            if time.monotonic() >= deadline or self.backend.get(f"inflight:{memo_key}") != job_id:
+                return None  # abandoned, or released by a submit that failed
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _release_inflight(self, memo_key: str, job_id: str) -> None:
         self.backend.delete_if(f"inflight:{memo_key}", job_id)

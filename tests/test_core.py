@@ -586,6 +586,59 @@ def test_single_flight_does_not_join_a_job_whose_worker_is_gone(app, longtask):
         assert longtask.get_job("d" * 32).status is JobStatus.FAILED
 
 
+def _memo_key_of(store: JobStore, task) -> str:
+    from flask_longtask import memo
+
+    return memo.make_key(task.name, task.signature.bind(), [], store.memo_generation(task.name))
+
+
+def test_single_flight_waits_for_the_job_its_key_names_to_be_written(app, longtask, monkeypatch):
+    """A submit registers the in-flight key just before it writes the job: a second identical
+    submit in between joins that job instead of taking its place (a duplicate run)."""
+    store = app.extensions["longtask"].store
+
+    @longtask.task(cache_by=[])
+    def shared() -> int:
+        return 1
+
+    looked = threading.Event()
+    read_record = store.read_record
+
+    def spied(job_id: str) -> dict:
+        try:
+            return read_record(job_id)
+        finally:
+            looked.set()
+
+    monkeypatch.setattr(store, "read_record", spied)
+    first, second = "a" * 32, "b" * 32
+    with app.app_context():
+        key = _memo_key_of(store, shared)
+        assert store.join_inflight(key, first) is None  # the first submit, before its write
+        joined: list = []
+        other = threading.Thread(target=lambda: joined.append(store.join_inflight(key, second)))
+        other.start()
+        assert looked.wait(10)  # the second submit found the key but no job yet
+        store.create(first, {"task": shared.name, "module": None, "app": app.import_name, "args": b""}, key)
+        other.join(10)
+    assert [job.id for job in joined] == [first]
+
+
+def test_single_flight_takes_over_a_key_whose_submitter_never_wrote_its_job(app, longtask, monkeypatch):
+    store = app.extensions["longtask"].store
+    monkeypatch.setattr("flask_longtask.store.INFLIGHT_WAIT", 0.2)
+
+    @longtask.task(cache_by=[])
+    def shared() -> int:
+        return 2
+
+    with app.app_context():
+        assert store.join_inflight(_memo_key_of(store, shared), "c" * 32) is None  # then it died
+        job = shared.submit()
+        assert job.id != "c" * 32 and job.result(timeout=10) == 2
+        assert store.backend.get(f"inflight:{_memo_key_of(store, shared)}") in (MISSING, job.id)
+
+
 def test_an_end_left_half_written_by_a_dead_process_is_completed(app, longtask):
     """On a store without transactions, a worker killed inside finish() leaves its end claim
     and a "running" record; once its heartbeat lapses the next reader ends the job."""
