@@ -82,14 +82,17 @@ def count_progress(n: int) -> int:
 
 
 @longtask.task
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    """Run until the test creates ``path`` (the job's own work: a poll with a deadline)."""
+def wait_for_file(path: str, timeout: float = 60.0, then: t.Any = "done", fail: str | None = None) -> t.Any:
+    """Run until the test creates ``path`` (the job's own work: a poll with a deadline), then
+    return ``then``, or raise ``fail``."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.01)
-    return "done"
+    if fail is not None:
+        raise ValueError(fail)
+    return then
 
 
 @longtask.task

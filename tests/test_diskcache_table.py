@@ -178,6 +178,40 @@ def test_waiters_in_the_host_process_are_woken_when_the_job_ends(gated: tuple[Di
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "large", "failed", "cancelled"])
+def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outcome: str) -> None:
+    """The worker sends its job's final record and result with its "done": a waiter in the host
+    process reads nothing. A result too large for that is read from storage."""
+    from flask_longtask.backends._poolworker import END_INLINE
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    value = b"x" * (END_INLINE + 1) if outcome == "large" else b"small"
+    try:
+        with make_app(host).app_context():
+            gate = tmp_path / "gate"
+            job = jobs.wait_for_file.submit(str(gate), then=value, fail="boom" if outcome == "failed" else None)
+            wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
+            if outcome == "cancelled":  # requested while it runs (no forced stop): it ends cancelled
+                host.set(f"cancel:{job.id}", time.time(), 60)
+            gate.touch()
+            ended = host.wait_for_end(job.id, 60)
+            status = JobStatus.SUCCEEDED if outcome == "large" else JobStatus(outcome)
+            assert job.status is status
+            if outcome == "large":
+                assert ended is None
+            else:
+                assert ended is not None
+                assert ended[f"job:{job.id}"] == host.get(f"job:{job.id}")
+                assert ended.get(f"result:{job.id}", MISSING) == host.get(f"result:{job.id}")
+            if status is JobStatus.SUCCEEDED:
+                assert job.result(timeout=10) == value
+            elif status is JobStatus.FAILED:
+                assert job.error is not None and job.error["message"] == "boom"
+    finally:
+        host.close()
+
+
 def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
     host, job, gate = gated
     claim = host.get(f"claim:{job.id}")

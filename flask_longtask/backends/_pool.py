@@ -28,6 +28,7 @@ import collections
 import errno
 import logging
 import os
+import pickle
 import select
 import signal
 import string
@@ -141,8 +142,11 @@ class PoolHost:
         self._next_cleanup = time.monotonic() + backend.cleanup_interval
         #: Jobs that ended here recently (the newest last), for waiters in this process.
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: What the ends of the most recent of them wrote, as their workers sent it.
+        self._end_values: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
         self._ended_cond = threading.Condition()
-        self._ends: list[str] = []  # ended here, not yet announced to waiters
+        #: Ended here, not yet announced to waiters: (job id, what its end wrote, or None).
+        self._ends: list[tuple[str, dict[str, t.Any] | None]] = []
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
         self.pids: list[int] = []
 
@@ -205,32 +209,39 @@ class PoolHost:
         os.close(self._lock_fd)  # releases the flock: a standby process takes over
         _log.info("Worker pool of %s stopped.", self.backend.directory)
 
-    def wait_done(self, job_id: str, timeout: float) -> None:
-        """Block until a worker of this pool is done with ``job_id``, or ``timeout`` seconds."""
+    def wait_done(self, job_id: str, timeout: float) -> dict[str, t.Any] | None:
+        """Block until a worker of this pool is done with ``job_id``, or ``timeout`` seconds;
+        return what the job's end wrote, if its worker sent it."""
         with self._ended_cond:
             ended = self._ended.get(job_id)
-            if ended is not None and time.monotonic() - ended > 1.0:
+            if ended is not None and job_id not in self._end_values and time.monotonic() - ended > 1.0:
                 # Reported done a while ago, yet the waiter still sees it active (it was lost,
                 # and ending it failed): no wake-up is coming, so this is a plain wait.
                 self._ended_cond.wait(timeout)
-                return
+                return None
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
+            return self._end_values.get(job_id)
 
-    def _job_ended(self, job_id: str) -> None:
+    def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None) -> None:
         # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken
         # by its job's end often submits the next one at once, and that submit needs the mutex
         # to hand it to the idle worker (reserve()).
-        self._ends.append(job_id)
+        self._ends.append((job_id, values))
 
     def _announce_ends(self) -> None:
         if not self._ends:
             return
         with self._ended_cond:
             now = time.monotonic()
-            while self._ends:
-                self._ended[self._ends.pop()] = now
+            for job_id, values in self._ends:
+                self._ended[job_id] = now
+                if values is not None:
+                    self._end_values[job_id] = values
+            self._ends.clear()
             while len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
+            while len(self._end_values) > 64:  # at most END_INLINE bytes each
+                self._end_values.popitem(last=False)
             self._ended_cond.notify_all()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -412,6 +423,11 @@ class PoolHost:
         if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
             slot.reason = data[1:].decode("utf-8", "replace")
             return
+        values = None
+        if data.startswith(b"E"):  # "E" and what its job's end wrote
+            done, values = pickle.loads(data[1:])
+            if done != slot.job_id:  # pragma: no cover - a worker answers for the job it was given
+                values = None
         job_id, slot.job_id, slot.preclaimed = slot.job_id, None, False
         self._respawn_delay = 0.0
         if job_id is not None:
@@ -419,7 +435,7 @@ class PoolHost:
             self._kills.pop(job_id, None)
             self._requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
-            self._job_ended(job_id)
+            self._job_ended(job_id, values)
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
         slot.process.join()

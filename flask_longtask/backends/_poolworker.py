@@ -13,6 +13,9 @@ _log = logging.getLogger(__name__)
 
 #: True inside a pool worker process: a backend there only stores, it never hosts a pool.
 IN_WORKER = False
+#: The largest "done" message that carries what the job's end wrote (its record and result);
+#: a larger one is sent as the job id alone, and a waiter reads the result from storage.
+END_INLINE = 16 * 1024
 
 
 def _watch_lifeline(lifeline: t.Any) -> None:
@@ -27,7 +30,9 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     """The body of a pool worker process: run the jobs the host sends, one at a time.
 
     A message is a job id, or ``P`` and the pickle of ``(job id, claimed)`` for a job the host
-    has claimed for this worker already (see :func:`flask_longtask.worker.execute`).
+    has claimed for this worker already (see :func:`flask_longtask.worker.execute`). The worker
+    answers each with its job id, or with ``E`` and the pickle of ``(job id, {key: value})``
+    of what the job's end wrote; or, when it could not store an outcome, ``!`` and why.
     """
     global IN_WORKER
     IN_WORKER = True
@@ -56,4 +61,8 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             _log.exception("Job %s: its outcome could not be stored.", job_id)
             conn.send_bytes(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
             os._exit(70)
-        conn.send_bytes(job_id.encode())
+        end = backend.take_end(job_id)
+        message = b""
+        if end is not None:  # what the end wrote, so that a waiter in the host need not read it
+            message = b"E" + pickle.dumps((job_id, end), pickle.HIGHEST_PROTOCOL)
+        conn.send_bytes(message if 0 < len(message) <= END_INLINE else job_id.encode())

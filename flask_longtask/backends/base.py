@@ -206,7 +206,7 @@ class Backend(abc.ABC):
         """
         return contextlib.nullcontext()
 
-    def wait_for_end(self, job_id: str, timeout: float) -> None:
+    def wait_for_end(self, job_id: str, timeout: float) -> t.Mapping[str, t.Any] | None:
         """Block for up to ``timeout`` seconds, or less once job ``job_id`` may have ended.
 
         :meth:`Job.wait <flask_longtask.Job.wait>` reads the job's status between calls, so a
@@ -215,17 +215,28 @@ class Backend(abc.ABC):
         waiter the rest of its polling interval. A job ends with :meth:`add_then_write` on the
         key ``end:<job_id>``: a store that can block on a key (Redis) wakes its waiters from
         there, and sets :attr:`ends_wake_waiters`.
+
+        It may return what the job's end wrote, as ``{key: value}`` of the sets of that
+        :meth:`add_then_write` (its ``writes``, or ``otherwise`` if that was chosen), when it was
+        handed them (the diskcache pool's workers send them with their "done"): the waiter then
+        reads nothing. Return ``None`` otherwise (the default).
         """
         time.sleep(timeout)
+        return None
 
     def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
         """:meth:`wait_for_end`, then :meth:`get_many`: how ``Job.wait`` waits and looks again.
 
         A backend whose wait is a request to its store can send both at once (the Redis backend
         pipelines its blocking wait with the read), so a waiter learns of the end in one round
-        trip. The default calls one after the other.
+        trip. The default calls one after the other, or, when :meth:`wait_for_end` returns what
+        the job's end wrote and that includes ``keys[0]`` (the core asks for the job's record
+        first), answers from it: the record and the result as the end wrote them, ``MISSING``
+        for the rest (a claim or a heartbeat, which mean nothing once the job has ended).
         """
-        self.wait_for_end(job_id, timeout)
+        ended = self.wait_for_end(job_id, timeout)
+        if ended is not None and keys and keys[0] in ended:
+            return [ended.get(key, MISSING) for key in keys]
         return self.get_many(keys)
 
     @abc.abstractmethod

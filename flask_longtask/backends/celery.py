@@ -200,6 +200,7 @@ class CeleryBackend(Backend):
 
     def wait_for_end(self, job_id: str, timeout: float) -> None:
         self.wait_then_get_many(job_id, timeout, [])
+        return None
 
     def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
         # BLMOVE from a list to itself returns at once if the job's end has pushed to it, else

@@ -102,6 +102,8 @@ class DiskcacheBackend(Backend):
         self._fifo: _pool.FifoClient | None = None
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
+        #: In a pool worker: ``(job id, writes)`` of the last job end written here.
+        self._end: tuple[str, t.Sequence[Write]] | None = None
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -215,7 +217,19 @@ class DiskcacheBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        return self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
+        chosen = self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
+        if chosen is not None and _poolworker.IN_WORKER and key.startswith("end:"):
+            # A pool worker sends what its job's end wrote with its "done" (see take_end()).
+            self._end = (key[4:], writes if chosen else otherwise)
+        return chosen
+
+    def take_end(self, job_id: str) -> dict[str, t.Any] | None:
+        """In a pool worker: the values the end of job ``job_id`` wrote here (``None`` if some
+        other process ended it), then forgotten."""
+        end, self._end = self._end, None
+        if end is None or end[0] != job_id:
+            return None
+        return {key: value for op, key, value, _ in end[1] if op == "set"}
 
     def write_all(self, writes: t.Sequence[Write]) -> None:
         self.table.write_all(writes)
@@ -294,12 +308,15 @@ class DiskcacheBackend(Backend):
             return None
         return int(text) if text.isdigit() else None
 
-    def wait_for_end(self, job_id: str, timeout: float) -> None:
+    def wait_for_end(self, job_id: str, timeout: float) -> dict[str, t.Any] | None:
         host = self._host
         if host is None:  # the pool runs in another process: poll
             time.sleep(timeout)
-        else:  # it runs here: woken the moment a worker reports the job done (or lost)
-            host.wait_done(job_id, timeout)
+            return None
+        # It runs here: woken the moment a worker reports the job done (or lost), with what
+        # the job's end wrote when the worker sent it.
+        ended = host.wait_done(job_id, timeout)
+        return ended
 
     def terminate(self, job_id: str, grace: float) -> None:
         self._send(f"k {job_id} {time.time() + grace:.3f}")
