@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 import typing as t
 import weakref
 
@@ -248,7 +249,7 @@ class LongTask:
             if queued is not None and queued >= limit:
                 raise QueueFullError(queued, limit)
 
-        job_id = secrets.token_hex(16)
+        job_id = new_job_id()
         if memo_key is not None:
             other = store.join_inflight(memo_key, job_id)
             if other is not None:
@@ -286,6 +287,17 @@ class LongTask:
             f"No Flask app {import_name!r} is registered with this LongTask in this worker process."
             " Create the app where the tasks are defined, or pass 'LongTask(app_factory=create_app)'."
         )
+
+
+def new_job_id() -> str:
+    """32 hex digits: the time in milliseconds (12 digits), then 80 random bits.
+
+    Time first, as in a UUIDv7: the ids of new jobs sort after those of older ones, so storage
+    that keeps keys in order (the diskcache backend's SQLite table) writes each new job next to
+    the newest ones, in a page already in memory, instead of into a random page of the table.
+    80 random bits keep ids unguessable.
+    """
+    return f"{time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
 
 
 def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any]) -> TypeError:

@@ -52,7 +52,7 @@ class Job(t.Generic[R]):
     __slots__ = ("id", "_store")
 
     def __init__(self, store: JobStore, job_id: str) -> None:
-        #: The job's id: a random, unguessable string.
+        #: The job's id: 32 hex digits, the submit time (ms) then 80 random bits (unguessable).
         self.id: str = job_id
         self._store = store
 

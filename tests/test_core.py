@@ -138,6 +138,10 @@ def test_job_ids_are_unguessable_and_status_is_a_str_enum(app, longtask):
             job.result(timeout=10)
     assert len({j.id for j in jobs}) == 20
     assert all(re.fullmatch(r"[0-9a-f]{32}", j.id) for j in jobs)
+    # The submit time (ms) first, so storage writes new jobs side by side; then 80 random bits.
+    stamps = [int(j.id[:12], 16) for j in jobs]
+    assert stamps == sorted(stamps) and abs(stamps[0] - time.time() * 1000) < 60_000
+    assert len({j.id[12:] for j in jobs}) == 20
     assert JobStatus.SUCCEEDED == "succeeded" and str(JobStatus.QUEUED) == "queued"
     assert JobStatus.CANCELLED.is_finished and not JobStatus.RUNNING.is_finished
 
