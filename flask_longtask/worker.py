@@ -285,6 +285,7 @@ def execute(
     task: Task[..., t.Any] | None = None,
     app: Flask | None = None,
     claimed: tuple[float, dict[str, t.Any], dict[str, t.Any] | None] | None = None,
+    go: t.Callable[[], bool] | None = None,
 ) -> JobStatus | None:
     """Run job ``job_id`` here and now, if nobody else has; return its final status.
 
@@ -294,7 +295,9 @@ def execute(
 
     ``claimed`` is ``(claim time, record, request or None)`` of a job already claimed for this
     worker by whoever handed it over (the diskcache pool, for a job submitted in its host
-    process): it runs without a claim or a read of its own.
+    process): it runs without a claim or a read of its own. With ``go``, the claim is still
+    being stored: the job is prepared (its task and app found), then runs only if ``go()``
+    returns true; nothing observable happens before.
     """
     if claimed is None:
         # Claim the job and read what it needs in one round trip: only the winner of the claim
@@ -314,17 +317,22 @@ def execute(
         # ticker's first look, the forced stop and the end's atomic check see to it.
         started, record, request = claimed
         cancelled = MISSING
+    failure: Exception | None = None
+    try:
+        if request is not None and request is not MISSING:
+            task, app = _task_and_app(request, task, app)
+    except Exception as exc:
+        failure = exc
+    if go is not None and not go():
+        return None
+    try:
+        if failure is not None:
+            raise failure
         if request is None:  # too large to hand over inline
             request = backend.get(f"request:{job_id}")
-    try:
         if request is MISSING:
             raise LookupError("the job's request record is missing (expired or deleted)")
-        if task is None:
-            from .task import lookup_task
-
-            task = lookup_task(request["task"], request.get("module"))
-        if app is None:
-            app = task.longtask._app_for(request["app"])
+        task, app = _task_and_app(request, task, app)
     except Exception as exc:
         JobStore(backend).finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
         return JobStatus.FAILED
@@ -348,6 +356,18 @@ def execute(
             store.finish(ctx._close(), JobStatus.FAILED, app=app, error=err)
             return JobStatus.FAILED
         return _run(ctx, task, app, args, kwargs)
+
+
+def _task_and_app(
+    request: dict[str, t.Any], task: Task[..., t.Any] | None, app: Flask | None
+) -> tuple[Task[..., t.Any], Flask]:
+    if task is None:
+        from .task import lookup_task
+
+        task = lookup_task(request["task"], request.get("module"))
+    if app is None:
+        app = task.longtask._app_for(request["app"])
+    return task, app
 
 
 def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any) -> JobStatus:

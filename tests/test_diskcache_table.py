@@ -397,3 +397,40 @@ def test_a_job_submitted_in_the_host_is_claimed_for_an_idle_worker(tmp_path: Pat
             assert jobs.add.submit(4, 4).result(timeout=30) == 8
     finally:
         host.close()
+
+
+def test_a_job_whose_records_fail_to_be_stored_after_the_hand_over_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker is handed its job while the job's records are written (its wake-up overlaps the
+    commit) and starts it only on the host's "go": if the write fails, the submit raises,
+    nothing ran, nothing is stored, and the worker serves the next job."""
+    import errno
+
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    log = tmp_path / "log"
+    try:
+        with make_app(host).app_context():
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2
+            pool = t.cast(t.Any, host._host)
+            slot = pool._slots[0]
+            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+            handed: list[bool] = []
+            hand_over = pool.hand_over
+            monkeypatch.setattr(pool, "hand_over", lambda *args: handed.append(hand_over(*args)) or handed[-1])
+
+            def disk_full(*args: t.Any) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(host.table, "_apply", disk_full)
+            with pytest.raises(OSError, match="No space left"):
+                jobs.record.submit(str(log), 1)
+            monkeypatch.undo()
+            assert handed == [True]  # the worker had the job before the write failed
+            assert jobs.record.submit(str(log), 2).result(timeout=30) == 4
+            assert [line.split()[:2] for line in log.read_text().splitlines()] == [["start", "2"], ["end", "2"]]
+            assert len(list(host.scan("job:"))) == 2  # the add and the second record only
+    finally:
+        host.close()

@@ -343,16 +343,28 @@ class PoolHost:
         finally:
             self._mutex.release()
 
+    def go(self, slot: _Slot, start: bool) -> bool:
+        """Tell a worker that was handed a job whether to start it (its records are stored) or
+        drop it (they could not be); ``False`` if that worker is gone."""
+        try:
+            slot.conn.send_bytes(b"G" if start else b"N")
+        except (OSError, ValueError):
+            return False
+        return slot in self._slots
+
     def unreserve(self, slot: _Slot, job_id: str) -> None:
         """Give back a worker :meth:`reserve` took, for a job whose records could not be written."""
         with self._mutex:
             if slot.job_id == job_id:
                 slot.job_id = None
+                slot.preclaimed = False
             self._known.discard(job_id)
         self._wake()  # jobs may have queued meanwhile
 
     def hand_over(self, slot: _Slot, job_id: str, message: bytes) -> bool:
-        """Send a reserved worker its (claimed) job; ``False`` if that worker is gone already."""
+        """Send a reserved worker its (claimed) job; ``False`` if that worker is gone already.
+
+        The worker prepares the job, then waits for :meth:`go`."""
         # No lock (the dispatcher may be busy for a while): flag first, then look. _reap removes
         # a dead worker's slot first and reads the flag after, so either it sees the flag and
         # fails the job, or we see the slot gone and the caller does.

@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import typing as t
 
 _log = logging.getLogger(__name__)
@@ -16,6 +17,8 @@ IN_WORKER = False
 #: The largest "done" message that carries what the job's end wrote (its record and result);
 #: a larger one is sent as the job id alone, and a waiter reads the result from storage.
 END_INLINE = 16 * 1024
+#: Seconds a worker looks for the host's "go" before it blocks (see _Go).
+GO_SPIN = 0.0005
 
 
 def _watch_lifeline(lifeline: t.Any) -> None:
@@ -26,11 +29,31 @@ def _watch_lifeline(lifeline: t.Any) -> None:
     os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
 
 
+class _Go:
+    """Waits for the host's word on a job it handed over while it stored the job's records:
+    ``G`` (stored: run it) or ``N`` (not stored: drop it)."""
+
+    def __init__(self, conn: t.Any) -> None:
+        self.conn = conn
+        self.answer: bool | None = None
+
+    def __call__(self) -> bool:
+        # The word comes as soon as the host's commit is done, which this worker's wake-up and
+        # preparation overlapped: look for it for a moment before sleeping, which would cost
+        # another wake-up.
+        deadline = time.perf_counter() + GO_SPIN
+        while not self.conn.poll(0) and time.perf_counter() < deadline:
+            pass
+        self.answer = self.conn.recv_bytes() == b"G"
+        return self.answer
+
+
 def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     """The body of a pool worker process: run the jobs the host sends, one at a time.
 
     A message is a job id, or ``P`` and the pickle of ``(job id, claimed)`` for a job the host
-    has claimed for this worker already (see :func:`flask_longtask.worker.execute`). The worker
+    has claimed for this worker (see :func:`flask_longtask.worker.execute`), followed by ``G``
+    once that claim is stored, or ``N`` if it could not be. The worker
     answers each with its job id, or with ``E`` and the pickle of ``(job id, {key: value})``
     of what the job's end wrote; or, when it could not store an outcome, ``!`` and why.
     """
@@ -48,12 +71,14 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
             return
+        go = None
         if data[:1] == b"P":
             job_id, claimed = pickle.loads(data[1:])
+            go = _Go(conn)
         else:
             job_id, claimed = data.decode(), None
         try:
-            execute(backend, job_id, claimed=claimed)
+            execute(backend, job_id, claimed=claimed, go=go)
         except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
             # process whose file writes fail cannot save coverage data either.
             # Storage failed under the job (disk full, directory gone): this process cannot record
@@ -61,6 +86,8 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             _log.exception("Job %s: its outcome could not be stored.", job_id)
             conn.send_bytes(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
             os._exit(70)
+        if go is not None and go.answer is False:
+            continue  # its records could not be stored: nothing ran, and the host took us back
         end = backend.take_end(job_id)
         message = b""
         if end is not None:  # what the end wrote, so that a waiter in the host need not read it

@@ -54,6 +54,17 @@ _SET = (
     " ON CONFLICT (id, kind) DO UPDATE SET"
     " expire = excluded.expire, mode = excluded.mode, filename = excluded.filename, value = excluded.value"
 )
+_SET_MANY: dict[int, str] = {}
+
+
+def _set_many(rows: int) -> str:
+    """The upsert of ``rows`` rows in one statement."""
+    sql = _SET_MANY.get(rows)
+    if sql is None:
+        sql = _SET_MANY[rows] = _SET.replace(_SET_VALUES, ", ".join([_SET_VALUES] * rows), 1)
+    return sql
+
+
 # An expired row counts as absent: add() replaces it.
 _ADD = _SET + " WHERE longtask.expire IS NOT NULL AND longtask.expire <= ?"
 _LIVE = "(expire IS NULL OR expire > ?)"
@@ -304,6 +315,13 @@ class Table:
             state.files.clear()
             self._unlock_writers(state)
 
+    def begin(self) -> None:
+        """Begin the open batch's transaction now: take the writers' lock (which every other
+        writer then waits for) before its first statement."""
+        state = self._state
+        if state.depth and not state.begun:
+            self._begin(state)
+
     def _begin(self, state: _Thread) -> None:
         self._lock_writers(state)
         state.begun = True  # from here on, the batch's end commits or rolls back, and unlocks
@@ -386,23 +404,24 @@ class Table:
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        # Every value is encoded before the transaction takes the lock.
+        # The values are encoded before the transaction takes the lock; the "otherwise" ones (a
+        # cancelled job's end: rare) only when they are chosen.
         row = self._row(key, value, expire)
-        plans = [self._plan(writes), self._plan(otherwise)]
+        plans = [self._plan(writes), []]
         chosen: bool | None = None
         committed = False
         try:
             with self.batch():
                 if self._run(_ADD, (*row, time.time())).rowcount == 1:
                     chosen = unless is None or self.get(unless) is MISSING
-                    for sql, rows in plans[0 if chosen else 1]:
-                        self._many(sql, rows)
+                    if not chosen:
+                        plans[1] = self._plan(otherwise)
+                    self._apply(plans[0 if chosen else 1])
             committed = True
         finally:
             # Remove the files of values that were not written (all of them, if it failed).
-            kept = [] if not committed or chosen is None else [plans[0 if chosen else 1]]
-            for plan in plans:
-                if not any(plan is k for k in kept):
+            for i, plan in enumerate(plans):
+                if not committed or chosen is not (i == 0):
                     self._discard_plan(plan)
             if not committed or chosen is None:
                 self._discard(row[4])
@@ -416,17 +435,26 @@ class Table:
         """
         plan = self._plan(writes)
         try:
-            if len(plan) == 1 and plan[0][0] is _SET and len(plan[0][1]) <= 100:  # SQLite's variables
-                rows = plan[0][1]
-                sql = _SET.replace(_SET_VALUES, ", ".join([_SET_VALUES] * len(rows)), 1)
-                self._write(sql, [arg for row in rows for arg in row])
+            if len(plan) == 1:
+                self._apply(plan)
             else:
                 with self.batch():
-                    for sql, rows in plan:
-                        self._many(sql, rows)
+                    self._apply(plan)
         except BaseException:
             self._discard_plan(plan)
             raise
+
+    def _apply(self, plan: list[tuple[str, list[tuple[t.Any, ...]]]]) -> None:
+        """Run a plan's statements: up to 100 sets (SQLite's limit on variables) as one multi-row
+        statement, one row as one statement, more rows with ``executemany``."""
+        for sql, rows in plan:
+            if len(rows) == 1:
+                self._write(sql, rows[0])
+            elif sql is _SET and len(rows) <= 100:
+                self._write(_set_many(len(rows)), [arg for row in rows for arg in row])
+            else:
+                with self.batch():
+                    self._many(sql, rows)
 
     def _plan(self, writes: t.Sequence[Write]) -> list[tuple[str, list[tuple[t.Any, ...]]]]:
         """``writes`` as statements with their rows, in order (consecutive sets together)."""

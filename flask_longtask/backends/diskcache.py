@@ -253,8 +253,13 @@ class DiskcacheBackend(Backend):
 
     def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
         # In the process hosting the pool, with a worker idle: the job's records, and the claim
-        # for that worker, in one transaction; then the worker gets the job with its record and
+        # for that worker, in one transaction; the worker gets the job with its record and
         # request, and runs it without a transaction or a read of its own.
+        #
+        # It gets the job while the transaction is written, so that its wake-up and its
+        # preparation overlap the commit; it starts the job only on the "go" sent after the
+        # commit ("no" if the commit failed: then nothing ran). Its own writes (the job's end,
+        # its heartbeat) queue behind the writers' lock this transaction holds.
         host = self._host
         slot = host.reserve(request.job_id) if host is not None else None
         if host is None or slot is None:
@@ -268,20 +273,26 @@ class DiskcacheBackend(Backend):
         record, job_request = values[f"job:{job_id}"], values[f"request:{job_id}"]
         started = time.time()
         claim = {"by": owner_of(slot.process.pid, 0), "at": started}
-        try:
-            self.write_all([*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))])
-        except BaseException:
-            host.unreserve(slot, job_id)
-            raise
-        # Handed over before the signal: job_started is sent in the worker's process, so no
-        # receiver here can see the two out of order, and nothing may fail between the claim
-        # and the hand-over.
         inline = job_request if len(job_request["args"]) <= _INLINE_ARGS else None
         message = b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL)
-        if not host.hand_over(slot, job_id, message):
-            # The worker died after it was reserved (its death may have been handled before the
-            # claim was written): the job is claimed for a process that is gone.
+        table = self.table
+        handed = False
+        try:
+            with table.batch():
+                table.begin()  # the writers' lock first: the worker's writes wait for the commit
+                handed = host.hand_over(slot, job_id, message)
+                table.write_all([*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))])
+        except BaseException:
+            if handed:
+                host.go(slot, False)
+            host.unreserve(slot, job_id)
+            raise
+        if not handed or not host.go(slot, True):
+            # The worker died after it was reserved: the job is claimed for a process that is
+            # gone. (If its death is handled after the commit, the pool fails the job too.)
             self._lost(job_id, "its worker process died before it could start the job")
+        # The signal after the go: job_started is sent in the worker's process, once the job
+        # is stored, so no receiver here can see the two out of order.
         announce()
 
     def enqueue(self, request: JobRequest) -> None:
