@@ -42,9 +42,12 @@ class _Go:
         # preparation overlapped: look for it for a moment before sleeping, which would cost
         # another wake-up.
         deadline = time.perf_counter() + GO_SPIN
-        while not self.conn.poll(0) and time.perf_counter() < deadline:
-            pass
-        self.answer = self.conn.recv_bytes() == b"G"
+        try:
+            while not self.conn.poll(0) and time.perf_counter() < deadline:
+                pass
+            self.answer = self.conn.recv_bytes() == b"G"
+        except (EOFError, OSError):  # pragma: no cover - the host died: the lifeline ends us
+            self.answer = False
         return self.answer
 
 
