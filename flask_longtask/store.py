@@ -385,8 +385,9 @@ class JobStore:
 
         A submit registers the key before it writes the job, so a record can be missing for a
         moment (longer when that write waits for a lock): wait for it while the key still names
-        that job, up to :data:`INFLIGHT_WAIT` seconds. Only a submitter that died between the two
-        leaves a key whose record never comes.
+        that job, up to :data:`INFLIGHT_WAIT` seconds. A submitter that died between the two
+        leaves a key whose record never comes; one that waited longer than that for its write
+        is taken over too (the job may then run twice).
         """
         deadline = time.monotonic() + INFLIGHT_WAIT
         delay = 0.0002

@@ -74,6 +74,31 @@ def test_write_all_stores_every_row_once(backend: DiskcacheBackend, tmp_path: Pa
     assert len(value_files(directory)) == 1
 
 
+class _Spy:
+    """Pickles to itself, noting whether its thread held the writers' lock as it was encoded."""
+
+    seen: t.ClassVar[list[bool]] = []
+
+    def __init__(self, table: _table.Table) -> None:
+        self.table = table
+
+    def __reduce__(self) -> tuple[t.Any, ...]:
+        _Spy.seen.append(self.table._state.locked)
+        return (int, (7,))
+
+
+def test_write_all_calls_locked_under_the_writers_lock_after_encoding(backend: DiskcacheBackend) -> None:
+    """How a job is handed to a worker while its records are committed: the values are encoded
+    first (never under the lock every process's writers queue on), then ``locked()`` runs with
+    the lock held, then the rows are written and committed."""
+    table = backend.table
+    held: list[bool] = []
+    _Spy.seen.clear()
+    table.write_all([("set", "job:spy", _Spy(table), None)], locked=lambda: held.append(table._state.locked))
+    assert (_Spy.seen, held) == ([False], [True])
+    assert backend.get("job:spy") == 7 and not table._state.locked and not table.in_batch
+
+
 def test_expired_large_values_are_swept_with_their_files(backend: DiskcacheBackend, tmp_path: Path) -> None:
     backend.set("result:big", BIG, expire=0.05)
     backend.set("result:small", 1)

@@ -220,7 +220,9 @@ class PoolHost:
                 self._ended_cond.wait(timeout)
                 return None
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
-            return self._end_values.get(job_id)
+            values = self._end_values.get(job_id)
+        # Each waiter its own copies: a caller may change the record it is given.
+        return None if values is None else {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
 
     def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None) -> None:
         # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken

@@ -17,8 +17,10 @@ IN_WORKER = False
 #: The largest "done" message that carries what the job's end wrote (its record and result);
 #: a larger one is sent as the job id alone, and a waiter reads the result from storage.
 END_INLINE = 16 * 1024
-#: Seconds a worker looks for the host's "go" before it blocks (see _Go).
+#: Seconds a worker looks for the host's "go" before it blocks (see _Go), when this process
+#: may run on more than one CPU (on one, looking only delays the host's commit).
 GO_SPIN = 0.0005
+_SPARE_CPU = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
 
 
 def _watch_lifeline(lifeline: t.Any) -> None:
@@ -41,10 +43,10 @@ class _Go:
         # The word comes as soon as the host's commit is done, which this worker's wake-up and
         # preparation overlapped: look for it for a moment before sleeping, which would cost
         # another wake-up.
-        deadline = time.perf_counter() + GO_SPIN
+        deadline = time.perf_counter() + (GO_SPIN if _SPARE_CPU else 0.0)
         try:
             while not self.conn.poll(0) and time.perf_counter() < deadline:
-                pass
+                os.sched_yield()  # a runnable thread on this CPU (the host's commit?) goes first
             self.answer = self.conn.recv_bytes() == b"G"
         except (EOFError, OSError):  # pragma: no cover - the host died: the lifeline ends us
             self.answer = False
@@ -93,6 +95,8 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             continue  # its records could not be stored: nothing ran, and the host took us back
         end = backend.take_end(job_id)
         message = b""
-        if end is not None:  # what the end wrote, so that a waiter in the host need not read it
+        # What the end wrote, so that a waiter in the host need not read it (not a large result:
+        # not even pickled to see that it is).
+        if end is not None and sum(len(v) for v in end.values() if isinstance(v, bytes)) < END_INLINE:
             message = b"E" + pickle.dumps((job_id, end), pickle.HIGHEST_PROTOCOL)
         conn.send_bytes(message if 0 < len(message) <= END_INLINE else job_id.encode())

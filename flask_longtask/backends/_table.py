@@ -315,12 +315,10 @@ class Table:
             state.files.clear()
             self._unlock_writers(state)
 
-    def begin(self) -> None:
-        """Begin the open batch's transaction now: take the writers' lock (which every other
-        writer then waits for) before its first statement."""
-        state = self._state
-        if state.depth and not state.begun:
-            self._begin(state)
+    @property
+    def in_batch(self) -> bool:
+        """Whether this thread is inside :meth:`batch` (its writes commit when that ends)."""
+        return bool(self._state.depth)
 
     def _begin(self, state: _Thread) -> None:
         self._lock_writers(state)
@@ -427,18 +425,24 @@ class Table:
                 self._discard(row[4])
         return chosen
 
-    def write_all(self, writes: t.Sequence[Write]) -> None:
+    def write_all(self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None) -> None:
         """Apply ``writes`` in one transaction, every value encoded before it takes the lock.
 
         A few sets only (a new job's records): one multi-row statement, which SQLite commits by
-        itself.
+        itself. ``locked()`` is called once the transaction holds the writers' lock, before the
+        writes: every other writer then waits for their commit.
         """
         plan = self._plan(writes)
         try:
-            if len(plan) == 1:
+            if len(plan) == 1 and locked is None:
                 self._apply(plan)
             else:
                 with self.batch():
+                    if locked is not None:
+                        state = self._state
+                        if not state.begun:
+                            self._begin(state)
+                        locked()
                     self._apply(plan)
         except BaseException:
             self._discard_plan(plan)

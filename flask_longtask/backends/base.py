@@ -10,6 +10,7 @@ abstract methods below and proves itself with :mod:`flask_longtask.testing`.
 from __future__ import annotations
 
 import abc
+import collections.abc
 import contextlib
 import pickle
 import time
@@ -235,7 +236,7 @@ class Backend(abc.ABC):
         for the rest (a claim or a heartbeat, which mean nothing once the job has ended).
         """
         ended = self.wait_for_end(job_id, timeout)
-        if ended is not None and keys and keys[0] in ended:
+        if isinstance(ended, collections.abc.Mapping) and keys and keys[0] in ended:
             return [ended.get(key, MISSING) for key in keys]
         return self.get_many(keys)
 

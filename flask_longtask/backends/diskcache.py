@@ -261,7 +261,8 @@ class DiskcacheBackend(Backend):
         # commit ("no" if the commit failed: then nothing ran). Its own writes (the job's end,
         # its heartbeat) queue behind the writers' lock this transaction holds.
         host = self._host
-        slot = host.reserve(request.job_id) if host is not None else None
+        # (Not inside a caller's batch: its commit, and so the go, would come later.)
+        slot = host.reserve(request.job_id) if host is not None and not self.table.in_batch else None
         if host is None or slot is None:
             super().store_and_enqueue(writes, request, announce)
             return
@@ -275,13 +276,16 @@ class DiskcacheBackend(Backend):
         claim = {"by": owner_of(slot.process.pid, 0), "at": started}
         inline = job_request if len(job_request["args"]) <= _INLINE_ARGS else None
         message = b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL)
-        table = self.table
         handed = False
+
+        def hand_over() -> None:  # under the writers' lock: the worker's writes wait for the commit
+            nonlocal handed
+            handed = host.hand_over(slot, job_id, message)
+
         try:
-            with table.batch():
-                table.begin()  # the writers' lock first: the worker's writes wait for the commit
-                handed = host.hand_over(slot, job_id, message)
-                table.write_all([*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))])
+            self.table.write_all(
+                [*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))], locked=hand_over
+            )
         except BaseException:
             if handed:
                 host.go(slot, False)
