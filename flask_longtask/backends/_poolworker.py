@@ -93,10 +93,12 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             os._exit(70)
         if go is not None and go.answer is False:
             continue  # its records could not be stored: nothing ran, and the host took us back
+        # With what the end wrote, so that a waiter in the host need not read it (a large result
+        # is not even pickled to see that it is).
+        message = job_id.encode()
         end = backend.take_end(job_id)
-        message = b""
-        # What the end wrote, so that a waiter in the host need not read it (not a large result:
-        # not even pickled to see that it is).
         if end is not None and sum(len(v) for v in end.values() if isinstance(v, bytes)) < END_INLINE:
-            message = b"E" + pickle.dumps((job_id, end), pickle.HIGHEST_PROTOCOL)
-        conn.send_bytes(message if 0 < len(message) <= END_INLINE else job_id.encode())
+            with_end = b"E" + pickle.dumps((job_id, end), pickle.HIGHEST_PROTOCOL)
+            if len(with_end) <= END_INLINE:
+                message = with_end
+        conn.send_bytes(message)

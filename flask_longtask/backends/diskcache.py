@@ -330,8 +330,7 @@ class DiskcacheBackend(Backend):
             return None
         # It runs here: woken the moment a worker reports the job done (or lost), with what
         # the job's end wrote when the worker sent it.
-        ended = host.wait_done(job_id, timeout)
-        return ended
+        return host.wait_done(job_id, timeout)
 
     def terminate(self, job_id: str, grace: float) -> None:
         self._send(f"k {job_id} {time.time() + grace:.3f}")
