@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from flask_longtask import JobStatus
 from flask_longtask.backends import _table
 from flask_longtask.backends.base import MISSING
 from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.exceptions import JobFailedError
 from tests.helpers import wait_for
 from tests.test_diskcache import host_pids, make_app
 
@@ -235,6 +237,90 @@ def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outco
                 assert job.error is not None and job.error["message"] == "boom"
     finally:
         host.close()
+
+
+def _watched(host: DiskcacheBackend) -> bool:
+    """Whether a thread waiting for a job reads its worker's pipe in place of the dispatcher."""
+    pool = host._host
+    return pool is not None and any(slot.watched for slot in pool._slots)
+
+
+def test_a_waiter_that_gives_up_hands_its_worker_back_to_the_dispatcher(
+    gated: tuple[DiskcacheBackend, t.Any, Path],
+) -> None:
+    """A waiter reads its job's worker itself while it waits; when it stops waiting before the
+    job ends, the dispatcher hears of the end (here: the pool's one worker runs the next job)."""
+    from tests import diskcache_jobs as jobs
+
+    host, job, gate = gated
+    assert host.wait_for_end(job.id, 0.05) is None  # gives up: the job still runs
+    assert not _watched(host)
+    gate.touch()  # the job ends with nobody here waiting for it
+    following = jobs.add.submit(2, 3)
+    wait_for(lambda: following.status is JobStatus.SUCCEEDED, 30, "the next job to run on the same worker")
+    assert job.status is JobStatus.SUCCEEDED
+    assert following.result(timeout=10) == 5
+
+
+def test_every_waiter_of_a_job_is_woken_when_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+    """One waiter reads the worker's "done"; the others learn of it from that one."""
+    host, job, gate = gated
+    results: list[t.Any] = []
+    waiters = [threading.Thread(target=lambda: results.append(job.result(timeout=30))) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    wait_for(lambda: _watched(host), 30, "a waiter to read the worker's pipe")
+    gate.touch()
+    for waiter in waiters:
+        waiter.join(30)
+    assert results == ["done"] * 3
+
+
+def test_a_waiter_learns_at_once_that_the_worker_it_reads_died(tmp_path: Path) -> None:
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    try:
+        with make_app(host).app_context():
+            pid_file = tmp_path / "pid"
+            job = jobs.stubborn.submit(str(pid_file))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 30, "the job to start")
+            failures: list[BaseException] = []
+
+            def wait() -> None:
+                try:
+                    job.result(timeout=30)
+                except BaseException as exc:
+                    failures.append(exc)
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            wait_for(lambda: _watched(host), 30, "the waiter to read the worker's pipe")
+            started = time.monotonic()
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            waiter.join(30)
+            assert time.monotonic() - started < 2.0
+            [failure] = failures
+            assert isinstance(failure, JobFailedError)
+            assert "killed by SIGKILL" in str(failure)
+            assert jobs.add.submit(1, 1).result(timeout=30) == 2  # a new worker took its place
+    finally:
+        host.close()
+
+
+def test_the_dispatcher_does_not_wait_for_a_message_a_waiter_took(
+    gated: tuple[DiskcacheBackend, t.Any, Path],
+) -> None:
+    """The dispatcher may find a worker's pipe ready, then a waiter read the message before the
+    dispatcher got the mutex: it must not block on the empty pipe."""
+    host, job, gate = gated
+    pool = t.cast(t.Any, host._host)
+    [slot] = pool._slots
+    with pool._mutex:
+        pool._read_done(slot)  # nothing to read: returns at once
+        assert slot.job_id == job.id
+    gate.touch()
+    assert job.result(timeout=30) == "done"
 
 
 def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:

@@ -25,6 +25,7 @@ on the dead host and queues the ones that never started.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -69,7 +70,7 @@ _RESERVE_WAIT = 0.05
 class _Slot:
     """One worker process and the job it runs."""
 
-    __slots__ = ("conn", "job_id", "lifeline", "preclaimed", "process", "reason", "started")
+    __slots__ = ("conn", "job_id", "lifeline", "pending", "preclaimed", "process", "reason", "started", "watched")
 
     def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
         self.process = process
@@ -81,6 +82,31 @@ class _Slot:
         self.started = time.monotonic()
         #: Why the worker is about to exit, when it says so first (it could not store an outcome).
         self.reason: str | None = None
+        #: Whether a thread waiting for its job reads its pipe (the dispatcher then does not).
+        self.watched = False
+        #: Bytes read from its pipe beyond the last whole message (see _recv).
+        self.pending = b""
+
+    def recv(self) -> bytes:
+        """The worker's next message, as ``Connection.send_bytes`` framed it (a 4-byte length,
+        then the bytes): read in one system call when it is all there, where ``recv_bytes``
+        makes two. Blocks for the rest of a message that is not.
+
+        :raises EOFError: the worker closed its end (it died).
+        """
+        buf = self.pending
+        while True:
+            if len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big", signed=True)
+                if len(buf) >= end >= 4:
+                    self.pending = buf[end:]
+                    return buf[4:end]
+                if end < 4:  # pragma: no cover - a worker's messages are far below 2 GiB
+                    raise OSError("a pool worker sent a malformed message")
+            chunk = os.read(self.conn.fileno(), 65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -127,10 +153,17 @@ class PoolHost:
         #: Jobs pushed locally while the dispatcher held the mutex (push_local never waits).
         self._inbox: collections.deque[str] = collections.deque()
         self._wake_lock = threading.Lock()
-        self._poller = select.poll()
-        self._polled: list[int] = []
+        #: The dispatcher's poll set. An epoll, so that a waiting thread can take a worker's
+        #: pipe out of it (and put it back) while the dispatcher is blocked in it (see watch()).
+        self._poller = select.epoll()
+        #: The workers in the poll set, which is rebuilt when they change.
+        self._polled: list[_Slot] = []
+        #: Held while the poll set is rebuilt or a worker's pipe is taken out or put back.
+        self._poll_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe means it is awake already: never wait
+        self._poller.register(self._fifo_r, select.EPOLLIN)
+        self._poller.register(self._wake_r, select.EPOLLIN)
         self._thread: threading.Thread | None = None
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
         self.ran = False
@@ -182,6 +215,7 @@ class PoolHost:
                 os.close(fd)
             except OSError:
                 pass
+        self._poller.close()
 
     def _shutdown(self) -> None:
         with self._mutex:  # push_local leaves jobs in storage from here (through the inbox)
@@ -206,12 +240,27 @@ class PoolHost:
                 os.close(fd)
             except OSError:
                 pass
+        with self._poll_lock:
+            self._poller.close()
         os.close(self._lock_fd)  # releases the flock: a standby process takes over
         _log.info("Worker pool of %s stopped.", self.backend.directory)
 
     def wait_done(self, job_id: str, timeout: float) -> dict[str, t.Any] | None:
         """Block until a worker of this pool is done with ``job_id``, or ``timeout`` seconds;
-        return what the job's end wrote, if its worker sent it."""
+        return what the job's end wrote, if its worker sent it.
+
+        When a worker runs the job now, the caller reads that worker's "done" itself, in place
+        of the dispatcher thread, which would otherwise wake, handle it, and wake the caller:
+        one wake-up instead of two, and no dispatcher work between the end and the caller.
+        """
+        slot = self._watch(job_id)
+        if slot is not None:
+            deadline = time.monotonic() + timeout
+            try:
+                self._take_done(slot, job_id, timeout)
+            finally:
+                self._unwatch(slot)
+            timeout = max(0.0, deadline - time.monotonic())
         with self._ended_cond:
             ended = self._ended.get(job_id)
             if ended is not None and job_id not in self._end_values and time.monotonic() - ended > 1.0:
@@ -224,6 +273,52 @@ class PoolHost:
         # Each waiter its own copies: a caller may change the record it is given.
         return None if values is None else {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
 
+    def _watch(self, job_id: str) -> _Slot | None:
+        """The worker that runs ``job_id``, its pipe taken out of the dispatcher's poll set;
+        ``None`` if none does (or another thread watches it already)."""
+        with self._poll_lock:
+            for slot in list(self._slots):
+                if slot.job_id != job_id or slot.watched:
+                    continue
+                try:
+                    fd = slot.conn.fileno()
+                except OSError:  # closed: it was reaped meanwhile
+                    return None
+                slot.watched = True
+                if slot in self._polled:
+                    with contextlib.suppress(OSError, ValueError):  # closed: shut down
+                        self._poller.modify(fd, 0)
+                return slot
+        return None
+
+    def _unwatch(self, slot: _Slot) -> None:
+        """Give a worker's pipe back to the dispatcher."""
+        with self._poll_lock:
+            slot.watched = False
+            if slot in self._polled:
+                with contextlib.suppress(OSError, ValueError):  # closed (reaped) meanwhile
+                    self._poller.modify(slot.conn.fileno(), select.EPOLLIN)
+
+    def _take_done(self, slot: _Slot, job_id: str, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the watched worker that runs ``job_id`` to be done
+        with it, and handle its "done" here as the dispatcher would."""
+        poller = select.poll()
+        try:
+            poller.register(slot.conn.fileno(), select.POLLIN)
+        except (OSError, ValueError):
+            return
+        if not poller.poll(timeout * 1000):
+            return
+        with self._mutex:
+            # Unless the dispatcher took it first (it polled the pipe before we took it out), or
+            # the worker died (the dispatcher reaps it: it watches the exit sentinel).
+            if slot.job_id != job_id or slot not in self._slots:
+                return
+            self._read_done(slot, check=False)
+            self._dispatch_idle()  # its worker is idle now: the next queued job, if any
+            self._publish()
+        self._announce_ends()
+
     def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None) -> None:
         # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken
         # by its job's end often submits the next one at once, and that submit needs the mutex
@@ -233,13 +328,14 @@ class PoolHost:
     def _announce_ends(self) -> None:
         if not self._ends:
             return
+        with self._mutex:  # _job_ended appends under it, in the dispatcher or a waiter (wait_done)
+            ends, self._ends = self._ends, []
         with self._ended_cond:
             now = time.monotonic()
-            for job_id, values in self._ends:
+            for job_id, values in ends:
                 self._ended[job_id] = now
                 if values is not None:
                     self._end_values[job_id] = values
-            self._ends.clear()
             while len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
             while len(self._end_values) > 64:  # at most END_INLINE bytes each
@@ -289,21 +385,30 @@ class PoolHost:
                 self._next_cleanup = now + self.backend.cleanup_interval
                 self.backend.cleanup()
             self._dispatch()
-            if len(self._queue) != self._published:
-                self._published = len(self._queue)
-                os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Write the length of the queue where other processes read it, if it changed."""
+        if len(self._queue) != self._published:
+            self._published = len(self._queue)
+            os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
 
     def _poll(self, timeout: float) -> set[int]:
-        """The descriptors that are ready: the FIFO, the wake pipe, workers' pipes and sentinels."""
-        fds = [self._fifo_r, self._wake_r]
-        for slot in self._slots:
-            fds += (slot.conn.fileno(), slot.process.sentinel)
-        if fds != self._polled:  # a worker came or went: one poll object until the next change
-            self._poller = select.poll()
-            for fd in fds:
-                self._poller.register(fd, select.POLLIN)
-            self._polled = fds
-        return {fd for fd, _ in self._poller.poll(timeout * 1000)}
+        """The descriptors that are ready: the FIFO, the wake pipe, workers' sentinels and their
+        pipes (but one a waiting thread reads itself: see :meth:`wait_done`)."""
+        if self._slots != self._polled:  # a worker came or went: one poll set until the next change
+            with self._poll_lock:
+                old, self._poller = self._poller, select.epoll()
+                old.close()
+                self._poller.register(self._fifo_r, select.EPOLLIN)
+                self._poller.register(self._wake_r, select.EPOLLIN)
+                for slot in self._slots:
+                    self._poller.register(slot.conn.fileno(), 0 if slot.watched else select.EPOLLIN)
+                    self._poller.register(slot.process.sentinel, select.EPOLLIN)
+                # (The slots themselves, not their descriptors' numbers: a new worker's may reuse
+                # a dead one's, and an epoll forgets a descriptor when it is closed.)
+                self._polled = list(self._slots)
+        return {fd for fd, _ in self._poller.poll(timeout)}
 
     def push_local(self, job_id: str) -> None:
         """Queue a job submitted in this process and hand it to an idle worker from here.
@@ -429,9 +534,13 @@ class PoolHost:
                 return
             self._handle(line)
 
-    def _read_done(self, slot: _Slot) -> None:
+    def _read_done(self, slot: _Slot, *, check: bool = True) -> None:
+        # ``check``: the dispatcher polled the pipe, then waited for the mutex; a thread waiting
+        # for the job may have read the message meanwhile (_take_done).
+        if check and not slot.pending and not _readable(slot.conn):
+            return
         try:
-            data = slot.conn.recv_bytes()
+            data = slot.recv()
         except (EOFError, OSError):
             return  # it died; the sentinel says how
         if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
@@ -573,6 +682,14 @@ def _open_fifo_reader(path: str) -> tuple[int, int]:
     # Our own writer keeps the pipe from reporting end-of-file whenever the last client closes.
     keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
     return reader, keep
+
+
+def _readable(conn: t.Any) -> bool:
+    """Whether a message (or the end of the pipe) waits on ``conn``, without blocking."""
+    try:
+        return bool(select.select([conn], [], [], 0)[0])
+    except (OSError, ValueError):  # closed
+        return False
 
 
 def _close(conn: t.Any) -> None:

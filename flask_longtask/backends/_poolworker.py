@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import signal
 import threading
 import time
@@ -35,8 +36,9 @@ class _Go:
     """Waits for the host's word on a job it handed over while it stored the job's records:
     ``G`` (stored: run it) or ``N`` (not stored: drop it)."""
 
-    def __init__(self, conn: t.Any) -> None:
+    def __init__(self, conn: t.Any, poller: t.Any) -> None:
         self.conn = conn
+        self.poller = poller  # a select.poll() of conn: a look costs one system call
         self.answer: bool | None = None
 
     def __call__(self) -> bool:
@@ -45,7 +47,7 @@ class _Go:
         # another wake-up.
         deadline = time.perf_counter() + (GO_SPIN if _SPARE_CPU else 0.0)
         try:
-            while not self.conn.poll(0) and time.perf_counter() < deadline:
+            while not self.poller.poll(0) and time.perf_counter() < deadline:
                 os.sched_yield()  # a runnable thread on this CPU (the host's commit?) goes first
             self.answer = self.conn.recv_bytes() == b"G"
         except (EOFError, OSError):  # pragma: no cover - the host died: the lifeline ends us
@@ -71,6 +73,8 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     from .diskcache import DiskcacheBackend
 
     backend = DiskcacheBackend(directory, embedded=False)
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
     while True:
         try:
             data = conn.recv_bytes()
@@ -79,7 +83,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
         go = None
         if data[:1] == b"P":
             job_id, claimed = pickle.loads(data[1:])
-            go = _Go(conn)
+            go = _Go(conn, poller)
         else:
             job_id, claimed = data.decode(), None
         try:
