@@ -257,9 +257,11 @@ class PoolHost:
         if slot is not None:
             deadline = time.monotonic() + timeout
             try:
-                self._take_done(slot, job_id, timeout)
+                values = self._take_done(slot, job_id, timeout)
             finally:
                 self._unwatch(slot)
+            if values is not None:
+                return _copy(values)
             timeout = max(0.0, deadline - time.monotonic())
         with self._ended_cond:
             ended = self._ended.get(job_id)
@@ -270,8 +272,7 @@ class PoolHost:
                 return None
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
             values = self._end_values.get(job_id)
-        # Each waiter its own copies: a caller may change the record it is given.
-        return None if values is None else {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+        return None if values is None else _copy(values)
 
     def _watch(self, job_id: str) -> _Slot | None:
         """The worker that runs ``job_id``, its pipe taken out of the dispatcher's poll set;
@@ -299,25 +300,27 @@ class PoolHost:
                 with contextlib.suppress(OSError, ValueError):  # closed (reaped) meanwhile
                     self._poller.modify(slot.conn.fileno(), select.EPOLLIN)
 
-    def _take_done(self, slot: _Slot, job_id: str, timeout: float) -> None:
+    def _take_done(self, slot: _Slot, job_id: str, timeout: float) -> dict[str, t.Any] | None:
         """Wait up to ``timeout`` seconds for the watched worker that runs ``job_id`` to be done
-        with it, and handle its "done" here as the dispatcher would."""
+        with it, and handle its "done" here as the dispatcher would; return what the job's end
+        wrote, if the worker sent it."""
         poller = select.poll()
         try:
             poller.register(slot.conn.fileno(), select.POLLIN)
         except (OSError, ValueError):
-            return
+            return None
         if not poller.poll(timeout * 1000):
-            return
+            return None
         with self._mutex:
             # Unless the dispatcher took it first (it polled the pipe before we took it out), or
             # the worker died (the dispatcher reaps it: it watches the exit sentinel).
             if slot.job_id != job_id or slot not in self._slots:
-                return
-            self._read_done(slot, check=False)
+                return None
+            values = self._read_done(slot, check=False)
             self._dispatch_idle()  # its worker is idle now: the next queued job, if any
             self._publish()
         self._announce_ends()
+        return values
 
     def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None) -> None:
         # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken
@@ -534,18 +537,21 @@ class PoolHost:
                 return
             self._handle(line)
 
-    def _read_done(self, slot: _Slot, *, check: bool = True) -> None:
-        # ``check``: the dispatcher polled the pipe, then waited for the mutex; a thread waiting
-        # for the job may have read the message meanwhile (_take_done).
+    def _read_done(self, slot: _Slot, *, check: bool = True) -> dict[str, t.Any] | None:
+        """Handle a worker's message; return what its job's end wrote, if it sent that.
+
+        ``check``: whether to look first if there is one. The dispatcher polled the pipe, then
+        waited for the mutex: a thread waiting for the job may have read the message meanwhile.
+        """
         if check and not slot.pending and not _readable(slot.conn):
-            return
+            return None
         try:
             data = slot.recv()
         except (EOFError, OSError):
-            return  # it died; the sentinel says how
+            return None  # it died; the sentinel says how
         if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
             slot.reason = data[1:].decode("utf-8", "replace")
-            return
+            return None
         values = None
         if data.startswith(b"E"):  # "E" and what its job's end wrote
             done, values = pickle.loads(data[1:])
@@ -559,6 +565,7 @@ class PoolHost:
             self._requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
             self._job_ended(job_id, values)
+        return values
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
         slot.process.join()
@@ -682,6 +689,11 @@ def _open_fifo_reader(path: str) -> tuple[int, int]:
     # Our own writer keeps the pipe from reporting end-of-file whenever the last client closes.
     keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
     return reader, keep
+
+
+def _copy(values: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Each waiter its own copy of what a job's end wrote: a caller may change the record."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 def _readable(conn: t.Any) -> bool:

@@ -101,6 +101,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _one_statement(plan: list[tuple[str, list[tuple[t.Any, ...]]]]) -> bool:
+    """Whether :meth:`Table._apply` runs ``plan`` as a single statement."""
+    if len(plan) != 1:
+        return False
+    sql, rows = plan[0]
+    return len(rows) == 1 or (sql is _SET and len(rows) <= 100)
+
+
 def _split(key: str) -> tuple[str, str]:
     """``"job:abc"`` -> ``("abc", "job:")``; a key without a colon is all kind: ``("", key)``."""
     i = key.find(":") + 1
@@ -434,16 +442,23 @@ class Table:
         """
         plan = self._plan(writes)
         try:
-            if len(plan) == 1 and locked is None:
-                self._apply(plan)
-            else:
+            state = self._state
+            if not _one_statement(plan) or state.depth:
                 with self.batch():
                     if locked is not None:
-                        state = self._state
                         if not state.begun:
                             self._begin(state)
                         locked()
                     self._apply(plan)
+            elif locked is None:
+                self._apply(plan)
+            else:  # the lock, then the statement, which SQLite commits by itself: no BEGIN/COMMIT
+                self._lock_writers(state)
+                try:
+                    locked()
+                    self._apply(plan)
+                finally:
+                    self._unlock_writers(state)
         except BaseException:
             self._discard_plan(plan)
             raise
