@@ -323,6 +323,34 @@ def test_the_dispatcher_does_not_wait_for_a_message_a_waiter_took(
     assert job.result(timeout=30) == "done"
 
 
+@pytest.mark.parametrize("where", ["here", "in another process"])
+def test_a_waiter_in_the_host_is_woken_when_its_queued_job_is_cancelled(
+    gated: tuple[DiskcacheBackend, t.Any, Path], tmp_path: Path, where: str
+) -> None:
+    """A job can end without the pool: cancelled while queued. The host's waiters hear of that
+    too (from the process that cancelled it, through the FIFO), so they need not poll."""
+    from flask_longtask.store import JobStore
+    from tests import diskcache_jobs as jobs
+
+    host, running, gate = gated
+    assert host.ends_wake_waiters  # Job.wait blocks in wait_for_end, a second at a time
+    queued = jobs.add.submit(1, 2)  # the pool's one worker is busy: it waits in the queue
+    woken = threading.Event()
+    waiter = threading.Thread(target=lambda: (host.wait_for_end(queued.id, 30), woken.set()))
+    waiter.start()
+    other = DiskcacheBackend(tmp_path / "pool", embedded=False)  # a process that hosts nothing
+    try:
+        assert not other.ends_wake_waiters  # there, Job.wait polls
+        JobStore(other if where == "in another process" else host).cancel(queued.id)
+        assert woken.wait(20), "the waiter was not woken by the cancel"
+        assert queued.status is JobStatus.CANCELLED
+    finally:
+        gate.touch()
+        waiter.join(30)
+        other.close()
+    assert running.result(timeout=30) == "done"
+
+
 def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
     host, job, gate = gated
     claim = host.get(f"claim:{job.id}")

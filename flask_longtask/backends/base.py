@@ -89,7 +89,8 @@ class Backend(abc.ABC):
     can_terminate: t.ClassVar[bool] = False
     #: Whether :meth:`wait_for_end` returns as soon as a job ends, whichever process ends it and
     #: whichever waits. ``Job.wait`` then blocks in it for up to a second at a time instead of
-    #: polling.
+    #: polling. It may be a property, true in some processes only (the diskcache backend's, in
+    #: the process hosting its pool).
     ends_wake_waiters: bool = False
 
     # -- serialisation --------------------------------------------------------------------------

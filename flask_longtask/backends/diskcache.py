@@ -218,10 +218,25 @@ class DiskcacheBackend(Backend):
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
         chosen = self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
-        if chosen is not None and _poolworker.IN_WORKER and key.startswith("end:"):
-            # A pool worker sends what its job's end wrote with its "done" (see take_end()).
-            self._end = (key[4:], writes if chosen else otherwise)
+        if chosen is not None and key.startswith("end:"):
+            if _poolworker.IN_WORKER:
+                # A pool worker sends what its job's end wrote with its "done" (see take_end()).
+                self._end = (key[4:], writes if chosen else otherwise)
+            else:
+                # Ended outside the pool's workers (cancelled while queued, found lost): the
+                # host's process, whose waiters hear of ends from the pool, hears of this one too.
+                host = self._host
+                if host is not None:
+                    host.announce_end(key[4:])
+                else:
+                    self._send(f"e {key[4:]}", warn=False)
         return chosen
+
+    @property
+    def ends_wake_waiters(self) -> bool:  # type: ignore[override]
+        """True in the process hosting the pool, where a job's end wakes its waiters whichever
+        process ends it: its worker's "done", or the word of the process that ended it."""
+        return self._host is not None
 
     def take_end(self, job_id: str) -> dict[str, t.Any] | None:
         """In a pool worker: the values the end of job ``job_id`` wrote here (``None`` if some
@@ -335,13 +350,18 @@ class DiskcacheBackend(Backend):
     def terminate(self, job_id: str, grace: float) -> None:
         self._send(f"k {job_id} {time.time() + grace:.3f}")
 
-    def _send(self, line: str) -> None:
+    def _send(self, line: str, *, warn: bool = True) -> None:
         self.cache  # noqa: B018 - opens the directory and joins the election first
         fifo = self._fifo
         if fifo is None:
             with self._lock:
                 fifo = self._fifo = self._fifo or _pool.FifoClient(self)
-        if not fifo.send(line) and not self._warned_no_host and not (self.embedded and not self._closed.is_set()):
+        if (
+            not fifo.send(line)
+            and warn
+            and not self._warned_no_host
+            and not (self.embedded and not self._closed.is_set())
+        ):
             self._warned_no_host = True
             _log.warning(
                 "No worker pool serves %s: jobs wait until one starts. Run 'flask longtask worker',"
