@@ -161,7 +161,8 @@ class _Ticker:
             if self._pid != os.getpid():  # forked: the old thread is not ours
                 self._thread, self._pid, self._parked = None, os.getpid(), False
             self._jobs.add(ctx)
-            if self._parked:
+            if self._parked:  # woken once: it then ticks for a second before it parks again
+                self._parked = False
                 self._cond.notify()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="longtask-ticker", daemon=True)
@@ -176,10 +177,11 @@ class _Ticker:
         while True:
             with self._cond:
                 if not self._jobs and time.monotonic() - idle_since >= self._LINGER:
+                    # Until add() wakes it. Not "until a job runs": a short job may be over
+                    # before this thread runs again, and then each next one would wake it.
                     self._parked = True
-                    while not self._jobs:
+                    while self._parked:
                         self._cond.wait()
-                    self._parked = False
                     idle_since = time.monotonic()
                 jobs = list(self._jobs)
             if jobs:

@@ -300,8 +300,12 @@ class PoolHost:
 
     def _watch(self, job_id: str) -> _Slot | None:
         """The worker that runs ``job_id``, its pipe taken out of the dispatcher's poll set;
-        ``None`` if none does (or another thread watches it already)."""
-        with self._poll_lock:
+        ``None`` if none does (or another thread watches it already).
+
+        Under the mutex: the dispatcher reads a worker's message under it, and not once the
+        worker is watched, so the message that ends the job is read by exactly one of them.
+        """
+        with self._mutex, self._poll_lock:
             for slot in list(self._slots):
                 if slot.job_id != job_id or slot.watched:
                     continue
@@ -419,7 +423,7 @@ class PoolHost:
             while self._inbox:
                 self._push(self._inbox.popleft())
             for slot in list(self._slots):
-                if slot.conn.fileno() in ready:
+                if slot.conn.fileno() in ready and not slot.watched:  # (else its watcher reads it)
                     self._read_done(slot)
                 if slot.process.sentinel in ready:
                     self._reap(slot, None)
