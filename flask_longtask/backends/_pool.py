@@ -482,10 +482,15 @@ class PoolHost:
         try:
             self._push(job_id)
             self._dispatch_idle()
-            pending = bool(self._queue)
+            # No idle worker: the next one to be done takes it (whoever reads its "done" gives
+            # it the next job), so the dispatcher need not wake; unless none runs a job, or
+            # the pool is short of workers (none started yet, or one is being replaced).
+            wake = bool(self._queue) and (
+                len(self._slots) < self.workers or all(slot.job_id is None for slot in self._slots)
+            )
         finally:
             self._mutex.release()
-        if pending:  # no idle worker (or none started yet): the dispatcher takes it from here
+        if wake:
             self._wake()
 
     def reserve(self, job_id: str) -> _Slot | None:
@@ -493,6 +498,8 @@ class PoolHost:
         written: they then include the claim for that worker (see ``store_and_enqueue``), and
         the worker runs the job without a claim or a read of its own. ``None`` when no worker
         is idle, jobs are waiting (they go first), or the dispatcher is busy."""
+        if self._queue or all(slot.job_id is not None for slot in self._slots):
+            return None  # at a glance, without waiting for the mutex (looked at again under it)
         if not self._mutex.acquire(timeout=_RESERVE_WAIT):  # busy for longer: take the queue
             return None
         try:
