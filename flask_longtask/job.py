@@ -140,7 +140,7 @@ class Job(t.Generic[R]):
                 return record, data
             now = time.monotonic()
             if backend.ends_wake_waiters:
-                wait = 1.0  # woken by the end; look again each second for a lost worker
+                wait = backend.recheck_interval  # woken by the end; look again now and then
             else:
                 # Short jobs end within a few ms: look often then, and back off to 50 ms after.
                 wait = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)

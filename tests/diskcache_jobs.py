@@ -10,7 +10,7 @@ import typing as t
 
 from flask import Flask
 
-from flask_longtask import LongTask, current_job
+from flask_longtask import LongTask, current_job, signals
 from flask_longtask.backends import ThreadBackend
 
 longtask = LongTask()
@@ -143,3 +143,20 @@ def _check_pid(pid: int) -> Poison:
 
 
 SIGKILL = int(signal.SIGKILL)
+
+
+@longtask.task
+def slow_to_report(path: str) -> str:
+    """Returns at once; a receiver of its end signal (below) then takes until ``path`` exists."""
+    return path
+
+
+def _slow_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
+    record = job._store.read_record(job.id)
+    if record["task"].endswith("slow_to_report"):
+        deadline = time.monotonic() + 30  # user code that holds the worker after the end is stored
+        while not os.path.exists(job.result()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+signals.job_succeeded.connect(_slow_receiver)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sqlite3
 import threading
@@ -349,6 +350,104 @@ def test_a_waiter_in_the_host_is_woken_when_its_queued_job_is_cancelled(
         waiter.join(30)
         other.close()
     assert running.result(timeout=30) == "done"
+
+
+def test_a_waiter_in_the_host_sees_the_end_before_the_worker_is_done(tmp_path: Path) -> None:
+    """A worker reports "done" after the job's end signals; a slow receiver there must not hold
+    back a waiter in the host, which reads the stored end meanwhile."""
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    release = tmp_path / "release"
+    try:
+        with make_app(host).app_context():
+            job = jobs.slow_to_report.submit(str(release))
+            assert job.result(timeout=20) == str(release)  # while the receiver still holds the worker
+            assert not release.exists()
+    finally:
+        release.touch()
+        host.close()
+
+
+def test_a_wait_keeps_its_timeout_while_the_dispatcher_is_busy(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+    host, job, gate = gated
+    pool = t.cast(t.Any, host._host)
+    held, release = threading.Event(), threading.Event()
+
+    def busy_dispatcher() -> None:  # holds the mutex as a long sweep would
+        with pool._mutex:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=busy_dispatcher)
+    holder.start()
+    try:
+        assert held.wait(30)
+        started = time.monotonic()
+        assert host.wait_for_end(job.id, 0.1) is None
+        assert time.monotonic() - started < 10  # not until the mutex is free (30 s)
+    finally:
+        release.set()
+        holder.join(30)
+        gate.touch()
+    assert job.result(timeout=30) == "done"
+
+
+def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path) -> None:
+    """The workers' pipes then get descriptors past select()'s limit."""
+    import resource
+
+    from tests import diskcache_jobs as jobs
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY)]
+    while filler[-1] < 1100:  # every free descriptor below, too
+        filler.append(os.open(os.devnull, os.O_RDONLY))
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    try:
+        with make_app(host).app_context():
+            submitted = [jobs.add.submit(n, 1) for n in range(3)]  # nobody waits in this process
+            wait_for(lambda: all(job.status is JobStatus.SUCCEEDED for job in submitted), 30, "every job to run")
+            assert min(slot.conn.fileno() for slot in t.cast(t.Any, host._host)._slots) >= 1024
+    finally:
+        host.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_pool_works_without_epoll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no epoll (not Linux), the dispatcher polls and waiters wait to be woken."""
+    from flask_longtask.backends import _pool
+    from tests import diskcache_jobs as jobs
+
+    monkeypatch.setattr(_pool, "_EPOLL", False)
+    host = DiskcacheBackend(tmp_path / "pool", workers=2)
+    try:
+        with make_app(host).app_context():
+            assert [jobs.add.submit(n, 1).result(timeout=30) for n in range(5)] == [1, 2, 3, 4, 5]
+            assert not isinstance(t.cast(t.Any, host._host)._poller, type(select.epoll()))
+    finally:
+        host.close()
+
+
+def test_closing_the_host_with_a_job_running_leaves_no_descriptor_open(
+    gated: tuple[DiskcacheBackend, t.Any, Path], tmp_path: Path
+) -> None:
+    host, job, _ = gated
+    host.close()
+    assert job.status is JobStatus.FAILED
+    fifo = str(tmp_path / "pool" / "pool.fifo")
+    assert [fd for fd in os.listdir("/proc/self/fd") if _target(fd) == fifo] == []
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:

@@ -73,6 +73,9 @@ _RESERVE_WAIT = 0.05
 #: run than the host may use), and one such thread at a time, yielding meanwhile.
 WAIT_SPIN = 0.001
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: Whether the dispatcher polls with an epoll (Linux), whose set another thread may change while
+#: the dispatcher blocks in it. Elsewhere it uses poll(), and waiters do not read workers' pipes.
+_EPOLL = hasattr(select, "epoll")
 
 
 class _Slot:
@@ -105,7 +108,7 @@ class _Slot:
         self.reason: str | None = None
         #: Whether a thread waiting for its job reads its pipe (the dispatcher then does not).
         self.watched = False
-        #: Bytes read from its pipe beyond the last whole message (see _recv).
+        #: Bytes read from its pipe beyond the last whole message (see recv()).
         self.pending = b""
 
     def recv(self) -> bytes:
@@ -175,8 +178,8 @@ class PoolHost:
         self._inbox: collections.deque[str] = collections.deque()
         self._wake_lock = threading.Lock()
         #: The dispatcher's poll set. An epoll, so that a waiting thread can take a worker's
-        #: pipe out of it (and put it back) while the dispatcher is blocked in it (see watch()).
-        self._poller = select.epoll()
+        #: pipe out of it (and put it back) while the dispatcher is blocked in it (_watch()).
+        self._poller: t.Any = _new_poller()
         #: The workers in the poll set, which is rebuilt when they change.
         self._polled: list[_Slot] = []
         #: Held while the poll set is rebuilt or a worker's pipe is taken out or put back.
@@ -185,8 +188,8 @@ class PoolHost:
         self._spinning = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe means it is awake already: never wait
-        self._poller.register(self._fifo_r, select.EPOLLIN)
-        self._poller.register(self._wake_r, select.EPOLLIN)
+        self._poller.register(self._fifo_r, select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
         self._thread: threading.Thread | None = None
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
         self.ran = False
@@ -239,7 +242,7 @@ class PoolHost:
                 os.close(fd)
             except OSError:
                 pass
-        self._poller.close()
+        _close(self._poller)
 
     def _shutdown(self) -> None:
         with self._mutex:  # push_local leaves jobs in storage from here (through the inbox)
@@ -251,6 +254,7 @@ class PoolHost:
                 slot.process.join(5)
                 if slot.job_id is not None and self._claimed(slot.job_id):
                     self.backend._lost(slot.job_id, "the worker pool was shut down while it ran")
+                    self._job_ended(slot.job_id)
                 # (one never claimed stays queued in storage: the next host runs it)
                 _close(slot.conn)
                 slot.process.close()
@@ -265,7 +269,7 @@ class PoolHost:
             except OSError:
                 pass
         with self._poll_lock:
-            self._poller.close()
+            _close(self._poller)
         os.close(self._lock_fd)  # releases the flock: a standby process takes over
         _log.info("Worker pool of %s stopped.", self.backend.directory)
 
@@ -277,16 +281,16 @@ class PoolHost:
         of the dispatcher thread, which would otherwise wake, handle it, and wake the caller:
         one wake-up instead of two, and no dispatcher work between the end and the caller.
         """
-        slot = self._watch(job_id)
+        deadline = time.monotonic() + timeout
+        slot = self._watch(job_id, timeout)
         if slot is not None:
-            deadline = time.monotonic() + timeout
             try:
-                values = self._take_done(slot, job_id, timeout)
+                values = self._take_done(slot, job_id, deadline)
             finally:
                 self._unwatch(slot)
             if values is not None:
                 return _copy(values)
-            timeout = max(0.0, deadline - time.monotonic())
+        timeout = max(0.0, deadline - time.monotonic())
         with self._ended_cond:
             ended = self._ended.get(job_id)
             if ended is not None and job_id not in self._end_values and time.monotonic() - ended > 1.0:
@@ -298,14 +302,23 @@ class PoolHost:
             values = self._end_values.get(job_id)
         return None if values is None else _copy(values)
 
-    def _watch(self, job_id: str) -> _Slot | None:
+    def _watch(self, job_id: str, timeout: float) -> _Slot | None:
         """The worker that runs ``job_id``, its pipe taken out of the dispatcher's poll set;
-        ``None`` if none does (or another thread watches it already).
+        ``None`` if none does, another thread watches it already, or the dispatcher held its
+        mutex for ``timeout`` seconds.
 
         Under the mutex: the dispatcher reads a worker's message under it, and not once the
         worker is watched, so the message that ends the job is read by exactly one of them.
         """
-        with self._mutex, self._poll_lock:
+        if not _EPOLL or not self._mutex.acquire(timeout=timeout):
+            return None
+        try:
+            return self._watch_locked(job_id)
+        finally:
+            self._mutex.release()
+
+    def _watch_locked(self, job_id: str) -> _Slot | None:
+        with self._poll_lock:
             for slot in list(self._slots):
                 if slot.job_id != job_id or slot.watched:
                     continue
@@ -326,30 +339,32 @@ class PoolHost:
             slot.watched = False
             if slot in self._polled:
                 with contextlib.suppress(OSError, ValueError):  # closed (reaped) meanwhile
-                    self._poller.modify(slot.conn.fileno(), select.EPOLLIN)
+                    self._poller.modify(slot.conn.fileno(), select.POLLIN)
 
-    def _take_done(self, slot: _Slot, job_id: str, timeout: float) -> dict[str, t.Any] | None:
-        """Wait up to ``timeout`` seconds for the watched worker that runs ``job_id`` to be done
-        with it, and handle its "done" here as the dispatcher would; return what the job's end
-        wrote, if the worker sent it."""
+    def _take_done(self, slot: _Slot, job_id: str, deadline: float) -> dict[str, t.Any] | None:
+        """Wait until ``deadline`` (monotonic) for the watched worker that runs ``job_id`` to be
+        done with it, and handle its "done" here as the dispatcher would; return what the job's
+        end wrote, if the worker sent it."""
         poller = select.poll()
         try:
             poller.register(slot.conn.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return None
-        deadline = time.monotonic() + timeout
         if not self._spin(poller, min(slot.given + WAIT_SPIN, deadline)) and not poller.poll(
             max(0.0, deadline - time.monotonic()) * 1000
         ):
             return None
-        with self._mutex:
-            # Unless the dispatcher took it first (it polled the pipe before we took it out), or
-            # the worker died (the dispatcher reaps it: it watches the exit sentinel).
+        if not self._mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return None  # the dispatcher reads it once the pipe is back in its set
+        try:
+            # Unless the worker died (the dispatcher reaps it: it watches the exit sentinel).
             if slot.job_id != job_id or slot not in self._slots:
                 return None
             values = self._read_done(slot, check=False)
             self._dispatch_idle()  # its worker is idle now: the next queued job, if any
             self._publish()
+        finally:
+            self._mutex.release()
         self._announce_ends()
         return values
 
@@ -455,17 +470,17 @@ class PoolHost:
         pipes (but one a waiting thread reads itself: see :meth:`wait_done`)."""
         if self._slots != self._polled:  # a worker came or went: one poll set until the next change
             with self._poll_lock:
-                old, self._poller = self._poller, select.epoll()
-                old.close()
-                self._poller.register(self._fifo_r, select.EPOLLIN)
-                self._poller.register(self._wake_r, select.EPOLLIN)
+                old, self._poller = self._poller, _new_poller()
+                _close(old)
+                self._poller.register(self._fifo_r, select.POLLIN)
+                self._poller.register(self._wake_r, select.POLLIN)
                 for slot in self._slots:
-                    self._poller.register(slot.conn.fileno(), 0 if slot.watched else select.EPOLLIN)
-                    self._poller.register(slot.process.sentinel, select.EPOLLIN)
+                    self._poller.register(slot.conn.fileno(), 0 if slot.watched else select.POLLIN)
+                    self._poller.register(slot.process.sentinel, select.POLLIN)
                 # (The slots themselves, not their descriptors' numbers: a new worker's may reuse
                 # a dead one's, and an epoll forgets a descriptor when it is closed.)
                 self._polled = list(self._slots)
-        return {fd for fd, _ in self._poller.poll(timeout)}
+        return {fd for fd, _ in self._poller.poll(timeout if _EPOLL else timeout * 1000)}
 
     def push_local(self, job_id: str) -> None:
         """Queue a job submitted in this process and hand it to an idle worker from here.
@@ -517,6 +532,7 @@ class PoolHost:
     def go(self, slot: _Slot, start: bool) -> bool:
         """Tell a worker that was handed a job whether to start it (its records are stored) or
         drop it (they could not be); ``False`` if that worker is gone."""
+        slot.given = time.monotonic()  # it starts now (for _spin)
         try:
             slot.conn.send_bytes(b"G" if start else b"N")
         except (OSError, ValueError):
@@ -569,7 +585,7 @@ class PoolHost:
             self._push(parts[1])
         elif parts[0] == "k" and len(parts) == 3:
             self._kills[parts[1]] = float(parts[2])
-        elif parts[0] == "e" and len(parts) == 2:
+        elif parts[0] == "e" and len(parts) == 2 and all(c in string.hexdigits for c in parts[1]):
             self._job_ended(parts[1])
         else:
             _log.warning("Worker pool: ignored a malformed message %r.", line)
@@ -617,7 +633,11 @@ class PoolHost:
             return None
         values = None
         if data.startswith(b"E"):  # "E" and what its job's end wrote
-            done, values = pickle.loads(data[1:])
+            try:
+                done, values = pickle.loads(data[1:])
+            except Exception:  # pragma: no cover - a worker pickles plain data; it is done all the same
+                _log.exception("Worker pool: a worker's done message could not be read.")
+                done, values = None, None
             if done != slot.job_id:  # pragma: no cover - a worker answers for the job it was given
                 values = None
         job_id, slot.job_id, slot.preclaimed = slot.job_id, None, False
@@ -759,17 +779,29 @@ def _copy(values: dict[str, t.Any]) -> dict[str, t.Any]:
     return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
+def _new_poller() -> t.Any:
+    return select.epoll() if _EPOLL else select.poll()
+
+
 def _readable(conn: t.Any) -> bool:
-    """Whether a message (or the end of the pipe) waits on ``conn``, without blocking."""
+    """Whether a message (or the end of the pipe) waits on ``conn``, without blocking.
+
+    (``poll``, not ``select``: a web process may have more than 1,024 descriptors open.)
+    """
+    poller = select.poll()
     try:
-        return bool(select.select([conn], [], [], 0)[0])
+        poller.register(conn.fileno(), select.POLLIN)
     except (OSError, ValueError):  # closed
         return False
+    return bool(poller.poll(0))
 
 
 def _close(conn: t.Any) -> None:
+    close = getattr(conn, "close", None)  # (a poll() object has none)
+    if close is None:
+        return
     try:
-        conn.close()
+        close()
     except OSError:  # pragma: no cover
         pass
 

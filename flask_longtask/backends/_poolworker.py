@@ -15,6 +15,8 @@ _log = logging.getLogger(__name__)
 
 #: True inside a pool worker process: a backend there only stores, it never hosts a pool.
 IN_WORKER = False
+#: The job this pool worker runs (its end is reported with its "done"; see DiskcacheBackend).
+RUNNING: str | None = None
 #: The largest "done" message that carries what the job's end wrote (its record and result);
 #: a larger one is sent as the job id alone, and a waiter reads the result from storage.
 END_INLINE = 16 * 1024
@@ -64,7 +66,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     answers each with its job id, or with ``E`` and the pickle of ``(job id, {key: value})``
     of what the job's end wrote; or, when it could not store an outcome, ``!`` and why.
     """
-    global IN_WORKER
+    global IN_WORKER, RUNNING
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
@@ -86,6 +88,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
             go = _Go(conn, poller)
         else:
             job_id, claimed = data.decode(), None
+        RUNNING = job_id
         try:
             execute(backend, job_id, claimed=claimed, go=go)
         except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a

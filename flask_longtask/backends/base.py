@@ -92,6 +92,9 @@ class Backend(abc.ABC):
     #: polling. It may be a property, true in some processes only (the diskcache backend's, in
     #: the process hosting its pool).
     ends_wake_waiters: bool = False
+    #: With :attr:`ends_wake_waiters`: the longest ``Job.wait`` blocks in :meth:`wait_for_end`
+    #: before it reads the job's status again (for an end that did not wake it: a lost worker).
+    recheck_interval: float = 1.0
 
     # -- serialisation --------------------------------------------------------------------------
 

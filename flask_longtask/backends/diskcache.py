@@ -219,24 +219,36 @@ class DiskcacheBackend(Backend):
     ) -> bool | None:
         chosen = self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
         if chosen is not None and key.startswith("end:"):
-            if _poolworker.IN_WORKER:
+            job_id = key[4:]
+            if _poolworker.IN_WORKER and job_id == _poolworker.RUNNING:
                 # A pool worker sends what its job's end wrote with its "done" (see take_end()).
-                self._end = (key[4:], writes if chosen else otherwise)
+                self._end = (job_id, writes if chosen else otherwise)
             else:
-                # Ended outside the pool's workers (cancelled while queued, found lost): the
-                # host's process, whose waiters hear of ends from the pool, hears of this one too.
-                host = self._host
-                if host is not None:
-                    host.announce_end(key[4:])
-                else:
-                    self._send(f"e {key[4:]}", warn=False)
+                # Ended outside the pool's workers' own jobs (cancelled while queued, found
+                # lost): the host's process, whose waiters hear of ends from the pool, hears of
+                # this one too.
+                self._announce_end(job_id)
         return chosen
+
+    def _announce_end(self, job_id: str) -> None:
+        host = self._host
+        if host is not None:
+            host.announce_end(job_id)
+        elif not self._closed.is_set():
+            try:
+                self._send(f"e {job_id}", warn=False)
+            except Exception:  # only a wake-up: waiters look at storage again soon anyway
+                _log.debug("Could not tell the pool host that job %s ended.", job_id, exc_info=True)
 
     @property
     def ends_wake_waiters(self) -> bool:  # type: ignore[override]
         """True in the process hosting the pool, where a job's end wakes its waiters whichever
         process ends it: its worker's "done", or the word of the process that ended it."""
         return self._host is not None
+
+    #: A worker sends its "done" after the job's end signals and app-context teardown (user
+    #: code, which may be slow): look at storage this often meanwhile, as polling would.
+    recheck_interval = 0.05
 
     def take_end(self, job_id: str) -> dict[str, t.Any] | None:
         """In a pool worker: the values the end of job ``job_id`` wrote here (``None`` if some
