@@ -47,7 +47,7 @@ import multiprocess  # diskcache.py checks it is installed, with a clear message
 import multiprocess.util
 
 from ..job import JobStatus
-from ._poolworker import worker_main
+from ._poolworker import CPUS, worker_main
 from .base import MISSING
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,6 @@ _RESERVE_WAIT = 0.05
 #: the waiter (on a VM, some 30 us, and caches gone cold). Only while a CPU is free (fewer jobs
 #: run than the host may use), and one such thread at a time, yielding meanwhile.
 WAIT_SPIN = 0.001
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 #: Whether the dispatcher polls with an epoll (Linux), whose set another thread may change while
 #: the dispatcher blocks in it. Elsewhere it uses poll(), and waiters do not read workers' pipes.
 _EPOLL = hasattr(select, "epoll")
@@ -371,10 +370,10 @@ class PoolHost:
     def _spin(self, poller: select.poll, until: float) -> bool:
         """Look for the end of a job that started moments ago, until ``until`` (monotonic), if a
         CPU is free and no other thread of this process does the same; whether it came."""
-        if time.monotonic() >= until or _CPUS < 2 or not self._spinning.acquire(blocking=False):
+        if time.monotonic() >= until or CPUS < 2 or not self._spinning.acquire(blocking=False):
             return False
         try:
-            if sum(slot.job_id is not None for slot in self._slots) >= _CPUS:
+            if sum(slot.job_id is not None for slot in self._slots) >= CPUS:
                 return False  # every CPU may be running a job
             while not poller.poll(0):
                 if time.monotonic() >= until:

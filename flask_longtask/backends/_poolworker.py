@@ -23,7 +23,8 @@ END_INLINE = 16 * 1024
 #: Seconds a worker looks for the host's "go" before it blocks (see _Go), when this process
 #: may run on more than one CPU (on one, looking only delays the host's commit).
 GO_SPIN = 0.0005
-_SPARE_CPU = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) > 1
+#: The CPUs this process may run on (the pool host looks for a job's end only when one is free).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _watch_lifeline(lifeline: t.Any) -> None:
@@ -47,7 +48,7 @@ class _Go:
         # The word comes as soon as the host's commit is done, which this worker's wake-up and
         # preparation overlapped: look for it for a moment before sleeping, which would cost
         # another wake-up.
-        deadline = time.perf_counter() + (GO_SPIN if _SPARE_CPU else 0.0)
+        deadline = time.perf_counter() + (GO_SPIN if CPUS > 1 else 0.0)
         try:
             while not self.poller.poll(0) and time.perf_counter() < deadline:
                 os.sched_yield()  # a runnable thread on this CPU (the host's commit?) goes first
