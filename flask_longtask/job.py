@@ -134,6 +134,9 @@ class Job(t.Generic[R]):
         deadline = None if timeout is None else start + timeout
         backend = self._store.backend
         wait = 0.0
+        if backend.ends_wake_waiters and backend.tracks_end(self.id):
+            # This process hears of its end (or has heard): wait for it without a first read.
+            wait = backend.recheck_interval if timeout is None else min(backend.recheck_interval, timeout)
         while True:
             record, data = self._store.read_state(self.id, with_result=with_result, wait=wait)
             if JobStatus(record["status"]).is_finished:

@@ -240,6 +240,70 @@ def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outco
         host.close()
 
 
+def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Job.result()`` in the host, for a job its pool runs or ended moments ago, skips its
+    first read and answers from what the worker sent with its "done". Once that is older than
+    END_VALUES_FRESH, or the job has expired, it reads storage again (and misses an expired job)."""
+    from flask_longtask.backends import _pool
+    from flask_longtask.exceptions import JobNotFoundError
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    reads: list[list[str]] = []
+    get_many = host.get_many
+    monkeypatch.setattr(host, "get_many", lambda keys: reads.append(list(keys)) or get_many(keys))
+    monkeypatch.setattr(host, "recheck_interval", 60.0)  # no look at storage meanwhile, as a safety net
+    try:
+        with make_app(host).app_context():
+            gate = tmp_path / "gate"
+            job = jobs.wait_for_file.submit(str(gate), then="ran")
+            wait_for(lambda: host.tracks_end(job.id), 30, "the pool to take the job")
+            reads.clear()
+            threading.Timer(0.1, gate.touch).start()
+            assert job.result(timeout=30) == "ran"  # waited for it running, then handed its end
+            assert reads == []
+            assert host.tracks_end(job.id) and job.result(timeout=30) == "ran"  # ended: no read either
+            assert reads == []
+
+            monkeypatch.setattr(_pool, "END_VALUES_FRESH", 0.0)
+            assert not host.tracks_end(job.id)
+            assert job.result(timeout=30) == "ran" and reads != []  # no longer: read from storage
+
+        monkeypatch.setattr(_pool, "END_VALUES_FRESH", 60.0)
+        with make_app(host, LONGTASK_RESULT_EXPIRE=0.3).app_context():
+            short = jobs.echo.submit("brief")
+            assert short.result(timeout=30) == "brief"
+            wait_for(lambda: not host.tracks_end(short.id), 30, "the job to expire")
+            with pytest.raises(JobNotFoundError):
+                short.result(timeout=30)
+    finally:
+        host.close()
+
+
+def test_the_ends_kept_for_waiters_in_the_host_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_longtask.backends import _pool
+    from tests import diskcache_jobs as jobs
+
+    monkeypatch.setattr(_pool, "_END_VALUES_BYTES", 20_000)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    try:
+        with make_app(host).app_context():
+            done = [jobs.echo.submit(b"x" * 2000) for _ in range(30)]
+            for job in done:
+                assert job.result(timeout=30) == b"x" * 2000
+            pool = host._host
+            assert pool is not None
+            wait_for(lambda: host.tracks_end(done[-1].id), 30, "the last end to be announced")
+            kept = dict(pool._end_values)
+            assert 5 <= len(kept) < 15  # ~2 KB each
+            assert pool._end_bytes == sum(size for _, size in kept.values()) <= 20_000
+            assert not host.tracks_end(done[0].id)
+    finally:
+        host.close()
+
+
 def _watched(host: DiskcacheBackend) -> bool:
     """Whether a thread waiting for a job reads its worker's pipe in place of the dispatcher."""
     pool = host._host

@@ -75,6 +75,14 @@ WAIT_SPIN = 0.001
 #: Whether the dispatcher polls with an epoll (Linux), whose set another thread may change while
 #: the dispatcher blocks in it. Elsewhere it uses poll(), and waiters do not read workers' pipes.
 _EPOLL = hasattr(select, "epoll")
+#: What the ends of recent jobs wrote, as their workers sent it, is kept for waiters in the
+#: host's process up to this many bytes (of the workers' messages) and this many jobs.
+_END_VALUES_BYTES = 2**20
+_END_VALUES_JOBS = 1024
+#: For this many seconds after a job's end, a wait that starts then is answered from what the
+#: end wrote, without a read (PoolHost.tracks()): a purge in another process meanwhile is not
+#: seen (the job's own expiry is).
+END_VALUES_FRESH = 2.0
 
 
 class _Slot:
@@ -200,11 +208,13 @@ class PoolHost:
         self._next_cleanup = time.monotonic() + backend.cleanup_interval
         #: Jobs that ended here recently (the newest last), for waiters in this process.
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
-        #: What the ends of the most recent of them wrote, as their workers sent it.
-        self._end_values: collections.OrderedDict[str, dict[str, t.Any]] = collections.OrderedDict()
+        #: What the ends of the most recent of them wrote, as their workers sent it, and the
+        #: size of each worker's message.
+        self._end_values: collections.OrderedDict[str, tuple[dict[str, t.Any], int]] = collections.OrderedDict()
+        self._end_bytes = 0
         self._ended_cond = threading.Condition()
-        #: Ended here, not yet announced to waiters: (job id, what its end wrote, or None).
-        self._ends: list[tuple[str, dict[str, t.Any] | None]] = []
+        #: Ended here, not yet announced to waiters: (job id, what its end wrote or None, size).
+        self._ends: list[tuple[str, dict[str, t.Any] | None, int]] = []
         self._ends_lock = threading.Lock()
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
         self.pids: list[int] = []
@@ -281,6 +291,9 @@ class PoolHost:
         one wake-up instead of two, and no dispatcher work between the end and the caller.
         """
         deadline = time.monotonic() + timeout
+        kept = self._end_values.get(job_id)
+        if kept is not None:  # it has ended (see tracks())
+            return _copy(kept[0])
         slot = self._watch(job_id, timeout)
         if slot is not None:
             try:
@@ -298,8 +311,8 @@ class PoolHost:
                 self._ended_cond.wait(timeout)
                 return None
             self._ended_cond.wait_for(lambda: job_id in self._ended, timeout)
-            values = self._end_values.get(job_id)
-        return None if values is None else _copy(values)
+            kept = self._end_values.get(job_id)
+        return None if kept is None else _copy(kept[0])
 
     def _watch(self, job_id: str, timeout: float) -> _Slot | None:
         """The worker that runs ``job_id``, its pipe taken out of the dispatcher's poll set;
@@ -383,12 +396,29 @@ class PoolHost:
         finally:
             self._spinning.release()
 
-    def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None) -> None:
+    def tracks(self, job_id: str) -> bool:
+        """Whether a wait for ``job_id`` in this process may skip its first read: the job is
+        queued or running in this pool (its end will wake the waiter), or it ended under
+        :data:`END_VALUES_FRESH` seconds ago and what its end wrote is kept here, unexpired."""
+        if job_id in self._known:
+            return True
+        with self._ended_cond:
+            kept = self._end_values.get(job_id)
+            ended = self._ended.get(job_id)
+        if kept is None or ended is None or time.monotonic() - ended >= END_VALUES_FRESH:
+            return False
+        record = kept[0].get(f"job:{job_id}")
+        try:  # (as stored: "finished" and "expire", its result's lifetime, in seconds)
+            return bool(time.time() < record["finished"] + record["expire"])  # type: ignore[index]
+        except (TypeError, KeyError):
+            return False
+
+    def _job_ended(self, job_id: str, values: dict[str, t.Any] | None = None, size: int = 0) -> None:
         # Announced once the dispatcher lets go of the mutex (_announce_ends): a waiter woken
         # by its job's end often submits the next one at once, and that submit needs the mutex
         # to hand it to the idle worker (reserve()).
         with self._ends_lock:
-            self._ends.append((job_id, values))
+            self._ends.append((job_id, values, size))
 
     def announce_end(self, job_id: str) -> None:
         """Wake the threads of this process that wait for ``job_id``: it was ended here, or in
@@ -403,14 +433,18 @@ class PoolHost:
             ends, self._ends = self._ends, []
         with self._ended_cond:
             now = time.monotonic()
-            for job_id, values in ends:
+            for job_id, values, size in ends:
                 self._ended[job_id] = now
                 if values is not None:
-                    self._end_values[job_id] = values
+                    old = self._end_values.pop(job_id, None)
+                    self._end_bytes += size - (0 if old is None else old[1])
+                    self._end_values[job_id] = (values, size)
             while len(self._ended) > 1024:  # a waiter looks within moments of its job's end
                 self._ended.popitem(last=False)
-            while len(self._end_values) > 64:  # at most END_INLINE bytes each
-                self._end_values.popitem(last=False)
+            while self._end_values and (
+                len(self._end_values) > _END_VALUES_JOBS or self._end_bytes > _END_VALUES_BYTES
+            ):
+                self._end_bytes -= self._end_values.popitem(last=False)[1][1]
             self._ended_cond.notify_all()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -646,7 +680,7 @@ class PoolHost:
             self._kills.pop(job_id, None)
             self._requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
-            self._job_ended(job_id, values)
+            self._job_ended(job_id, values, len(data))
         return values
 
     def _reap(self, slot: _Slot, how: str | None) -> None:

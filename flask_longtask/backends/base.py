@@ -96,6 +96,19 @@ class Backend(abc.ABC):
     #: before it reads the job's status again (for an end that did not wake it: a lost worker).
     recheck_interval: float = 1.0
 
+    def tracks_end(self, job_id: str) -> bool:
+        """Whether this process follows job ``job_id`` itself: it will be woken when the job
+        ends (the job is queued or running here), or it ended moments ago and this process holds
+        what its end wrote.
+
+        With :attr:`ends_wake_waiters`, ``Job.wait`` then skips its first read of the job and
+        blocks in :meth:`wait_then_get_many` at once, which for a job that has ended answers from
+        what its end wrote, without reading storage (the diskcache pool's host, for the jobs of
+        its pool). A wrong ``True`` costs a waiter up to :attr:`recheck_interval`. The default
+        is ``False``: a wait starts with a read.
+        """
+        return False
+
     # -- serialisation --------------------------------------------------------------------------
 
     def dumps(self, value: t.Any) -> bytes:

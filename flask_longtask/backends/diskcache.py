@@ -246,6 +246,12 @@ class DiskcacheBackend(Backend):
         process ends it: its worker's "done", or the word of the process that ended it."""
         return self._host is not None
 
+    def tracks_end(self, job_id: str) -> bool:
+        """True in the pool's host for a job its pool runs or queues, or ended moments ago
+        (see :meth:`PoolHost.tracks <flask_longtask.backends._pool.PoolHost.tracks>`)."""
+        host = self._host
+        return host is not None and host.tracks(job_id)
+
     #: A worker sends its "done" after the job's end signals and app-context teardown (user
     #: code, which may be slow): look at storage this often meanwhile, as polling would.
     recheck_interval = 0.05
