@@ -83,6 +83,8 @@ _END_VALUES_JOBS = 1024
 #: end wrote, without a read (PoolHost.tracks()): a purge in another process meanwhile is not
 #: seen (the job's own expiry is).
 END_VALUES_FRESH = 2.0
+#: Seconds between rewrites of the queue's length while it changes (see _publish()).
+_PUBLISH_EVERY = 0.01
 
 
 class _Slot:
@@ -90,6 +92,7 @@ class _Slot:
 
     __slots__ = (
         "conn",
+        "fd",
         "given",
         "job_id",
         "lifeline",
@@ -97,6 +100,7 @@ class _Slot:
         "preclaimed",
         "process",
         "reason",
+        "sentinel",
         "started",
         "watched",
     )
@@ -105,6 +109,9 @@ class _Slot:
         self.process = process
         self.conn = conn
         self.lifeline = lifeline
+        #: The descriptors of its pipe and of its exit sentinel, while it is in the pool.
+        self.fd: int = conn.fileno()
+        self.sentinel: int = process.sentinel
         self.job_id: str | None = None
         #: When it was given its job (monotonic).
         self.given = 0.0
@@ -172,6 +179,7 @@ class PoolHost:
         self._buffer = b""
         self._queued_fd = os.open(os.path.join(backend.directory, QUEUED_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         self._published = -1
+        self._next_publish = 0.0
         self._slots: list[_Slot] = []
         self._queue: collections.deque[str] = collections.deque()
         self._known: set[str] = set()
@@ -471,9 +479,9 @@ class PoolHost:
             while self._inbox:
                 self._push(self._inbox.popleft())
             for slot in list(self._slots):
-                if slot.conn.fileno() in ready and not slot.watched:  # (else its watcher reads it)
+                if slot.fd in ready and not slot.watched:  # (else its watcher reads it)
                     self._read_done(slot)
-                if slot.process.sentinel in ready:
+                if slot.sentinel in ready:
                     self._reap(slot, None)
             now = time.monotonic()
             if now >= self._next_mail:
@@ -493,10 +501,17 @@ class PoolHost:
             self._publish()
 
     def _publish(self) -> None:
-        """Write the length of the queue where other processes read it, if it changed."""
-        if len(self._queue) != self._published:
-            self._published = len(self._queue)
-            os.pwrite(self._queued_fd, f"{self._published:<20}\n".encode(), 0)
+        """Write the length of the queue where other processes read it, if it changed: at once
+        when it empties or stops being empty, else at most every _PUBLISH_EVERY seconds (a
+        busy queue changes with every job; the dispatcher publishes what is left each TICK)."""
+        queued = len(self._queue)
+        if queued == self._published:
+            return
+        now = time.monotonic()
+        if queued and self._published > 0 and now < self._next_publish:
+            return
+        self._published, self._next_publish = queued, now + _PUBLISH_EVERY
+        os.pwrite(self._queued_fd, f"{queued:<20}\n".encode(), 0)
 
     def _poll(self, timeout: float) -> set[int]:
         """The descriptors that are ready: the FIFO, the wake pipe, workers' sentinels and their
