@@ -342,8 +342,9 @@ class DiskcacheBackend(Backend):
     def queue_length(self) -> int | None:
         """How many jobs the pool host has waiting; ``None`` while no process hosts the pool.
 
-        Read from a small file the host rewrites as its queue changes: a job submitted a moment
-        ago may not be counted yet.
+        Read from a small file the host rewrites as its queue changes (at most every 10 ms
+        while it keeps changing, at once when it empties or fills): in other processes a job
+        submitted a moment ago may not be counted yet, for up to a quarter of a second.
         """
         self.cache  # noqa: B018 - joins the election first, as a submit would
         host = self._host
