@@ -275,9 +275,37 @@ def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
         with make_app(host, LONGTASK_RESULT_EXPIRE=0.3).app_context():
             short = jobs.echo.submit("brief")
             assert short.result(timeout=30) == "brief"
-            wait_for(lambda: not host.tracks_end(short.id), 30, "the job to expire")
+            wait_for(lambda: get_many([f"job:{short.id}"]) == [MISSING], 30, "the job to expire")
+            assert not host.tracks_end(short.id)  # its kept end is not used past its expiry
             with pytest.raises(JobNotFoundError):
                 short.result(timeout=30)
+    finally:
+        host.close()
+
+
+def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job cancelled while it waits in the queue stays there until a worker takes it (and
+    skips it): no worker's "done" will answer for it, so a wait in the host reads first."""
+    from tests import diskcache_jobs as jobs
+
+    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    monkeypatch.setattr(host, "recheck_interval", 60.0)  # a wait that does not read first times out
+    try:
+        with make_app(host).app_context():
+            gate = tmp_path / "gate"
+            blocker = jobs.wait_for_file.submit(str(gate))
+            wait_for(lambda: blocker.status is JobStatus.RUNNING, 30, "the worker to be busy")
+            queued = jobs.echo.submit("never")
+            assert host.tracks_end(queued.id)  # queued here: its end will wake a waiter
+            queued.cancel()
+            pool = host._host
+            assert pool is not None and queued.id in pool._known  # still in the queue
+            assert not host.tracks_end(queued.id)
+            assert queued.wait(timeout=5) is JobStatus.CANCELLED
+            gate.touch()
+            assert blocker.result(timeout=30) == "done"
     finally:
         host.close()
 

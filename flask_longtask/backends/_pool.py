@@ -406,13 +406,16 @@ class PoolHost:
 
     def tracks(self, job_id: str) -> bool:
         """Whether a wait for ``job_id`` in this process may skip its first read: the job is
-        queued or running in this pool (its end will wake the waiter), or it ended under
-        :data:`END_VALUES_FRESH` seconds ago and what its end wrote is kept here, unexpired."""
-        if job_id in self._known:
-            return True
+        queued or running in this pool and not yet announced ended (its end will wake the
+        waiter), or it ended under :data:`END_VALUES_FRESH` seconds ago and what its end wrote
+        is kept here, unexpired."""
         with self._ended_cond:
             kept = self._end_values.get(job_id)
             ended = self._ended.get(job_id)
+        if job_id in self._known:
+            # Unless it has ended already while still in the queue (cancelled there, or ended
+            # by another process): no worker's "done" will answer for it, so read first.
+            return ended is None
         if kept is None or ended is None or time.monotonic() - ended >= END_VALUES_FRESH:
             return False
         record = kept[0].get(f"job:{job_id}")
