@@ -678,10 +678,13 @@ def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2  # the pool and its one worker run
         [worker] = host_pids(host)
+        slot = t.cast(t.Any, host._host)._slots[0]
+        # (a result can be read before the pool has heard from its worker that it is free;
+        # stopped before it says so, the worker would never be handed the next job)
+        wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
         os.kill(worker, signal.SIGSTOP)  # it will not read its pipe
         with make_app(client).app_context():
             job = jobs.add.submit(2, 3)  # through the FIFO, handed to the stopped worker
-            slot = t.cast(t.Any, host._host)._slots[0]
             wait_for(lambda: slot.job_id == job.id, 10, "the job to be handed to the worker")
             assert client.get(f"claim:{job.id}") is MISSING
             assert job.status is JobStatus.QUEUED
