@@ -155,6 +155,9 @@ class _Ticker:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._parked = False
+        #: Called with the time (monotonic) at each tick while jobs run, in the ticker thread
+        #: (a pool worker hands back the jobs it was sent ahead when its own runs long).
+        self.hooks: list[t.Callable[[float], None]] = []
 
     def add(self, ctx: JobContext) -> None:
         with self._cond:
@@ -199,6 +202,11 @@ class _Ticker:
                     ctx._tick(now)
                 except Exception:  # a backend hiccup must not kill the ticker
                     _log.exception("Progress/heartbeat update of job %s failed.", ctx.id)
+            for hook in self.hooks if jobs else ():
+                try:
+                    hook(now)
+                except Exception:
+                    _log.exception("A ticker hook failed.")
 
 
 _ticker = _Ticker()
@@ -280,6 +288,16 @@ def _owner() -> str:
     return owner_of(os.getpid(), threading.get_ident())
 
 
+def claim_value() -> dict[str, t.Any]:
+    """What a worker's claim of a job stores: who claims it, and since when it runs."""
+    return {"by": _owner(), "at": time.time()}
+
+
+def job_keys(job_id: str) -> list[str]:
+    """What a worker reads as it claims a job: its record, its request and its cancel flag."""
+    return [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"]
+
+
 def execute(
     backend: Backend,
     job_id: str,
@@ -288,6 +306,7 @@ def execute(
     app: Flask | None = None,
     claimed: tuple[float, dict[str, t.Any], dict[str, t.Any] | None] | None = None,
     go: t.Callable[[], bool] | None = None,
+    cancelled: t.Any = MISSING,
 ) -> JobStatus | None:
     """Run job ``job_id`` here and now, if nobody else has; return its final status.
 
@@ -299,26 +318,23 @@ def execute(
     worker by whoever handed it over (the diskcache pool, for a job submitted in its host
     process): it runs without a claim or a read of its own. With ``go``, the claim is still
     being stored: the job is prepared (its task and app found), then runs only if ``go()``
-    returns true; nothing observable happens before.
+    returns true; nothing observable happens before. ``cancelled``: the job's cancel flag, when
+    whoever claimed it read it with the claim (otherwise a cancel from then on finds the job
+    claimed, and the ticker's first look, the forced stop and the end's atomic check see to it).
     """
     if claimed is None:
         # Claim the job and read what it needs in one round trip: only the winner of the claim
         # runs it. A cancel that lands after the read is seen by the running job
         # (is_cancel_requested, and atomically when it ends) instead.
-        started = time.time()
+        claim = claim_value()
+        started = claim["at"]
         won, (record, request, cancelled) = backend.claim_and_get(
-            f"claim:{job_id}",
-            {"by": _owner(), "at": started},
-            JobStore(backend).claim_expire,
-            [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"],
+            f"claim:{job_id}", claim, JobStore(backend).claim_expire, job_keys(job_id)
         )
-        if not won or record is MISSING or record["status"] != JobStatus.QUEUED.value:
+        if not won or not is_runnable(record):
             return None  # someone else has it, or it is unknown (expired, purged) or over
     else:
-        # Its cancel flag is not read here: a cancel from now on finds the job claimed, so the
-        # ticker's first look, the forced stop and the end's atomic check see to it.
         started, record, request = claimed
-        cancelled = MISSING
     failure: Exception | None = None
     try:
         if request is not None and request is not MISSING:
@@ -358,6 +374,11 @@ def execute(
             store.finish(ctx._close(), JobStatus.FAILED, app=app, error=err)
             return JobStatus.FAILED
         return _run(ctx, task, app, args, kwargs)
+
+
+def is_runnable(record: t.Any) -> bool:
+    """Whether a job whose record this is, just claimed, is to run: it exists and is queued."""
+    return record is not MISSING and record["status"] == JobStatus.QUEUED.value
 
 
 def _task_and_app(

@@ -160,3 +160,55 @@ def _slow_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
 
 
 signals.job_succeeded.connect(_slow_receiver)
+
+
+def _held_ahead(count: int, gate: str | None) -> None:
+    """In a pool worker: wait until the pool has sent ``count`` jobs ahead to this worker, which
+    keeps them meanwhile (holding its pipe's lock: no hand-back), then until ``gate`` exists."""
+    import array
+    import fcntl
+    import termios
+
+    from flask_longtask.backends import _poolworker
+
+    with _poolworker._pipe_lock:
+        fd = _poolworker._conn.fileno()
+        deadline = time.monotonic() + 30  # the job's own work: a poll with a deadline
+        while True:
+            waiting = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, waiting)
+            if waiting[0] >= count * 36:  # each a 4-byte length and a 32-character id
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pool sent no jobs ahead")
+            time.sleep(0.01)
+        while gate is not None and not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gate} never appeared")
+            time.sleep(0.01)
+
+
+@longtask.task
+def hold_jobs_ahead(count: int, gate: str | None = None, exit_code: int | None = None) -> int:
+    """Runs until ``count`` jobs were sent ahead to its worker (and ``gate`` exists); then
+    returns, or ends its process with ``exit_code``."""
+    _held_ahead(count, gate)
+    if exit_code is not None:
+        os._exit(exit_code)
+    return count
+
+
+@longtask.task
+def exit_after_its_end(count: int) -> int:
+    """Returns once ``count`` jobs were sent ahead to its worker; a receiver of its end signal
+    (below) then ends the process: its end is stored, and the first job sent ahead is claimed."""
+    _held_ahead(count, None)
+    return count
+
+
+def _exit_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
+    if job._store.read_record(job.id)["task"].endswith("exit_after_its_end"):
+        os._exit(5)
+
+
+signals.job_succeeded.connect(_exit_receiver)

@@ -131,6 +131,83 @@ def test_crashed_worker_fails_its_job_and_is_replaced(
     assert len(t.cast(t.Any, backend._host)._slots) == 2
 
 
+@pytest.fixture
+def one_worker_pool(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any]]:
+    """A pool of one worker, up, in an app context; and its host."""
+    backend = DiskcacheBackend(tmp_path / "lt1", workers=1)
+    try:
+        with make_app(backend).app_context():
+            assert jobs.noop.submit().result(timeout=30) is None  # the pool is up
+            yield backend, t.cast(t.Any, backend._host)
+    finally:
+        pids = host_pids(backend)
+        backend.close()
+        assert [pid for pid in pids if exists(pid)] == [], "worker processes outlived the pool"
+
+
+def ahead_of(host: t.Any) -> list[str]:
+    return [job_id for slot in list(host._slots) for job_id in slot.ahead]
+
+
+def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker(
+    app: Flask, backend: DiskcacheBackend, tmp_path: Path
+) -> None:
+    # Both workers busy: the pool sends each its next queued jobs ahead of its end.
+    gate_a, gate_b = tmp_path / "a", tmp_path / "b"
+    long_a = jobs.wait_for_file.submit(str(gate_a))
+    long_b = jobs.wait_for_file.submit(str(gate_b))
+    wait_for(lambda: long_a.status is long_b.status is JobStatus.RUNNING, 30, "both long jobs to run")
+    short = [jobs.add.submit(n, 1) for n in range(4)]
+    host = t.cast(t.Any, backend._host)
+    assert host.queued() == 4  # sent ahead or not, they are counted as waiting
+    # One long job ends: its worker runs every short job, those sent ahead to the worker whose
+    # job still runs included (it gives them back), while that job runs on.
+    gate_b.touch()
+    assert [job.result(timeout=10) for job in short] == [1, 2, 3, 4]
+    assert long_a.status is JobStatus.RUNNING
+    gate_a.touch()
+    assert long_a.result(timeout=10) == "done"
+    assert ahead_of(host) == [] and host.queued() == 0
+
+
+def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: t.Any, tmp_path: Path) -> None:
+    _, host = one_worker_pool
+    gate = tmp_path / "gate"
+    holder = jobs.hold_jobs_ahead.submit(1, str(gate))
+    ahead = jobs.record.submit(str(tmp_path / "log"), 1)
+    wait_for(lambda: ahead_of(host) == [ahead.id], 30, "the job to be sent ahead")
+    ahead.cancel()
+    assert ahead.status is JobStatus.CANCELLED  # at once: it had not started
+    gate.touch()
+    assert holder.result(timeout=30) == 1
+    # Its worker tried to claim it as the holder ended, found it cancelled, and went on.
+    assert jobs.add.submit(2, 2).result(timeout=30) == 4
+    assert ahead.status is JobStatus.CANCELLED
+    assert not (tmp_path / "log").exists()  # it never ran
+    assert ahead_of(host) == [] and host.queued() == 0
+
+
+def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: t.Any) -> None:
+    _, host = one_worker_pool
+    dying = jobs.hold_jobs_ahead.submit(2, None, 3)
+    ahead = [jobs.add.submit(n, 1) for n in range(2)]
+    assert dying.wait(timeout=30) is JobStatus.FAILED
+    assert dying.error is not None and "exited with code 3" in dying.error["message"]
+    assert [job.result(timeout=30) for job in ahead] == [1, 2]
+
+
+def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(one_worker_pool: t.Any) -> None:
+    # The worker ends its job, claiming the first job sent ahead in the same transaction, then
+    # dies (a receiver of the end signal exits) before it runs or reports that job: it never
+    # started, so it runs on the replacement, as does the second.
+    _, host = one_worker_pool
+    ending = jobs.exit_after_its_end.submit(2)
+    ahead = [jobs.add.submit(n, 1) for n in range(2)]
+    assert ending.result(timeout=30) == 2
+    assert [job.result(timeout=30) for job in ahead] == [1, 2]
+    assert [job.status for job in ahead] == [JobStatus.SUCCEEDED] * 2
+
+
 def test_load_1000_jobs_from_4_threads(app: Flask, backend: DiskcacheBackend, tmp_path: Path) -> None:
     log = tmp_path / "log"
     submitted: dict[int, t.Any] = {}

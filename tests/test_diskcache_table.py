@@ -410,7 +410,7 @@ def test_the_dispatcher_does_not_wait_for_a_message_a_waiter_took(
     pool = t.cast(t.Any, host._host)
     [slot] = pool._slots
     with pool._mutex:
-        pool._read_done(slot)  # nothing to read: returns at once
+        pool._read_messages(slot)  # nothing to read: returns at once
         assert slot.job_id == job.id
     gate.touch()
     assert job.result(timeout=30) == "done"

@@ -85,15 +85,23 @@ _END_VALUES_JOBS = 1024
 END_VALUES_FRESH = 2.0
 #: Seconds between rewrites of the queue's length while it changes (see _publish()).
 _PUBLISH_EVERY = 0.01
+#: How many queued jobs a busy worker is sent ahead of its end. It claims the first in the same
+#: transaction that ends its job and runs it at once: no claim of its own, no wait for the next
+#: id. A worker whose job runs long gives them back (_poolworker.HAND_BACK_AFTER), so that a
+#: job waits behind a long one only that long while another worker is free.
+AHEAD = 2
 
 
 class _Slot:
     """One worker process and the job it runs."""
 
     __slots__ = (
+        "ahead",
         "conn",
         "fd",
+        "gave_back",
         "given",
+        "handing",
         "job_id",
         "lifeline",
         "pending",
@@ -113,6 +121,13 @@ class _Slot:
         self.fd: int = conn.fileno()
         self.sentinel: int = process.sentinel
         self.job_id: str | None = None
+        #: The jobs sent to it ahead, while it runs one (in its pipe, in this order): see AHEAD.
+        self.ahead: collections.deque[str] = collections.deque()
+        #: Whether it gave back the jobs sent ahead (its job runs long): none until it ends.
+        self.gave_back = False
+        #: Whether it was reserved for a job of this process that has not had its "go" yet:
+        #: nothing may be sent ahead of that word.
+        self.handing = False
         #: When it was given its job (monotonic).
         self.given = 0.0
         #: Whether its job was claimed for it when it was handed over (not by the worker).
@@ -124,6 +139,11 @@ class _Slot:
         self.watched = False
         #: Bytes read from its pipe beyond the last whole message (see recv()).
         self.pending = b""
+
+    def has_message(self) -> bool:
+        """Whether a whole message was read already (recv() returns it without a system call)."""
+        buf = self.pending
+        return len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big", signed=True)
 
     def recv(self) -> bytes:
         """The worker's next message, as ``Connection.send_bytes`` framed it (a 4-byte length,
@@ -269,9 +289,13 @@ class PoolHost:
                     slot.process.kill()
             for slot in self._slots:
                 slot.process.join(5)
+                if slot.process.exitcode is not None:
+                    self._drain(slot)
                 if slot.job_id is not None and self._claimed(slot.job_id):
                     self.backend._lost(slot.job_id, "the worker pool was shut down while it ran")
                     self._job_ended(slot.job_id)
+                for job_id in slot.ahead:  # never started: queued in storage, for the next host
+                    self._unclaim(job_id, slot.process.pid)
                 # (one never claimed stays queued in storage: the next host runs it)
                 _close(slot.conn)
                 slot.process.close()
@@ -380,7 +404,7 @@ class PoolHost:
             # Unless the worker died (the dispatcher reaps it: it watches the exit sentinel).
             if slot.job_id != job_id or slot not in self._slots:
                 return None
-            values = self._read_done(slot, check=False)
+            values = self._read_messages(slot, check=False, want=job_id)
             self._dispatch_idle()  # its worker is idle now: the next queued job, if any
             self._publish()
         finally:
@@ -483,7 +507,7 @@ class PoolHost:
                 self._push(self._inbox.popleft())
             for slot in list(self._slots):
                 if slot.fd in ready and not slot.watched:  # (else its watcher reads it)
-                    self._read_done(slot)
+                    self._read_messages(slot)
                 if slot.sentinel in ready:
                     self._reap(slot, None)
             now = time.monotonic()
@@ -507,7 +531,7 @@ class PoolHost:
         """Write the length of the queue where other processes read it, if it changed: at once
         when it empties or stops being empty, else at most every _PUBLISH_EVERY seconds (a
         busy queue changes with every job; the dispatcher publishes what is left each TICK)."""
-        queued = len(self._queue)
+        queued = self.queued()
         if queued == self._published:
             return
         now = time.monotonic()
@@ -515,6 +539,10 @@ class PoolHost:
             return
         self._published, self._next_publish = queued, now + _PUBLISH_EVERY
         os.pwrite(self._queued_fd, f"{queued:<20}\n".encode(), 0)
+
+    def queued(self) -> int:
+        """How many jobs wait: in the queue, or sent ahead to a busy worker."""
+        return len(self._queue) + sum(len(slot.ahead) for slot in self._slots)
 
     def _poll(self, timeout: float) -> set[int]:
         """The descriptors that are ready: the FIFO, the wake pipe, workers' sentinels and their
@@ -573,7 +601,7 @@ class PoolHost:
                 return None
             for slot in self._slots:
                 if slot.job_id is None and slot.reason is None:
-                    slot.job_id, slot.given = job_id, time.monotonic()
+                    slot.job_id, slot.given, slot.handing = job_id, time.monotonic(), True
                     self._known.add(job_id)
                     return slot
             return None
@@ -588,6 +616,8 @@ class PoolHost:
             slot.conn.send_bytes(b"G" if start else b"N")
         except (OSError, ValueError):
             return False
+        finally:
+            slot.handing = False  # jobs may be sent ahead from now on
         return slot in self._slots
 
     def unreserve(self, slot: _Slot, job_id: str) -> None:
@@ -595,7 +625,7 @@ class PoolHost:
         with self._mutex:
             if slot.job_id == job_id:
                 slot.job_id = None
-                slot.preclaimed = False
+                slot.preclaimed = slot.handing = False
             self._known.discard(job_id)
         self._wake()  # jobs may have queued meanwhile
 
@@ -667,31 +697,62 @@ class PoolHost:
                 return
             self._handle(line)
 
-    def _read_done(self, slot: _Slot, *, check: bool = True) -> dict[str, t.Any] | None:
-        """Handle a worker's message; return what its job's end wrote, if it sent that.
+    def _read_messages(self, slot: _Slot, *, check: bool = True, want: str | None = None) -> dict[str, t.Any] | None:
+        """Handle a worker's messages, as many as were read whole; return what the end of job
+        ``want`` wrote, if it was among them and its worker sent that.
 
         ``check``: whether to look first if there is one. The dispatcher polled the pipe, then
         waited for the mutex: a thread waiting for the job may have read the message meanwhile.
         """
         if check and not slot.pending and not _readable(slot.conn):
             return None
-        try:
-            data = slot.recv()
-        except (EOFError, OSError):
-            return None  # it died; the sentinel says how
+        wanted = None
+        while True:
+            try:
+                data = slot.recv()
+            except (EOFError, OSError):
+                return wanted  # it died; the sentinel says how
+            job_id, values = self._handle_message(slot, data)
+            if job_id is not None and job_id == want:
+                wanted = values
+            if not slot.has_message():  # (more, not yet read whole: the pipe is readable)
+                return wanted
+
+    def _handle_message(self, slot: _Slot, data: bytes) -> tuple[str | None, dict[str, t.Any] | None]:
+        """Handle one message of a worker; return the job it is done with, if any, and what that
+        job's end wrote, if it sent that."""
         if data.startswith(b"!"):  # "!<reason>": it failed inside execute() and now exits
             slot.reason = data[1:].decode("utf-8", "replace")
-            return None
-        values = None
-        if data.startswith(b"E"):  # "E" and what its job's end wrote
-            try:
-                done, values = pickle.loads(data[1:])
-            except Exception:  # pragma: no cover - a worker pickles plain data; it is done all the same
-                _log.exception("Worker pool: a worker's done message could not be read.")
-                done, values = None, None
-            if done != slot.job_id:  # pragma: no cover - a worker answers for the job it was given
-                values = None
-        job_id, slot.job_id, slot.preclaimed = slot.job_id, None, False
+            return None, None
+        if data.startswith(b"R"):  # "R" and the ids of the jobs sent ahead that it gives back
+            slot.gave_back = True
+            back = [raw.decode() for raw in data[1:].split()]
+            for back_id in reversed(back):  # first in the queue again, in their order
+                if back_id in slot.ahead:
+                    slot.ahead.remove(back_id)
+                    self._queue.appendleft(back_id)
+            return None, None
+        values = ahead = None
+        try:  # "E" and (job id, what its end wrote, the job sent ahead it claimed)
+            done, values, ahead = pickle.loads(data[1:])
+        except Exception:  # pragma: no cover - a worker pickles plain data; it is done all the same
+            _log.exception("Worker pool: a worker's done message could not be read.")
+            done = None
+        if done != slot.job_id:  # pragma: no cover - a worker answers for the job it was given
+            values = None
+        job_id, slot.job_id, slot.preclaimed, slot.gave_back = slot.job_id, None, False, False
+        now = time.monotonic()
+        if ahead is not None:  # it claimed the next job sent ahead as it ended this one
+            next_id, runs = ahead
+            with contextlib.suppress(ValueError):
+                slot.ahead.remove(next_id)
+            if runs:
+                slot.job_id, slot.given = next_id, now
+            else:  # ended meanwhile (cancelled while it waited, purged): nothing ran
+                self._known.discard(next_id)
+                self._job_ended(next_id)
+        elif slot.ahead:  # it takes the next one sent ahead from its pipe, and claims it itself
+            slot.job_id, slot.given = slot.ahead.popleft(), now
         self._respawn_delay = 0.0
         if job_id is not None:
             self._known.discard(job_id)
@@ -699,15 +760,36 @@ class PoolHost:
             self._requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
             self._job_ended(job_id, values, len(data))
-        return values
+        return job_id, values
+
+    def _drain(self, slot: _Slot) -> None:
+        """Handle what a dead worker sent before it died (its pipe keeps it): its last "done"
+        says which job sent ahead it went on to."""
+        while slot.has_message() or _readable(slot.conn):
+            try:
+                data = slot.recv()
+            except (EOFError, OSError):
+                return
+            self._handle_message(slot, data)
 
     def _reap(self, slot: _Slot, how: str | None) -> None:
         slot.process.join()
+        self._drain(slot)
         reason = how or slot.reason or exit_reason(slot.process.exitcode)
+        pid = slot.process.pid
         self._slots.remove(slot)
         _close(slot.conn)
         _close(slot.lifeline)
         slot.process.close()
+        # The jobs sent ahead never started: a worker reports the one it claimed as it ended its
+        # job before it runs it. Queued again (first), unless ended meanwhile.
+        for job_id in reversed(slot.ahead):
+            if self._unclaim(job_id, pid):
+                self._queue.appendleft(job_id)
+            else:
+                self._known.discard(job_id)
+                self._job_ended(job_id)
+        slot.ahead.clear()
         if slot.job_id is not None:
             job_id = slot.job_id
             self._kills.pop(job_id, None)
@@ -734,6 +816,16 @@ class PoolHost:
     def _claimed(self, job_id: str) -> bool:
         return self.backend.get(f"claim:{job_id}") is not MISSING
 
+    def _unclaim(self, job_id: str, pid: int) -> bool:
+        """Remove the claim worker ``pid`` made of a job sent ahead that it never started;
+        whether the job may run (it is not claimed by anyone else: a cancel)."""
+        key = f"claim:{job_id}"
+        claim = self.backend.get(key)
+        if claim is MISSING:
+            return True
+        by = claim.get("by", "") if isinstance(claim, dict) else ""
+        return by.rsplit(":", 2)[-2:-1] == [str(pid)] and self.backend.delete_if(key, claim)
+
     def _run_kills(self) -> None:
         now = time.time()
         for job_id, deadline in list(self._kills.items()):
@@ -756,10 +848,11 @@ class PoolHost:
         self._dispatch_idle()
 
     def _dispatch_idle(self) -> None:
+        """The next queued jobs to idle workers; then, while jobs remain, ahead to busy ones."""
         for slot in self._slots:
             if not self._queue:
                 return
-            if slot.job_id is None:
+            if slot.job_id is None and not slot.ahead:
                 job_id = self._queue.popleft()
                 try:
                     slot.conn.send_bytes(job_id.encode())
@@ -767,6 +860,22 @@ class PoolHost:
                     self._queue.appendleft(job_id)
                     continue
                 slot.job_id, slot.given = job_id, time.monotonic()
+        for depth in range(1, AHEAD + 1):  # one each first, then a second each
+            for slot in self._slots:
+                if not self._queue:
+                    return
+                if (
+                    slot.job_id is not None
+                    and len(slot.ahead) < depth
+                    and not (slot.handing or slot.gave_back or slot.reason is not None)
+                ):
+                    job_id = self._queue.popleft()
+                    try:
+                        slot.conn.send_bytes(job_id.encode())
+                    except OSError:  # it is dying: put the job back, the sentinel will fire
+                        self._queue.appendleft(job_id)
+                        continue
+                    slot.ahead.append(job_id)
 
     def _spawn(self) -> None:
         conn, child_conn = self._ctx.Pipe()

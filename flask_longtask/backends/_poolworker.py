@@ -23,6 +23,19 @@ END_INLINE = 16 * 1024
 #: Seconds a worker looks for the host's "go" before it blocks (see _Go), when this process
 #: may run on more than one CPU (on one, looking only delays the host's commit).
 GO_SPIN = 0.0005
+#: Seconds a job runs before its worker gives back the jobs the pool sent it ahead (checked at
+#: the ticker's ticks, every ``LONGTASK_PROGRESS_INTERVAL``): a queued job waits behind a long one
+#: for about that long at most, while another worker is free.
+HAND_BACK_AFTER = 0.02
+#: This worker's pipe to the host, and a poll of it (set in worker_main).
+_conn: t.Any = None
+_poller: t.Any = None
+#: Held to read the pipe while a job runs (the ticker thread may give back jobs sent ahead).
+_pipe_lock = threading.Lock()
+#: Held to write to the pipe: the main thread and the ticker's hook both send.
+_send_lock = threading.Lock()
+#: When the job this worker runs started (monotonic), ``None`` between jobs.
+_since: float | None = None
 #: The CPUs this process may run on (the pool host looks for a job's end only when one is free).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -45,6 +58,7 @@ class _Go:
         self.answer: bool | None = None
 
     def __call__(self) -> bool:
+        global _since
         # The word comes as soon as the host's commit is done, which this worker's wake-up and
         # preparation overlapped: look for it for a moment before sleeping, which would cost
         # another wake-up.
@@ -53,9 +67,44 @@ class _Go:
             while not self.poller.poll(0) and time.perf_counter() < deadline:
                 os.sched_yield()  # a runnable thread on this CPU (the host's commit?) goes first
             self.answer = self.conn.recv_bytes() == b"G"
+            if self.answer:  # it runs from now (see _hand_back)
+                _since = time.monotonic()
         except (EOFError, OSError):  # pragma: no cover - the host died: the lifeline ends us
             self.answer = False
         return self.answer
+
+
+def take_ahead() -> str | None:
+    """In a pool worker ending its job: the next job the pool sent it ahead, if one waits."""
+    poller = _poller
+    if poller is None:
+        return None
+    with _pipe_lock:
+        if not poller.poll(0):
+            return None
+        return t.cast(bytes, _conn.recv_bytes()).decode()
+
+
+def _hand_back(now: float) -> None:
+    """A ticker hook: when this worker's job has run for :data:`HAND_BACK_AFTER` seconds, give
+    back the jobs the pool sent it ahead, so that another worker may run them meanwhile."""
+    if _since is None or now - _since < HAND_BACK_AFTER or not _pipe_lock.acquire(blocking=False):
+        return
+    try:
+        if _since is None:
+            return
+        ids = []
+        while _poller.poll(0):
+            ids.append(_conn.recv_bytes())
+        if ids:  # under the pipe's lock: before the job's "done" (see worker_main)
+            _send(b"R" + b" ".join(ids))
+    finally:
+        _pipe_lock.release()
+
+
+def _send(message: bytes) -> None:
+    with _send_lock:
+        _conn.send_bytes(message)
 
 
 def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
@@ -63,50 +112,79 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
 
     A message is a job id, or ``P`` and the pickle of ``(job id, claimed)`` for a job the host
     has claimed for this worker (see :func:`flask_longtask.worker.execute`), followed by ``G``
-    once that claim is stored, or ``N`` if it could not be. The worker
-    answers each with its job id, or with ``E`` and the pickle of ``(job id, {key: value})``
-    of what the job's end wrote; or, when it could not store an outcome, ``!`` and why.
+    once that claim is stored, or ``N`` if it could not be. While a job runs, the host may send
+    the ids of the next ones ahead (see ``PoolHost``): the worker claims the first as it ends
+    its job, in the same transaction, and runs it next.
+
+    The worker answers each job with ``E`` and the pickle of ``(job id, {key: value} or None,
+    ahead)``: what the job's end wrote (``None`` when it is large: the host's waiters read it),
+    and ``(next job id, whether it runs it)`` for a job sent ahead that it claimed or tried to
+    (``None`` if none was waiting). Jobs sent ahead that it gives back (its own job runs long)
+    it sends as ``R`` and their ids; when it could not store an outcome, ``!`` and why, and it
+    exits.
     """
-    global IN_WORKER, RUNNING
+    global IN_WORKER, RUNNING, _conn, _poller, _since
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
 
-    from ..worker import execute
+    from ..worker import _ticker, execute, is_runnable
+    from .base import MISSING
     from .diskcache import DiskcacheBackend
 
     backend = DiskcacheBackend(directory, embedded=False)
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
+    _conn, _poller = conn, poller
+    _ticker.hooks.append(_hand_back)
+    claimed_next: tuple[str, t.Any, t.Any] | None = None  # (job id, claimed, cancel flag)
     while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
-            return
         go = None
-        if data[:1] == b"P":
-            job_id, claimed = pickle.loads(data[1:])
-            go = _Go(conn, poller)
+        cancelled: t.Any = MISSING
+        if claimed_next is not None:
+            job_id, claimed, cancelled = claimed_next
+            claimed_next = None
         else:
-            job_id, claimed = data.decode(), None
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
+                return
+            if data[:1] == b"P":
+                job_id, claimed = pickle.loads(data[1:])
+                go = _Go(conn, poller)
+            else:
+                job_id, claimed = data.decode(), None
         RUNNING = job_id
+        if go is None:
+            _since = time.monotonic()
         try:
-            execute(backend, job_id, claimed=claimed, go=go)
+            execute(backend, job_id, claimed=claimed, go=go, cancelled=cancelled)
         except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
             # process whose file writes fail cannot save coverage data either.
             # Storage failed under the job (disk full, directory gone): this process cannot record
             # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
             _log.exception("Job %s: its outcome could not be stored.", job_id)
-            conn.send_bytes(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
+            _send(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
             os._exit(70)
+        with _pipe_lock:  # jobs given back from here on are given back before this "done"
+            _since = None
         if go is not None and go.answer is False:
             continue  # its records could not be stored: nothing ran, and the host took us back
+        ahead = None
+        taken = backend.take_next()
+        if taken is not None:
+            next_id, claim = taken
+            record, request, flag = claim.values if claim.won else (MISSING, MISSING, MISSING)
+            runs = claim.won and is_runnable(record)
+            if runs:
+                claimed_next = (next_id, (claim.value["at"], record, request), flag)
+            ahead = (next_id, runs)
         # With what the end wrote, so that a waiter in the host need not read it (a large result
         # is not even pickled to see that it is).
-        message = job_id.encode()
         end = backend.take_end(job_id)
-        if end is not None and sum(len(v) for v in end.values() if isinstance(v, bytes)) < END_INLINE:
-            with_end = b"E" + pickle.dumps((job_id, end), pickle.HIGHEST_PROTOCOL)
-            if len(with_end) <= END_INLINE:
-                message = with_end
-        conn.send_bytes(message)
+        if end is not None and sum(len(v) for v in end.values() if isinstance(v, bytes)) >= END_INLINE:
+            end = None
+        message = b"E" + pickle.dumps((job_id, end, ahead), pickle.HIGHEST_PROTOCOL)
+        if len(message) > END_INLINE:
+            message = b"E" + pickle.dumps((job_id, None, ahead), pickle.HIGHEST_PROTOCOL)
+        _send(message)

@@ -122,6 +122,21 @@ def _release(con: sqlite3.Connection, writer: int) -> None:
         os.close(writer)
 
 
+class Claim:
+    """A claim to make at the end of :meth:`Table.add_then_write`'s transaction, and what it
+    read: a pool worker ends its job and claims the next one (that the pool sent it ahead) in one
+    transaction (see :mod:`flask_longtask.backends._poolworker`)."""
+
+    __slots__ = ("expire", "key", "keys", "value", "values", "won")
+
+    def __init__(self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]) -> None:
+        self.key, self.value, self.expire, self.keys = key, value, expire, keys
+        #: Whether the claim was made (and committed).
+        self.won = False
+        #: The values of ``keys``, read in the same transaction once it was made.
+        self.values: list[t.Any] = []
+
+
 class _Thread:
     """One thread's connection, writers' lock file and transaction state.
 
@@ -409,7 +424,10 @@ class Table:
         *,
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
+        then_claim: Claim | None = None,
     ) -> bool | None:
+        """See :meth:`Backend.add_then_write`; with ``then_claim``, the same transaction then
+        makes that claim (whatever became of the first): see :class:`Claim`."""
         # The values are encoded before the transaction takes the lock; the "otherwise" ones (a
         # cancelled job's end: rare) only when they are chosen.
         row = self._row(key, value, expire)
@@ -417,12 +435,17 @@ class Table:
         chosen: bool | None = None
         committed = False
         try:
+            claim_row = None if then_claim is None else self._row(then_claim.key, then_claim.value, then_claim.expire)
             with self.batch():
                 if self._run(_ADD, (*row, time.time())).rowcount == 1:
                     chosen = unless is None or self.get(unless) is MISSING
                     if not chosen:
                         plans[1] = self._plan(otherwise)
                     self._apply(plans[0 if chosen else 1])
+                if then_claim is not None and claim_row is not None:
+                    then_claim.won = self._run(_ADD, (*claim_row, time.time())).rowcount == 1
+                    if then_claim.won:
+                        then_claim.values = self.get_many(then_claim.keys)
             committed = True
         finally:
             # Remove the files of values that were not written (all of them, if it failed).
@@ -431,6 +454,8 @@ class Table:
                     self._discard_plan(plan)
             if not committed or chosen is None:
                 self._discard(row[4])
+            if then_claim is not None and not (committed and then_claim.won):
+                then_claim.won = False
         return chosen
 
     def write_all(self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None) -> None:

@@ -23,7 +23,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from . import _pool, _poolworker
-from ._table import Table
+from ._table import Claim, Table
 from .base import MISSING, Backend, JobRequest, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +104,8 @@ class DiskcacheBackend(Backend):
         self._warned_no_host = False
         #: In a pool worker: ``(job id, writes)`` of the last job end written here.
         self._end: tuple[str, t.Sequence[Write]] | None = None
+        #: In a pool worker: the job it was sent ahead and claimed as it ended the last (take_next()).
+        self._next: tuple[str, Claim] | None = None
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -217,7 +219,17 @@ class DiskcacheBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        chosen = self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
+        then_claim = None
+        if _poolworker.IN_WORKER and key == f"end:{_poolworker.RUNNING}":
+            # A pool worker ends its job: when the pool sent it its next job ahead, it claims
+            # that one in the same transaction (one commit and one lock instead of two).
+            next_id = _poolworker.take_ahead()
+            if next_id is not None:
+                then_claim = self._next_claim(next_id)
+                self._next = (next_id, then_claim)
+        chosen = self.table.add_then_write(
+            key, value, expire, writes, unless=unless, otherwise=otherwise, then_claim=then_claim
+        )
         if chosen is not None and key.startswith("end:"):
             job_id = key[4:]
             if _poolworker.IN_WORKER and job_id == _poolworker.RUNNING:
@@ -255,6 +267,18 @@ class DiskcacheBackend(Backend):
     #: A worker sends its "done" after the job's end signals and app-context teardown (user
     #: code, which may be slow): look at storage this often meanwhile, as polling would.
     recheck_interval = 0.05
+
+    def _next_claim(self, job_id: str) -> Claim:
+        from ..store import JobStore
+        from ..worker import claim_value, job_keys
+
+        return Claim(f"claim:{job_id}", claim_value(), JobStore(self).claim_expire, job_keys(job_id))
+
+    def take_next(self) -> tuple[str, Claim] | None:
+        """In a pool worker: the job it claimed (or tried to) as it ended the last one, with
+        what that claim read, then forgotten; ``None`` if it had no job ahead then."""
+        taken, self._next = self._next, None
+        return taken
 
     def take_end(self, job_id: str) -> dict[str, t.Any] | None:
         """In a pool worker: the values the end of job ``job_id`` wrote here (``None`` if some
@@ -349,7 +373,7 @@ class DiskcacheBackend(Backend):
         self.cache  # noqa: B018 - joins the election first, as a submit would
         host = self._host
         if host is not None:
-            return len(host._queue)
+            return host.queued()
         try:
             with open(os.path.join(self.directory, _pool.QUEUED_NAME), "rb") as f:
                 text = f.read(64).strip()
