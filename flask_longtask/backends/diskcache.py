@@ -48,7 +48,9 @@ class DiskcacheBackend(Backend):
     processes: the first to use the backend wins an ``flock`` on the directory, and when it dies
     another takes over, fails the jobs that were running there ("worker lost") and runs the jobs
     still queued. Worker processes are started once (``spawn``: no lock of a threaded server is
-    ever inherited) and reused; at most ``workers`` jobs run at once, the rest wait in FIFO order.
+    ever inherited) and reused; at most ``workers`` jobs run at once, the rest wait in FIFO order
+    (a job sent ahead to a busy worker whose job then runs long is given back within a tick of
+    ``LONGTASK_PROGRESS_INTERVAL``; see the backends documentation).
     A job that ignores cancellation is ended by stopping its process after
     ``LONGTASK_CANCEL_GRACE`` seconds; a worker that dies fails its job, saying how, and is
     replaced. POSIX only (``flock`` and a named pipe).
