@@ -82,7 +82,10 @@ def take_ahead() -> str | None:
     with _pipe_lock:
         if not poller.poll(0):
             return None
-        return t.cast(bytes, _conn.recv_bytes()).decode()
+        try:
+            return t.cast(bytes, _conn.recv_bytes()).decode()
+        except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+            return None
 
 
 def _hand_back(now: float) -> None:
@@ -98,6 +101,8 @@ def _hand_back(now: float) -> None:
             ids.append(_conn.recv_bytes())
         if ids:  # under the pipe's lock: before the job's "done" (see worker_main)
             _send(b"R" + b" ".join(ids))
+    except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+        pass
     finally:
         _pipe_lock.release()
 
