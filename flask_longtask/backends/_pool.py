@@ -853,13 +853,9 @@ class PoolHost:
             if not self._queue:
                 return
             if slot.job_id is None and not slot.ahead:
-                job_id = self._queue.popleft()
-                try:
-                    slot.conn.send_bytes(job_id.encode())
-                except OSError:  # it is dying: put the job back, the sentinel will fire
-                    self._queue.appendleft(job_id)
-                    continue
-                slot.job_id, slot.given = job_id, time.monotonic()
+                job_id = self._send_next(slot)
+                if job_id is not None:
+                    slot.job_id, slot.given = job_id, time.monotonic()
         for depth in range(1, AHEAD + 1):  # one each first, then a second each
             for slot in self._slots:
                 if not self._queue:
@@ -869,13 +865,20 @@ class PoolHost:
                     and len(slot.ahead) < depth
                     and not (slot.handing or slot.gave_back or slot.reason is not None)
                 ):
-                    job_id = self._queue.popleft()
-                    try:
-                        slot.conn.send_bytes(job_id.encode())
-                    except OSError:  # it is dying: put the job back, the sentinel will fire
-                        self._queue.appendleft(job_id)
-                        continue
-                    slot.ahead.append(job_id)
+                    job_id = self._send_next(slot)
+                    if job_id is not None:
+                        slot.ahead.append(job_id)
+
+    def _send_next(self, slot: _Slot) -> str | None:
+        """Send the first queued job to a worker; its id, or ``None`` if the worker is dying
+        (the job stays first in the queue, and the worker's sentinel will fire)."""
+        job_id = self._queue.popleft()
+        try:
+            slot.conn.send_bytes(job_id.encode())
+        except OSError:
+            self._queue.appendleft(job_id)
+            return None
+        return job_id
 
     def _spawn(self) -> None:
         conn, child_conn = self._ctx.Pipe()
