@@ -285,6 +285,9 @@ class PoolHost:
         with self._mutex:  # push_local leaves jobs in storage from here (through the inbox)
             for slot in self._slots:
                 _close(slot.lifeline)  # workers see their lifeline close and exit at once
+            deadline = time.monotonic() + 1.0
+            for slot in self._slots:  # (through os._exit: whatever saves data at exit does)
+                slot.process.join(max(0.0, deadline - time.monotonic()))
                 if slot.process.is_alive():
                     slot.process.kill()
             for slot in self._slots:

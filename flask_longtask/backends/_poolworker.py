@@ -77,7 +77,7 @@ class _Go:
 def take_ahead() -> str | None:
     """In a pool worker ending its job: the next job the pool sent it ahead, if one waits."""
     poller = _poller
-    if poller is None:
+    if poller is None:  # pragma: no cover - set before the first job
         return None
     with _pipe_lock:
         if not poller.poll(0):
