@@ -8,7 +8,7 @@ import signal
 import time
 import typing as t
 
-from flask import Flask
+from flask import Flask, g
 
 from flask_longtask import LongTask, current_job, signals
 from flask_longtask.backends import ThreadBackend
@@ -146,20 +146,19 @@ SIGKILL = int(signal.SIGKILL)
 
 
 @longtask.task
-def slow_to_report(path: str) -> str:
-    """Returns at once; a receiver of its end signal (below) then takes until ``path`` exists."""
+def slow_to_report(path: str, ahead: int = 0) -> str:
+    """Returns at once (once ``ahead`` jobs were sent ahead to its worker); a receiver of its end
+    signal, connected in its worker until then, takes until ``path`` exists."""
+    _held_ahead(ahead, None)
+    signals.job_succeeded.connect(_slow_receiver)
     return path
 
 
 def _slow_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
-    record = job._store.read_record(job.id)
-    if record["task"].endswith("slow_to_report"):
-        deadline = time.monotonic() + 30  # user code that holds the worker after the end is stored
-        while not os.path.exists(job.result()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
-signals.job_succeeded.connect(_slow_receiver)
+    signals.job_succeeded.disconnect(_slow_receiver)
+    deadline = time.monotonic() + 30  # user code that holds the worker after the end is stored
+    while not os.path.exists(job.result()) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _held_ahead(count: int, gate: str | None) -> None:
@@ -174,7 +173,7 @@ def _held_ahead(count: int, gate: str | None) -> None:
     with _poolworker._pipe_lock:
         fd = _poolworker._conn.fileno()
         deadline = time.monotonic() + 30  # the job's own work: a poll with a deadline
-        while True:
+        while count:
             waiting = array.array("i", [0])
             fcntl.ioctl(fd, termios.FIONREAD, waiting)
             if waiting[0] >= count * 36:  # each a 4-byte length and a 32-character id
@@ -200,15 +199,15 @@ def hold_jobs_ahead(count: int, gate: str | None = None, exit_code: int | None =
 
 @longtask.task
 def exit_after_its_end(count: int) -> int:
-    """Returns once ``count`` jobs were sent ahead to its worker; a receiver of its end signal
+    """Returns once ``count`` jobs were sent ahead to its worker; the app context's teardown
     (below) then ends the process: its end is stored, and the first job sent ahead is claimed."""
     _held_ahead(count, None)
+    g.exit_at_teardown = 5
     return count
 
 
-def _exit_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
-    if job._store.read_record(job.id)["task"].endswith("exit_after_its_end"):
-        os._exit(5)
-
-
-signals.job_succeeded.connect(_exit_receiver)
+@app.teardown_appcontext
+def _exit_if_asked(exc: BaseException | None) -> None:
+    code = g.pop("exit_at_teardown", None)
+    if code is not None:
+        os._exit(code)

@@ -149,21 +149,26 @@ def ahead_of(host: t.Any) -> list[str]:
     return [job_id for slot in list(host._slots) for job_id in slot.ahead]
 
 
-def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker(
+def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
     app: Flask, backend: DiskcacheBackend, tmp_path: Path
 ) -> None:
-    # Both workers busy: the pool sends each its next queued jobs ahead of its end.
+    # Both workers busy: the pool sends each its next queued jobs ahead of its end; each, its
+    # own job running long, gives them back.
     gate_a, gate_b = tmp_path / "a", tmp_path / "b"
     long_a = jobs.wait_for_file.submit(str(gate_a))
     long_b = jobs.wait_for_file.submit(str(gate_b))
     wait_for(lambda: long_a.status is long_b.status is JobStatus.RUNNING, 30, "both long jobs to run")
-    short = [jobs.add.submit(n, 1) for n in range(4)]
     host = t.cast(t.Any, backend._host)
-    assert host.queued() == 4  # sent ahead or not, they are counted as waiting
+    log = tmp_path / "log"
+    short = [jobs.record.submit(str(log), n) for n in range(4)]
+    wait_for(lambda: all(slot.gave_back for slot in host._slots), 10, "both workers to give jobs back")
+    # Sent ahead, given back or queued: they are counted as waiting.
+    wait_for(lambda: host.queued() == 4, 10, "the jobs to be counted as waiting")
     # One long job ends: its worker runs every short job, those sent ahead to the worker whose
-    # job still runs included (it gives them back), while that job runs on.
+    # job still runs included, while that job runs on; in the order they were submitted.
     gate_b.touch()
-    assert [job.result(timeout=10) for job in short] == [1, 2, 3, 4]
+    assert [job.result(timeout=10) for job in short] == [0, 2, 4, 6]
+    assert [line.split()[1] for line in log.read_text().splitlines() if line.startswith("start")] == list("0123")
     assert long_a.status is JobStatus.RUNNING
     gate_a.touch()
     assert long_a.result(timeout=10) == "done"
@@ -187,6 +192,83 @@ def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: t.Any, tmp
     assert ahead_of(host) == [] and host.queued() == 0
 
 
+def test_two_jobs_sent_ahead_the_first_cancelled(one_worker_pool: t.Any, tmp_path: Path) -> None:
+    # The worker, ending its job, finds the first job sent ahead cancelled; it goes on to the
+    # second, and the pool follows it: the next job is not handed to it while it runs that.
+    backend, host = one_worker_pool
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    holder = jobs.hold_jobs_ahead.submit(2, str(gate))
+    first = jobs.record.submit(str(log), 1)
+    second = jobs.record.submit(str(log), 2, 0.3)
+    wait_for(lambda: ahead_of(host) == [first.id, second.id], 30, "both jobs to be sent ahead")
+    first.cancel()
+    gate.touch()
+    assert holder.result(timeout=30) == 2
+    wait_for(lambda: second.status is JobStatus.RUNNING, 10, "the second job to run")
+    [slot] = host._slots
+    assert slot.job_id == second.id
+    after = jobs.add.submit(3, 3)  # queued behind it, not handed to its busy worker
+    assert after.result(timeout=30) == 6
+    assert second.result(timeout=1) == 4
+    assert first.status is JobStatus.CANCELLED
+    assert [line.split()[:2] for line in log.read_text().splitlines()] == [["start", "2"], ["end", "2"]]
+    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    assert ahead_of(host) == [] and host.queued() == 0
+
+
+def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
+    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job submitted in the host is handed to its idle worker while its records are written;
+    # the write fails, so the worker is told to drop it. A job queued at that moment is not sent
+    # ahead of that word to the worker (it would run with the pool unaware): it runs next.
+    backend, host = one_worker_pool
+    [slot] = host._slots
+    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    write_all, go = backend.table.write_all, host.go
+    queued: list[t.Any] = []
+
+    def failing_write_all(writes: t.Any, *, locked: t.Any = None) -> None:
+        monkeypatch.setattr(backend.table, "write_all", write_all)
+        if locked is not None:
+            locked()  # the worker has the job
+        raise OSError(28, "No space left on device")
+
+    def go_then_submit(slot: t.Any, start: bool) -> bool:
+        answer = go(slot, start)
+        queued.append(jobs.add.submit(5, 5))  # another thread's submit, right then
+        return answer
+
+    monkeypatch.setattr(backend.table, "write_all", failing_write_all)
+    monkeypatch.setattr(host, "go", go_then_submit)
+    with pytest.raises(OSError, match="No space left"):
+        jobs.add.submit(1, 1)
+    monkeypatch.setattr(host, "go", go)
+    assert queued[0].result(timeout=30) == 10
+    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    assert ahead_of(host) == []
+    assert jobs.add.submit(2, 2).result(timeout=30) == 4
+
+
+def test_a_job_sent_ahead_is_not_claimed_before_slow_end_receivers(one_worker_pool: t.Any, tmp_path: Path) -> None:
+    # A receiver of the end signal holds the worker after its job's end: the job sent ahead is
+    # given back, not claimed with the end (it would read "running" with no heartbeat, and
+    # wait for the receiver).
+    _, host = one_worker_pool
+    release = tmp_path / "release"
+    try:
+        reporting = jobs.slow_to_report.submit(str(release), 1)
+        ahead = jobs.add.submit(1, 1)
+        assert reporting.result(timeout=30) == str(release)  # while its receiver holds the worker
+        [slot] = host._slots
+        wait_for(lambda: slot.gave_back and not slot.ahead, 10, "the job to be given back")
+        assert ahead.status is JobStatus.QUEUED
+        assert host.queued() == 1
+    finally:
+        release.touch()
+    assert ahead.result(timeout=30) == 2
+
+
 def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: t.Any) -> None:
     _, host = one_worker_pool
     dying = jobs.hold_jobs_ahead.submit(2, None, 3)
@@ -198,7 +280,7 @@ def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker
 
 def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(one_worker_pool: t.Any) -> None:
     # The worker ends its job, claiming the first job sent ahead in the same transaction, then
-    # dies (a receiver of the end signal exits) before it runs or reports that job: it never
+    # dies (in the app context's teardown) before it runs or reports that job: it never
     # started, so it runs on the replacement, as does the second.
     _, host = one_worker_pool
     ending = jobs.exit_after_its_end.submit(2)

@@ -202,7 +202,10 @@ class PoolHost:
         self._next_publish = 0.0
         self._slots: list[_Slot] = []
         self._queue: collections.deque[str] = collections.deque()
-        self._known: set[str] = set()
+        #: The jobs queued or running here, each with its place in the order they were queued
+        #: (a job put back in the queue goes back to its place: see _requeue).
+        self._known: dict[str, int] = {}
+        self._pushed = 0
         #: Jobs put back in the queue once because their worker died before claiming them.
         self._requeued: set[str] = set()
         self._kills: dict[str, float] = {}
@@ -603,9 +606,9 @@ class PoolHost:
             if self._queue or self._inbox or self._stopping.is_set():
                 return None
             for slot in self._slots:
-                if slot.job_id is None and slot.reason is None:
+                if slot.job_id is None and not slot.ahead and slot.reason is None:
                     slot.job_id, slot.given, slot.handing = job_id, time.monotonic(), True
-                    self._known.add(job_id)
+                    self._known[job_id] = 0  # (never queued)
                     return slot
             return None
         finally:
@@ -620,7 +623,9 @@ class PoolHost:
         except (OSError, ValueError):
             return False
         finally:
-            slot.handing = False  # jobs may be sent ahead from now on
+            # Jobs may be sent ahead from now on; after an "N", only once unreserve() has
+            # made it idle (ahead of a job it drops, one would run with the pool unaware).
+            slot.handing = not start
         return slot in self._slots
 
     def unreserve(self, slot: _Slot, job_id: str) -> None:
@@ -629,7 +634,7 @@ class PoolHost:
             if slot.job_id == job_id:
                 slot.job_id = None
                 slot.preclaimed = slot.handing = False
-            self._known.discard(job_id)
+            self._forget(job_id)
         self._wake()  # jobs may have queued meanwhile
 
     def hand_over(self, slot: _Slot, job_id: str, message: bytes) -> bool:
@@ -676,8 +681,20 @@ class PoolHost:
 
     def _push(self, job_id: str) -> None:
         if job_id not in self._known:
-            self._known.add(job_id)
+            self._pushed += 1
+            self._known[job_id] = self._pushed
             self._queue.append(job_id)
+
+    def _requeue(self, job_id: str) -> None:
+        """Put back in the queue a job that was taken from it and never started, in its place:
+        before the jobs queued after it, whatever became of the ones in between."""
+        place = self._known.setdefault(job_id, 0)
+        queue = self._queue
+        at = next((i for i, queued in enumerate(queue) if self._known.get(queued, 0) > place), len(queue))
+        queue.insert(at, job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._known.pop(job_id, None)
 
     def _read_fifo(self) -> None:
         while True:
@@ -729,11 +746,11 @@ class PoolHost:
             return None, None
         if data.startswith(b"R"):  # "R" and the ids of the jobs sent ahead that it gives back
             slot.gave_back = True
-            back = [raw.decode() for raw in data[1:].split()]
-            for back_id in reversed(back):  # first in the queue again, in their order
+            for raw in data[1:].split():  # queued again, each in its place
+                back_id = raw.decode()
                 if back_id in slot.ahead:
                     slot.ahead.remove(back_id)
-                    self._queue.appendleft(back_id)
+                    self._requeue(back_id)
             return None, None
         values = ahead = None
         try:  # "E" and (job id, what its end wrote, the job sent ahead it claimed)
@@ -752,13 +769,14 @@ class PoolHost:
             if runs:
                 slot.job_id, slot.given = next_id, now
             else:  # ended meanwhile (cancelled while it waited, purged): nothing ran
-                self._known.discard(next_id)
+                self._forget(next_id)
                 self._job_ended(next_id)
-        elif slot.ahead:  # it takes the next one sent ahead from its pipe, and claims it itself
+        if slot.job_id is None and slot.ahead:
+            # It takes the next one sent ahead from its pipe, and claims it itself.
             slot.job_id, slot.given = slot.ahead.popleft(), now
         self._respawn_delay = 0.0
         if job_id is not None:
-            self._known.discard(job_id)
+            self._forget(job_id)
             self._kills.pop(job_id, None)
             self._requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
@@ -786,11 +804,11 @@ class PoolHost:
         slot.process.close()
         # The jobs sent ahead never started: a worker reports the one it claimed as it ended its
         # job before it runs it. Queued again (first), unless ended meanwhile.
-        for job_id in reversed(slot.ahead):
+        for job_id in slot.ahead:
             if self._unclaim(job_id, pid):
-                self._queue.appendleft(job_id)
+                self._requeue(job_id)
             else:
-                self._known.discard(job_id)
+                self._forget(job_id)
                 self._job_ended(job_id)
         slot.ahead.clear()
         if slot.job_id is not None:
@@ -805,9 +823,9 @@ class PoolHost:
             ):
                 # It died before it took the job (killed from outside): the job never started.
                 self._requeued.add(job_id)
-                self._queue.appendleft(job_id)
+                self._requeue(job_id)
             else:
-                self._known.discard(job_id)
+                self._forget(job_id)
                 self.backend._lost(job_id, reason)
                 self._job_ended(job_id)
         elif how is None:
@@ -839,6 +857,10 @@ class PoolHost:
                 continue
             if deadline <= now:
                 del self._kills[job_id]
+                # It may have ended the job just now, and gone on to one sent ahead.
+                self._read_messages(slot)
+                if slot.job_id != job_id:
+                    continue
                 slot.process.kill()
                 self._reap(slot, "it was stopped by force after cancellation")
 
@@ -867,6 +889,7 @@ class PoolHost:
                     slot.job_id is not None
                     and len(slot.ahead) < depth
                     and not (slot.handing or slot.gave_back or slot.reason is not None)
+                    and slot.job_id not in self._kills  # (to be stopped by force: it would be too)
                 ):
                     job_id = self._send_next(slot)
                     if job_id is not None:
@@ -879,7 +902,7 @@ class PoolHost:
         try:
             slot.conn.send_bytes(job_id.encode())
         except OSError:
-            self._queue.appendleft(job_id)
+            self._queue.appendleft(job_id)  # (it was first)
             return None
         return job_id
 

@@ -36,6 +36,8 @@ _pipe_lock = threading.Lock()
 _send_lock = threading.Lock()
 #: When the job this worker runs started (monotonic), ``None`` between jobs.
 _since: float | None = None
+#: Whether the job this worker runs has looked for a job sent ahead as it ended (once per job).
+_took = False
 #: The CPUs this process may run on (the pool host looks for a job's end only when one is free).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -75,17 +77,43 @@ class _Go:
 
 
 def take_ahead() -> str | None:
-    """In a pool worker ending its job: the next job the pool sent it ahead, if one waits."""
-    poller = _poller
-    if poller is None:  # pragma: no cover - set before the first job
+    """In a pool worker ending its job: the next job the pool sent it ahead, if one waits, to be
+    claimed with the end (once per job).
+
+    Not when receivers of the end signals are connected: they run after the end, in this
+    process, and may be slow (the claimed job would wait, its heartbeat not yet started). The
+    jobs sent ahead are given back then, to run on whichever worker is free first.
+    """
+    global _took
+    if _took or _poller is None:
         return None
+    _took = True
     with _pipe_lock:
-        if not poller.poll(0):
-            return None
         try:
+            if not _poller.poll(0):
+                return None
+            if not _ends_are_quick():
+                _give_back()
+                return None
             return t.cast(bytes, _conn.recv_bytes()).decode()
         except (EOFError, OSError):  # the host is gone: the lifeline ends this process
             return None
+
+
+def _ends_are_quick() -> bool:
+    """Whether no receiver of a job's end signals is connected (in this process)."""
+    from .. import signals
+
+    return not (signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers)
+
+
+def _give_back() -> None:
+    """Send back the ids of the jobs sent ahead that wait in the pipe (under ``_pipe_lock``)."""
+    ids = []
+    while _poller.poll(0):
+        ids.append(_conn.recv_bytes())
+    if ids:  # (before this job's "done", which the main thread sends under the same lock)
+        _send(b"R" + b" ".join(ids))
 
 
 def _hand_back(now: float) -> None:
@@ -94,13 +122,8 @@ def _hand_back(now: float) -> None:
     if _since is None or now - _since < HAND_BACK_AFTER or not _pipe_lock.acquire(blocking=False):
         return
     try:
-        if _since is None:
-            return
-        ids = []
-        while _poller.poll(0):
-            ids.append(_conn.recv_bytes())
-        if ids:  # under the pipe's lock: before the job's "done" (see worker_main)
-            _send(b"R" + b" ".join(ids))
+        if _since is not None:
+            _give_back()
     except (EOFError, OSError):  # the host is gone: the lifeline ends this process
         pass
     finally:
@@ -128,7 +151,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     it sends as ``R`` and their ids; when it could not store an outcome, ``!`` and why, and it
     exits.
     """
-    global IN_WORKER, RUNNING, _conn, _poller, _since
+    global IN_WORKER, RUNNING, _conn, _poller, _since, _took
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
@@ -159,7 +182,7 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
                 go = _Go(conn, poller)
             else:
                 job_id, claimed = data.decode(), None
-        RUNNING = job_id
+        RUNNING, _took = job_id, False
         if go is None:
             _since = time.monotonic()
         try:
