@@ -161,9 +161,10 @@ def _slow_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
         time.sleep(0.01)
 
 
-def _held_ahead(count: int, gate: str | None) -> None:
+def _held_ahead(count: int, gate: str | None, until_cancelled: bool = False) -> None:
     """In a pool worker: wait until the pool has sent ``count`` jobs ahead to this worker, which
-    keeps them meanwhile (holding its pipe's lock: no hand-back), then until ``gate`` exists."""
+    keeps them meanwhile (holding its pipe's lock: no hand-back), then until ``gate`` exists,
+    then (``until_cancelled``) until the job has seen its cancellation."""
     import array
     import fcntl
     import termios
@@ -185,29 +186,41 @@ def _held_ahead(count: int, gate: str | None) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{gate} never appeared")
             time.sleep(0.01)
+        while until_cancelled and not current_job.is_cancel_requested:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the job was never cancelled")
+            time.sleep(0.01)
 
 
 @longtask.task
-def hold_jobs_ahead(count: int, gate: str | None = None, exit_code: int | None = None) -> int:
-    """Runs until ``count`` jobs were sent ahead to its worker (and ``gate`` exists); then
-    returns, or ends its process with ``exit_code``."""
-    _held_ahead(count, gate)
+def hold_jobs_ahead(
+    count: int, gate: str | None = None, exit_code: int | None = None, until_cancelled: bool = False
+) -> int:
+    """Runs until ``count`` jobs were sent ahead to its worker (and ``gate`` exists, and it has
+    seen its cancellation); then returns, or ends its process with ``exit_code``."""
+    _held_ahead(count, gate, until_cancelled)
     if exit_code is not None:
         os._exit(exit_code)
     return count
 
 
 @longtask.task
-def exit_after_its_end(count: int) -> int:
+def exit_after_its_end(count: int, report: str) -> int:
     """Returns once ``count`` jobs were sent ahead to its worker; the app context's teardown
-    (below) then ends the process: its end is stored, and the first job sent ahead is claimed."""
+    (below) then ends the process: its end is stored, and the first job sent ahead is claimed.
+    Writes to ``report`` the id of the job it claimed ahead, and whether the claim was made."""
     _held_ahead(count, None)
-    g.exit_at_teardown = 5
+    g.exit_at_teardown = report
     return count
 
 
 @app.teardown_appcontext
 def _exit_if_asked(exc: BaseException | None) -> None:
-    code = g.pop("exit_at_teardown", None)
-    if code is not None:
-        os._exit(code)
+    report = g.pop("exit_at_teardown", None)
+    if report is not None:
+        from flask_longtask.backends import diskcache
+
+        taken = [b._next for b in list(diskcache._instances) if b._next is not None]
+        with open(report, "w") as f:
+            f.write(" ".join(f"{job_id} {claim.won}" for job_id, claim in taken))
+        os._exit(5)

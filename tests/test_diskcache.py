@@ -196,10 +196,10 @@ def test_two_jobs_sent_ahead_the_first_cancelled(one_worker_pool: t.Any, tmp_pat
     # The worker, ending its job, finds the first job sent ahead cancelled; it goes on to the
     # second, and the pool follows it: the next job is not handed to it while it runs that.
     backend, host = one_worker_pool
-    gate, log = tmp_path / "gate", tmp_path / "log"
+    gate, gate_2, log = tmp_path / "gate", tmp_path / "gate-2", tmp_path / "log"
     holder = jobs.hold_jobs_ahead.submit(2, str(gate))
     first = jobs.record.submit(str(log), 1)
-    second = jobs.record.submit(str(log), 2, 0.3)
+    second = jobs.wait_for_file.submit(str(gate_2), then=4)
     wait_for(lambda: ahead_of(host) == [first.id, second.id], 30, "both jobs to be sent ahead")
     first.cancel()
     gate.touch()
@@ -208,10 +208,11 @@ def test_two_jobs_sent_ahead_the_first_cancelled(one_worker_pool: t.Any, tmp_pat
     [slot] = host._slots
     assert slot.job_id == second.id
     after = jobs.add.submit(3, 3)  # queued behind it, not handed to its busy worker
+    gate_2.touch()
     assert after.result(timeout=30) == 6
     assert second.result(timeout=1) == 4
     assert first.status is JobStatus.CANCELLED
-    assert [line.split()[:2] for line in log.read_text().splitlines()] == [["start", "2"], ["end", "2"]]
+    assert not log.exists()  # it never ran
     wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
     assert ahead_of(host) == [] and host.queued() == 0
 
@@ -269,6 +270,32 @@ def test_a_job_sent_ahead_is_not_claimed_before_slow_end_receivers(one_worker_po
     assert ahead.result(timeout=30) == 2
 
 
+def test_a_reserved_worker_is_not_reserved_again_before_its_go(
+    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A submit in the host hands its job to the idle worker, then says "go". Its job can end,
+    # and the worker be idle again, before that submit has finished with it: another submit
+    # must not take it then (the first would mark it free while the second's "go" is not yet
+    # sent, and a job sent ahead would be read by the worker as that "go").
+    backend, host = one_worker_pool
+    [slot] = host._slots
+    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    send = slot.conn.send_bytes
+    reserved: list[t.Any] = []
+
+    def send_then_submit(data: bytes) -> None:
+        send(data)
+        if data == b"G":  # the first submit's go is sent; it has not returned yet
+            monkeypatch.setattr(slot.conn, "send_bytes", send)
+            wait_for(lambda: slot.job_id is None, 10, "the first job to end")
+            reserved.append(host.reserve("0" * 32))  # a second submit, right then
+
+    monkeypatch.setattr(slot.conn, "send_bytes", send_then_submit)
+    assert jobs.add.submit(1, 1).result(timeout=30) == 2
+    assert reserved == [None]  # it went through the queue
+    assert [jobs.add.submit(n, n).result(timeout=30) for n in range(3)] == [0, 2, 4]
+
+
 def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: t.Any) -> None:
     _, host = one_worker_pool
     dying = jobs.hold_jobs_ahead.submit(2, None, 3)
@@ -278,16 +305,44 @@ def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker
     assert [job.result(timeout=30) for job in ahead] == [1, 2]
 
 
-def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(one_worker_pool: t.Any) -> None:
+def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(
+    one_worker_pool: t.Any, tmp_path: Path
+) -> None:
     # The worker ends its job, claiming the first job sent ahead in the same transaction, then
     # dies (in the app context's teardown) before it runs or reports that job: it never
     # started, so it runs on the replacement, as does the second.
     _, host = one_worker_pool
-    ending = jobs.exit_after_its_end.submit(2)
+    report = tmp_path / "report"
+    ending = jobs.exit_after_its_end.submit(2, str(report))
     ahead = [jobs.add.submit(n, 1) for n in range(2)]
     assert ending.result(timeout=30) == 2
     assert [job.result(timeout=30) for job in ahead] == [1, 2]
     assert [job.status for job in ahead] == [JobStatus.SUCCEEDED] * 2
+    assert report.read_text() == f"{ahead[0].id} True"  # it had claimed the first
+
+
+def test_a_worker_whose_job_ends_cancelled_gives_back_the_jobs_sent_ahead(
+    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool may stop that worker by force any moment (the job ignored its cancellation):
+    # it must not be running a job sent ahead then, so it claims none with the end.
+    _, host = one_worker_pool
+    messages: list[bytes] = []
+    handle = host._handle_message
+
+    def spy(slot: t.Any, data: bytes) -> t.Any:
+        messages.append(data[:1])
+        return handle(slot, data)
+
+    monkeypatch.setattr(host, "_handle_message", spy)
+    # It returns as if it had not seen its cancellation (it was seen: it ends "cancelled").
+    holder = jobs.hold_jobs_ahead.submit(1, until_cancelled=True)
+    ahead = jobs.add.submit(1, 1)
+    wait_for(lambda: ahead_of(host) == [ahead.id], 30, "the job to be sent ahead")
+    holder.cancel()
+    assert holder.wait(timeout=30) is JobStatus.CANCELLED
+    assert ahead.result(timeout=30) == 2
+    assert messages[:2] == [b"R", b"E"]  # given back before the end was reported
 
 
 def test_load_1000_jobs_from_4_threads(app: Flask, backend: DiskcacheBackend, tmp_path: Path) -> None:

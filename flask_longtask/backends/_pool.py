@@ -400,10 +400,11 @@ class PoolHost:
             poller.register(slot.conn.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return None
-        if not self._spin(poller, min(slot.given + WAIT_SPIN, deadline)) and not poller.poll(
-            max(0.0, deadline - time.monotonic()) * 1000
-        ):
-            return None
+        if not self._spin(poller, min(slot.given + WAIT_SPIN, deadline)):
+            while not poller.poll(max(0.0, min(deadline - time.monotonic(), TICK)) * 1000):
+                # (The dispatcher may read the "done" itself, before it stops a worker by force.)
+                if time.monotonic() >= deadline or slot.job_id != job_id:
+                    return None
         if not self._mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return None  # the dispatcher reads it once the pipe is back in its set
         try:
@@ -606,7 +607,7 @@ class PoolHost:
             if self._queue or self._inbox or self._stopping.is_set():
                 return None
             for slot in self._slots:
-                if slot.job_id is None and not slot.ahead and slot.reason is None:
+                if slot.job_id is None and not (slot.ahead or slot.handing) and slot.reason is None:
                     slot.job_id, slot.given, slot.handing = job_id, time.monotonic(), True
                     self._known[job_id] = 0  # (never queued)
                     return slot

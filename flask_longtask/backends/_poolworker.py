@@ -76,13 +76,15 @@ class _Go:
         return self.answer
 
 
-def take_ahead() -> str | None:
+def take_ahead(*, cancelled: bool = False) -> str | None:
     """In a pool worker ending its job: the next job the pool sent it ahead, if one waits, to be
     claimed with the end (once per job).
 
     Not when receivers of the end signals are connected: they run after the end, in this
-    process, and may be slow (the claimed job would wait, its heartbeat not yet started). The
-    jobs sent ahead are given back then, to run on whichever worker is free first.
+    process, and may be slow (the claimed job would wait, its heartbeat not yet started). Nor
+    when the job ends ``cancelled``: the host may stop this worker by force any moment now, and
+    no other job may be running then. The jobs sent ahead are given back, to run on whichever
+    worker is free first.
     """
     global _took
     if _took or _poller is None:
@@ -92,7 +94,7 @@ def take_ahead() -> str | None:
         try:
             if not _poller.poll(0):
                 return None
-            if not _ends_are_quick():
+            if cancelled or not _ends_are_quick():
                 _give_back()
                 return None
             return t.cast(bytes, _conn.recv_bytes()).decode()
@@ -107,9 +109,18 @@ def _ends_are_quick() -> bool:
     return not (signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers)
 
 
-def _give_back() -> None:
+def give_back(job_id: str) -> None:
+    """Give back a job taken ahead (:func:`take_ahead`) but not claimed, and those behind it."""
+    with _pipe_lock:
+        try:
+            _give_back([job_id.encode()])
+        except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+            pass
+
+
+def _give_back(ids: list[bytes] | None = None) -> None:
     """Send back the ids of the jobs sent ahead that wait in the pipe (under ``_pipe_lock``)."""
-    ids = []
+    ids = ids or []
     while _poller.poll(0):
         ids.append(_conn.recv_bytes())
     if ids:  # (before this job's "done", which the main thread sends under the same lock)
@@ -119,7 +130,8 @@ def _give_back() -> None:
 def _hand_back(now: float) -> None:
     """A ticker hook: when this worker's job has run for :data:`HAND_BACK_AFTER` seconds, give
     back the jobs the pool sent it ahead, so that another worker may run them meanwhile."""
-    if _since is None or now - _since < HAND_BACK_AFTER or not _pipe_lock.acquire(blocking=False):
+    since = _since  # (the main thread may clear it meanwhile)
+    if since is None or now - since < HAND_BACK_AFTER or not _pipe_lock.acquire(blocking=False):
         return
     try:
         if _since is not None:

@@ -127,10 +127,12 @@ class Claim:
     read: a pool worker ends its job and claims the next one (that the pool sent it ahead) in one
     transaction (see :mod:`flask_longtask.backends._poolworker`)."""
 
-    __slots__ = ("expire", "key", "keys", "value", "values", "won")
+    __slots__ = ("expire", "key", "keys", "tried", "value", "values", "won")
 
     def __init__(self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]) -> None:
         self.key, self.value, self.expire, self.keys = key, value, expire, keys
+        #: Whether it was tried: only when the first write was made as asked (``chosen``).
+        self.tried = False
         #: Whether the claim was made (and committed).
         self.won = False
         #: The values of ``keys``, read in the same transaction once it was made.
@@ -427,7 +429,8 @@ class Table:
         then_claim: Claim | None = None,
     ) -> bool | None:
         """See :meth:`Backend.add_then_write`; with ``then_claim``, the same transaction then
-        makes that claim (whatever became of the first): see :class:`Claim`."""
+        makes that claim, if the first write was made as asked (not ``otherwise``, and not
+        already made): see :class:`Claim`."""
         # The values are encoded before the transaction takes the lock; the "otherwise" ones (a
         # cancelled job's end: rare) only when they are chosen.
         row = self._row(key, value, expire)
@@ -442,7 +445,8 @@ class Table:
                     if not chosen:
                         plans[1] = self._plan(otherwise)
                     self._apply(plans[0 if chosen else 1])
-                if then_claim is not None and claim_row is not None:
+                if then_claim is not None and claim_row is not None and chosen:
+                    then_claim.tried = True
                     then_claim.won = self._run(_ADD, (*claim_row, time.time())).rowcount == 1
                     if then_claim.won:
                         then_claim.values = self.get_many(then_claim.keys)
@@ -454,8 +458,8 @@ class Table:
                     self._discard_plan(plan)
             if not committed or chosen is None:
                 self._discard(row[4])
-            if then_claim is not None and not (committed and then_claim.won):
-                then_claim.won = False
+            if then_claim is not None and not committed:
+                then_claim.won = then_claim.tried = False
         return chosen
 
     def write_all(self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None) -> None:

@@ -221,17 +221,23 @@ class DiskcacheBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        then_claim = None
+        then_claim = next_id = None
         if _poolworker.IN_WORKER and key == f"end:{_poolworker.RUNNING}":
             # A pool worker ends its job: when the pool sent it its next job ahead, it claims
-            # that one in the same transaction (one commit and one lock instead of two).
-            next_id = _poolworker.take_ahead()
+            # that one in the same transaction (one commit and one lock instead of two). Not
+            # when the job ends cancelled: the host may be about to stop it by force, and the
+            # next job must not be running then.
+            next_id = _poolworker.take_ahead(cancelled=_ends_cancelled(key[4:], writes))
             if next_id is not None:
                 then_claim = self._next_claim(next_id)
-                self._next = (next_id, then_claim)
         chosen = self.table.add_then_write(
             key, value, expire, writes, unless=unless, otherwise=otherwise, then_claim=then_claim
         )
+        if then_claim is not None and next_id is not None:
+            if then_claim.tried:
+                self._next = (next_id, then_claim)
+            else:  # ended otherwise (cancelled, or by someone else): the job goes back
+                _poolworker.give_back(next_id)
         if chosen is not None and key.startswith("end:"):
             job_id = key[4:]
             if _poolworker.IN_WORKER and job_id == _poolworker.RUNNING:
@@ -538,3 +544,11 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_close_all)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _ends_cancelled(job_id: str, writes: t.Sequence[Write]) -> bool:
+    """Whether the writes that end job ``job_id`` end it "cancelled"."""
+    for _, key, value, _ in writes:
+        if key == f"job:{job_id}":
+            return isinstance(value, dict) and value.get("status") == "cancelled"
+    return False
