@@ -8,7 +8,7 @@ import signal
 import time
 import typing as t
 
-from flask import Flask, g
+from flask import Flask, current_app
 
 from flask_longtask import LongTask, current_job, signals
 from flask_longtask.backends import ThreadBackend
@@ -146,18 +146,32 @@ SIGKILL = int(signal.SIGKILL)
 
 
 @longtask.task
-def slow_to_report(path: str, ahead: int = 0) -> str:
+def slow_to_report(path: str, ahead: int = 0, teardown: bool = False) -> str:
     """Returns at once (once ``ahead`` jobs were sent ahead to its worker); a receiver of its end
-    signal, connected in its worker until then, takes until ``path`` exists."""
+    signal (or with ``teardown``, a teardown function of the app), added in its worker until
+    then, takes until ``path`` exists."""
     _held_ahead(ahead, None)
-    signals.job_succeeded.connect(_slow_receiver)
+    if teardown:
+        app = current_app._get_current_object()
+
+        def slow_teardown(exc: BaseException | None) -> None:
+            app.teardown_appcontext_funcs.remove(slow_teardown)
+            _wait_for_path(path)
+
+        app.teardown_appcontext(slow_teardown)
+    else:
+        signals.job_succeeded.connect(_slow_receiver)
     return path
 
 
 def _slow_receiver(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
     signals.job_succeeded.disconnect(_slow_receiver)
+    _wait_for_path(job.result())
+
+
+def _wait_for_path(path: str) -> None:
     deadline = time.monotonic() + 30  # user code that holds the worker after the end is stored
-    while not os.path.exists(job.result()) and time.monotonic() < deadline:
+    while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -206,21 +220,18 @@ def hold_jobs_ahead(
 
 @longtask.task
 def exit_after_its_end(count: int, report: str) -> int:
-    """Returns once ``count`` jobs were sent ahead to its worker; the app context's teardown
-    (below) then ends the process: its end is stored, and the first job sent ahead is claimed.
-    Writes to ``report`` the id of the job it claimed ahead, and whether the claim was made."""
+    """Returns once ``count`` jobs were sent ahead to its worker; its worker then ends its
+    process once the end is stored and the first job sent ahead claimed with it, before it
+    reports either. Writes to ``report`` that job's id and whether the claim was made."""
     _held_ahead(count, None)
-    g.exit_at_teardown = report
-    return count
+    backend = current_job._get()._store.backend  # this worker's
+    take_next = backend.take_next
 
-
-@app.teardown_appcontext
-def _exit_if_asked(exc: BaseException | None) -> None:
-    report = g.pop("exit_at_teardown", None)
-    if report is not None:
-        from flask_longtask.backends import diskcache
-
-        taken = [b._next for b in list(diskcache._instances) if b._next is not None]
+    def take_next_then_exit() -> t.Any:
+        taken = take_next()
         with open(report, "w") as f:
-            f.write(" ".join(f"{job_id} {claim.won}" for job_id, claim in taken))
+            f.write("" if taken is None else f"{taken[0]} {taken[1].won}")
         os._exit(5)
+
+    backend.take_next = take_next_then_exit
+    return count

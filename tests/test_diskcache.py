@@ -251,14 +251,17 @@ def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
     assert jobs.add.submit(2, 2).result(timeout=30) == 4
 
 
-def test_a_job_sent_ahead_is_not_claimed_before_slow_end_receivers(one_worker_pool: t.Any, tmp_path: Path) -> None:
-    # A receiver of the end signal holds the worker after its job's end: the job sent ahead is
-    # given back, not claimed with the end (it would read "running" with no heartbeat, and
-    # wait for the receiver).
+@pytest.mark.parametrize("teardown", [False, True], ids=["end-receiver", "teardown"])
+def test_a_job_sent_ahead_is_not_claimed_before_slow_end_receivers(
+    one_worker_pool: t.Any, tmp_path: Path, teardown: bool
+) -> None:
+    # A receiver of the end signal (or the app's teardown) holds the worker after its job's
+    # end: the job sent ahead is given back, not claimed with the end (it would read "running"
+    # with no heartbeat, wait for the receiver, and could be found lost meanwhile).
     _, host = one_worker_pool
     release = tmp_path / "release"
     try:
-        reporting = jobs.slow_to_report.submit(str(release), 1)
+        reporting = jobs.slow_to_report.submit(str(release), 1, teardown)
         ahead = jobs.add.submit(1, 1)
         assert reporting.result(timeout=30) == str(release)  # while its receiver holds the worker
         [slot] = host._slots

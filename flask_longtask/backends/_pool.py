@@ -400,24 +400,30 @@ class PoolHost:
             poller.register(slot.conn.fileno(), select.POLLIN)
         except (OSError, ValueError):
             return None
-        if not self._spin(poller, min(slot.given + WAIT_SPIN, deadline)):
-            while not poller.poll(max(0.0, min(deadline - time.monotonic(), TICK)) * 1000):
-                # (The dispatcher may read the "done" itself, before it stops a worker by force.)
-                if time.monotonic() >= deadline or slot.job_id != job_id:
+        spun = self._spin(poller, min(slot.given + WAIT_SPIN, deadline))
+        while True:
+            if not spun:
+                while not poller.poll(max(0.0, min(deadline - time.monotonic(), TICK)) * 1000):
+                    # (The dispatcher may read the "done" itself, before it stops a worker by force.)
+                    if time.monotonic() >= deadline or slot.job_id != job_id:
+                        return None
+            spun = False
+            if not self._mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return None  # the dispatcher reads it once the pipe is back in its set
+            try:
+                # Unless the worker died (the dispatcher reaps it: it watches the exit sentinel).
+                if slot.job_id != job_id or slot not in self._slots:
                     return None
-        if not self._mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return None  # the dispatcher reads it once the pipe is back in its set
-        try:
-            # Unless the worker died (the dispatcher reaps it: it watches the exit sentinel).
-            if slot.job_id != job_id or slot not in self._slots:
-                return None
-            values = self._read_messages(slot, check=False, want=job_id)
-            self._dispatch_idle()  # its worker is idle now: the next queued job, if any
-            self._publish()
-        finally:
-            self._mutex.release()
-        self._announce_ends()
-        return values
+                values = self._read_messages(slot, check=False, want=job_id)
+                self._dispatch_idle()  # its worker is idle now (or gave jobs back): the next ones
+                self._publish()
+                ended = slot.job_id != job_id
+            finally:
+                self._mutex.release()
+            self._announce_ends()
+            if ended:
+                return values
+            # It gave back the jobs sent ahead ("R"): its job runs on; watch for its end again.
 
     def _spin(self, poller: select.poll, until: float) -> bool:
         """Look for the end of a job that started moments ago, until ``until`` (monotonic), if a
@@ -794,9 +800,16 @@ class PoolHost:
                 return
             self._handle_message(slot, data)
 
-    def _reap(self, slot: _Slot, how: str | None) -> None:
+    def _reap(self, slot: _Slot, how: str | None, *, killed: str | None = None) -> None:
+        """Handle the death of a worker. ``how`` it died, if the pool ended it, to end job
+        ``killed``."""
         slot.process.join()
         self._drain(slot)
+        moved = killed is not None and slot.job_id != killed
+        if moved:
+            # It ended that job just before it was stopped (what it said last came in between),
+            # and went on to another: not the one the pool meant to stop.
+            how = "its worker process was stopped by force as it ended a cancelled job before it"
         reason = how or slot.reason or exit_reason(slot.process.exitcode)
         pid = slot.process.pid
         self._slots.remove(slot)
@@ -816,7 +829,7 @@ class PoolHost:
             job_id = slot.job_id
             self._kills.pop(job_id, None)
             if (
-                how is None
+                (how is None or moved)
                 and slot.reason is None
                 and not slot.preclaimed
                 and job_id not in self._requeued
@@ -863,7 +876,7 @@ class PoolHost:
                 if slot.job_id != job_id:
                     continue
                 slot.process.kill()
-                self._reap(slot, "it was stopped by force after cancellation")
+                self._reap(slot, "it was stopped by force after cancellation", killed=job_id)
 
     def _dispatch(self) -> None:
         if self._queue:

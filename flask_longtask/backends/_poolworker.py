@@ -80,8 +80,9 @@ def take_ahead(*, cancelled: bool = False) -> str | None:
     """In a pool worker ending its job: the next job the pool sent it ahead, if one waits, to be
     claimed with the end (once per job).
 
-    Not when receivers of the end signals are connected: they run after the end, in this
-    process, and may be slow (the claimed job would wait, its heartbeat not yet started). Nor
+    Not when receivers of the end signals are connected, or the app has teardown functions:
+    they run after the end, in this process, and may be slow (the claimed job would wait, read
+    "running" meanwhile, its heartbeat not yet started, and could be found lost). Nor
     when the job ends ``cancelled``: the host may stop this worker by force any moment now, and
     no other job may be running then. The jobs sent ahead are given back, to run on whichever
     worker is free first.
@@ -103,10 +104,16 @@ def take_ahead(*, cancelled: bool = False) -> str | None:
 
 
 def _ends_are_quick() -> bool:
-    """Whether no receiver of a job's end signals is connected (in this process)."""
+    """Whether nothing but storage runs between a job's end and the next job's start here: no
+    receiver of a job's end signals is connected in this process, and the app has no teardown
+    functions (they run as the job's app context ends)."""
+    from flask import current_app
+
     from .. import signals
 
-    return not (signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers)
+    if signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers:
+        return False
+    return not (current_app and current_app.teardown_appcontext_funcs)
 
 
 def give_back(job_id: str) -> None:
