@@ -285,6 +285,19 @@ class BackendConformance:
         assert longtask.get_job(job.id).result() == 40
         assert job.task == add.name
 
+    def test_wait_then_get_many_after_the_end(self, app: Flask, backend: Backend) -> None:
+        # How Job.wait looks again once a job has ended: the keys as stored, the record first.
+        job = add.submit(2, 3)
+        assert job.result(timeout=TIMEOUT) == 5
+        keys = [f"job:{job.id}", f"result:{job.id}", f"conf:none:{job.id}"]
+        record, result, none = backend.wait_then_get_many(job.id, 0.2, keys)
+        assert record["status"] == JobStatus.SUCCEEDED.value and record["id"] == job.id
+        assert backend.loads(result) == 5
+        assert none is MISSING
+        # A job this process does not follow is read before a wait (tracks_end is never
+        # wrongly true: a waiter would wait out recheck_interval first).
+        assert backend.tracks_end("0" * 32) is False
+
     def test_unknown_job(self, app: Flask) -> None:
         with pytest.raises(JobNotFoundError):
             longtask.get_job("no-such-job")
