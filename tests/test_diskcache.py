@@ -299,6 +299,27 @@ def test_a_reserved_worker_is_not_reserved_again_before_its_go(
     assert [jobs.add.submit(n, n).result(timeout=30) for n in range(3)] == [0, 2, 4]
 
 
+def test_a_waiter_hands_a_dead_workers_pipe_back_to_the_pool(
+    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread of the host waiting for a job reads its worker's pipe itself. When the worker
+    # dies, the pipe is at end-of-file: the waiter leaves it to the dispatcher, which reaps the
+    # worker and wakes it, rather than reading it again and again meanwhile.
+    _, host = one_worker_pool
+    reads: list[float] = []
+    read = host._read_messages
+
+    def counting(slot: t.Any, *, check: bool = True, want: str | None = None) -> t.Any:
+        if not check:  # (only a waiter reads with check=False)
+            reads.append(time.monotonic())
+        return read(slot, check=check, want=want)
+
+    monkeypatch.setattr(host, "_read_messages", counting)
+    job = jobs.hold_jobs_ahead.submit(0, None, 3)  # ends its process at once
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    assert len(reads) <= 1
+
+
 def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: t.Any) -> None:
     _, host = one_worker_pool
     dying = jobs.hold_jobs_ahead.submit(2, None, 3)

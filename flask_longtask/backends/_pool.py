@@ -98,6 +98,7 @@ class _Slot:
     __slots__ = (
         "ahead",
         "conn",
+        "eof",
         "fd",
         "gave_back",
         "given",
@@ -139,6 +140,8 @@ class _Slot:
         self.watched = False
         #: Bytes read from its pipe beyond the last whole message (see recv()).
         self.pending = b""
+        #: Whether its pipe reached end-of-file (it died; the dispatcher reaps it).
+        self.eof = False
 
     def has_message(self) -> bool:
         """Whether a whole message was read already (recv() returns it without a system call)."""
@@ -421,7 +424,7 @@ class PoolHost:
             finally:
                 self._mutex.release()
             self._announce_ends()
-            if ended:
+            if ended or slot.eof:  # (dead: the dispatcher reaps it, and wakes waiters then)
                 return values
             # It gave back the jobs sent ahead ("R"): its job runs on; watch for its end again.
 
@@ -738,6 +741,7 @@ class PoolHost:
             try:
                 data = slot.recv()
             except (EOFError, OSError):
+                slot.eof = True
                 return wanted  # it died; the sentinel says how
             job_id, values = self._handle_message(slot, data)
             if job_id is not None and job_id == want:

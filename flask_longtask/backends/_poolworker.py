@@ -105,13 +105,16 @@ def take_ahead(*, cancelled: bool = False) -> str | None:
 
 def _ends_are_quick() -> bool:
     """Whether nothing but storage runs between a job's end and the next job's start here: no
-    receiver of a job's end signals is connected in this process, and the app has no teardown
-    functions (they run as the job's app context ends)."""
-    from flask import current_app
+    receiver of a job's end signals, or of Flask's app context teardown signals, is connected in
+    this process, and the app has no teardown functions (they run as the job's app context
+    ends)."""
+    from flask import appcontext_popped, appcontext_tearing_down, current_app
 
     from .. import signals
 
     if signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers:
+        return False
+    if appcontext_tearing_down.receivers or appcontext_popped.receivers:
         return False
     return not (current_app and current_app.teardown_appcontext_funcs)
 
