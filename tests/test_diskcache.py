@@ -145,6 +145,28 @@ def one_worker_pool(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any]
         assert [pid for pid in pids if exists(pid)] == [], "worker processes outlived the pool"
 
 
+def idle_worker(host: t.Any) -> t.Any:
+    """The one worker of a pool, once the pool has heard that it is free (a job's result can be
+    read before that)."""
+    [slot] = host._slots
+    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    return slot
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, host: t.Any, name: str, what: t.Callable[..., t.Any]) -> list[t.Any]:
+    """Record ``what(*args)`` of each call of the pool's method ``name`` (unless ``None``)."""
+    calls: list[t.Any] = []
+    method = getattr(host, name)
+
+    def spied(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        if (item := what(*args, **kwargs)) is not None:
+            calls.append(item)
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(host, name, spied)
+    return calls
+
+
 def ahead_of(host: t.Any) -> list[str]:
     return [job_id for slot in list(host._slots) for job_id in slot.ahead]
 
@@ -224,8 +246,7 @@ def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
     # the write fails, so the worker is told to drop it. A job queued at that moment is not sent
     # ahead of that word to the worker (it would run with the pool unaware): it runs next.
     backend, host = one_worker_pool
-    [slot] = host._slots
-    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    slot = idle_worker(host)
     write_all, go = backend.table.write_all, host.go
     queued: list[t.Any] = []
 
@@ -281,8 +302,7 @@ def test_a_reserved_worker_is_not_reserved_again_before_its_go(
     # must not take it then (the first would mark it free while the second's "go" is not yet
     # sent, and a job sent ahead would be read by the worker as that "go").
     backend, host = one_worker_pool
-    [slot] = host._slots
-    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+    slot = idle_worker(host)
     send = slot.conn.send_bytes
     reserved: list[t.Any] = []
 
@@ -306,15 +326,8 @@ def test_a_waiter_hands_a_dead_workers_pipe_back_to_the_pool(
     # dies, the pipe is at end-of-file: the waiter leaves it to the dispatcher, which reaps the
     # worker and wakes it, rather than reading it again and again meanwhile.
     _, host = one_worker_pool
-    reads: list[float] = []
-    read = host._read_messages
-
-    def counting(slot: t.Any, *, check: bool = True, want: str | None = None) -> t.Any:
-        if not check:  # (only a waiter reads with check=False)
-            reads.append(time.monotonic())
-        return read(slot, check=check, want=want)
-
-    monkeypatch.setattr(host, "_read_messages", counting)
+    # (only a waiter reads with check=False)
+    reads = spy(monkeypatch, host, "_read_messages", lambda slot, check=True, want=None: not check or None)
     job = jobs.hold_jobs_ahead.submit(0, None, 3)  # ends its process at once
     assert job.wait(timeout=30) is JobStatus.FAILED
     assert len(reads) <= 1
@@ -351,14 +364,7 @@ def test_a_worker_whose_job_ends_cancelled_gives_back_the_jobs_sent_ahead(
     # The pool may stop that worker by force any moment (the job ignored its cancellation):
     # it must not be running a job sent ahead then, so it claims none with the end.
     _, host = one_worker_pool
-    messages: list[bytes] = []
-    handle = host._handle_message
-
-    def spy(slot: t.Any, data: bytes) -> t.Any:
-        messages.append(data[:1])
-        return handle(slot, data)
-
-    monkeypatch.setattr(host, "_handle_message", spy)
+    messages = spy(monkeypatch, host, "_handle_message", lambda slot, data: data[:1])
     # It returns as if it had not seen its cancellation (it was seen: it ends "cancelled").
     holder = jobs.hold_jobs_ahead.submit(1, until_cancelled=True)
     ahead = jobs.add.submit(1, 1)
