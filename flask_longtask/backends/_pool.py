@@ -797,12 +797,8 @@ class PoolHost:
     def _drain(self, slot: _Slot) -> None:
         """Handle what a dead worker sent before it died (its pipe keeps it): its last "done"
         says which job sent ahead it went on to."""
-        while slot.has_message() or _readable(slot.conn):
-            try:
-                data = slot.recv()
-            except (EOFError, OSError):
-                return
-            self._handle_message(slot, data)
+        while not slot.eof and (slot.has_message() or _readable(slot.conn)):
+            self._read_messages(slot, check=False)
 
     def _reap(self, slot: _Slot, how: str | None, *, killed: str | None = None) -> None:
         """Handle the death of a worker. ``how`` it died, if the pool ended it, to end job
@@ -821,7 +817,7 @@ class PoolHost:
         _close(slot.lifeline)
         slot.process.close()
         # The jobs sent ahead never started: a worker reports the one it claimed as it ended its
-        # job before it runs it. Queued again (first), unless ended meanwhile.
+        # job before it runs it. Queued again, each in its place, unless ended meanwhile.
         for job_id in slot.ahead:
             if self._unclaim(job_id, pid):
                 self._requeue(job_id)
