@@ -183,7 +183,7 @@ def _held_ahead(count: int, gate: str | None, until_cancelled: bool = False) -> 
     import fcntl
     import termios
 
-    from flask_longtask.backends import _poolworker
+    from flask_longtask.backends.diskcache import child as _poolworker
 
     with _poolworker._pipe_lock:
         fd = _poolworker._conn.fileno()
@@ -223,7 +223,7 @@ def exit_after_its_end(count: int, report: str) -> int:
     """Returns once ``count`` jobs were sent ahead to its worker; its worker then ends its
     process once the end is stored and the first job sent ahead claimed with it, before it
     reports either. Writes to ``report`` that job's id and whether the claim was made."""
-    from flask_longtask.backends import _poolworker
+    from flask_longtask.backends.diskcache import child as _poolworker
 
     _held_ahead(count, None)
     _poolworker.HAND_BACK_AFTER = float("inf")  # (however long this took: the worker exits)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from flask_longtask import JobStatus
-from flask_longtask.backends import _table
 from flask_longtask.backends.base import MISSING
 from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.backends.diskcache import table as _table
 from flask_longtask.exceptions import JobFailedError
 from tests.helpers import wait_for
 from tests.test_diskcache import host_pids, make_app
@@ -210,7 +210,7 @@ def test_waiters_in_the_host_process_are_woken_when_the_job_ends(gated: tuple[Di
 def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outcome: str) -> None:
     """The worker sends its job's final record and result with its "done": a waiter in the host
     process reads nothing. A result too large for that is read from storage."""
-    from flask_longtask.backends._poolworker import END_INLINE
+    from flask_longtask.backends.diskcache.child import END_INLINE
     from tests import diskcache_jobs as jobs
 
     host = DiskcacheBackend(tmp_path / "pool", workers=1)
@@ -246,7 +246,7 @@ def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
     """``Job.result()`` in the host, for a job its pool runs or ended moments ago, skips its
     first read and answers from what the worker sent with its "done". Once that is older than
     END_VALUES_FRESH, or the job has expired, it reads storage again (and misses an expired job)."""
-    from flask_longtask.backends import _pool
+    from flask_longtask.backends.diskcache import host as _pool
     from flask_longtask.exceptions import JobNotFoundError
     from tests import diskcache_jobs as jobs
 
@@ -311,7 +311,7 @@ def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(
 
 
 def test_the_ends_kept_for_waiters_in_the_host_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_longtask.backends import _pool
+    from flask_longtask.backends.diskcache import host as _pool
     from tests import diskcache_jobs as jobs
 
     monkeypatch.setattr(_pool, "_END_VALUES_BYTES", 20_000)
@@ -515,7 +515,7 @@ def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path
 
 def test_the_pool_works_without_epoll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where there is no epoll (not Linux), the dispatcher polls and waiters wait to be woken."""
-    from flask_longtask.backends import _pool
+    from flask_longtask.backends.diskcache import host as _pool
     from tests import diskcache_jobs as jobs
 
     monkeypatch.setattr(_pool, "_EPOLL", False)

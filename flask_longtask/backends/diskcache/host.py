@@ -46,12 +46,12 @@ import multiprocess  # diskcache.py checks it is installed, with a clear message
 # dispatcher thread, then reap the workers -- runs first instead of racing with it.
 import multiprocess.util
 
-from ..job import JobStatus
-from ._poolworker import CPUS, worker_main
-from .base import MISSING
+from ...job import JobStatus
+from ..base import MISSING
+from .child import CPUS, worker_main
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from .diskcache import DiskcacheBackend
+    from . import DiskcacheBackend
 
 _log = logging.getLogger(__name__)
 

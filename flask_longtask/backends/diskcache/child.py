@@ -110,7 +110,7 @@ def _ends_are_quick() -> bool:
     ends)."""
     from flask import appcontext_popped, appcontext_tearing_down, current_app
 
-    from .. import signals
+    from ... import signals
 
     if signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers:
         return False
@@ -178,9 +178,9 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
 
-    from ..worker import _ticker, execute, is_runnable
-    from .base import MISSING
-    from .diskcache import DiskcacheBackend
+    from ...worker import _ticker, execute, is_runnable
+    from ..base import MISSING
+    from . import DiskcacheBackend
 
     backend = DiskcacheBackend(directory, embedded=False)
     poller = select.poll()

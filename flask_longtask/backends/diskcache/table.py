@@ -27,7 +27,7 @@ import time
 import typing as t
 import weakref
 
-from .base import MISSING, Write
+from ..base import MISSING, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import diskcache

@@ -22,9 +22,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
-from . import _pool, _poolworker
-from ._table import Claim, Table
-from .base import MISSING, Backend, JobRequest, Write
+from ..base import MISSING, Backend, JobRequest, Write
+from . import child as _poolworker
+from . import host as _pool
+from .table import Claim, Table
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -277,8 +278,8 @@ class DiskcacheBackend(Backend):
     recheck_interval = 0.05
 
     def _next_claim(self, job_id: str) -> Claim:
-        from ..store import JobStore
-        from ..worker import claim_value, job_keys
+        from ...store import JobStore
+        from ...worker import claim_value, job_keys
 
         return Claim(f"claim:{job_id}", claim_value(), JobStore(self).claim_expire, job_keys(job_id))
 
@@ -331,8 +332,8 @@ class DiskcacheBackend(Backend):
         if host is None or slot is None:
             super().store_and_enqueue(writes, request, announce)
             return
-        from ..store import CLAIM_EXPIRE
-        from ..worker import owner_of
+        from ...store import CLAIM_EXPIRE
+        from ...worker import owner_of
 
         job_id = request.job_id
         values = {key: value for _, key, value, _ in writes}
@@ -422,7 +423,7 @@ class DiskcacheBackend(Backend):
 
     def _lost(self, job_id: str, how: str) -> None:
         """End a job whose worker process is gone, in the job's own app when it is ours."""
-        from ..store import JobStore
+        from ...store import JobStore
 
         record = self.get(f"job:{job_id}")
         app = None
