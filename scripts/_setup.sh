@@ -4,16 +4,54 @@
 #                              EXTRAS ("" or "test,dash,celery"); skipped when nothing changed
 #   ensure_system_packages CMD=PKG ...
 #                              apt-get install PKG for every CMD not on PATH (Debian/Ubuntu)
+#   find_python NAME           the path of a working Python >= 3.10 called NAME (a command or a
+#                              path; pyenv's versions too), or a message and status 1
 #
-# After ensure_venv, $VENV is the virtualenv and $VENV/bin is first on PATH.
+# PYTHON=python3.13 picks the interpreter, and the virtualenv is then its own: .venv-3.13. Without
+# PYTHON, python3 and .venv (LONGTASK_VENV overrides either). After ensure_venv, $VENV is the
+# virtualenv, $VENV/bin is first on PATH and $VENV_TAG is "" (.venv) or the version ("3.13").
 
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${LONGTASK_VENV:-$ROOT/.venv}"
 cd "$ROOT"
 
 _say() { printf '==> %s\n' "$*" >&2; }
+
+find_python() {
+    local name="$1" path candidates=()
+    if command -v "$name" >/dev/null 2>&1; then
+        candidates+=("$(command -v "$name")")
+    fi
+    # pyenv's shims answer for every installed version but run only the active ones (`pyenv
+    # global`): a version that is installed but not active is still found in pyenv's tree.
+    if [[ "$name" != */* ]] && command -v pyenv >/dev/null 2>&1; then
+        while IFS= read -r path; do
+            candidates+=("$path")
+        done < <(ls -d "$(pyenv root)"/versions/*/bin/"$name" 2>/dev/null | sort -rV)
+    fi
+    for path in "${candidates[@]}"; do
+        if "$path" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+            echo "$path"
+            return 0
+        fi
+    done
+    if [ "${#candidates[@]}" -gt 0 ]; then
+        _say "$name is not a Python >= 3.10 that runs here (tried: ${candidates[*]})."
+    else
+        _say "No Python called $name here (on PATH or in pyenv's versions)."
+    fi
+    return 1
+}
+
+VENV_TAG=""
+if [ -n "${PYTHON:-}" ]; then
+    PYTHON="$(find_python "$PYTHON")"
+    VENV_TAG="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    VENV="${LONGTASK_VENV:-$ROOT/.venv-$VENV_TAG}"
+else
+    VENV="${LONGTASK_VENV:-$ROOT/.venv}"
+fi
 
 _as_root() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -52,17 +90,12 @@ ensure_system_packages() {
 }
 
 _python() {
-    local py
-    for py in "${PYTHON:-}" python3; do
-        if [ -n "$py" ] && command -v "$py" >/dev/null 2>&1; then
-            if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-                echo "$py"
-                return 0
-            fi
-        fi
-    done
-    _say "Flask-LongTask needs Python >= 3.10 as 'python3' (or set PYTHON=/path/to/python)."
-    return 1
+    if [ -n "${PYTHON:-}" ]; then
+        echo "$PYTHON"  # found above
+    elif ! find_python python3; then
+        _say "Flask-LongTask needs Python >= 3.10 as 'python3' (or set PYTHON=python3.13 or a path)."
+        return 1
+    fi
 }
 
 ensure_venv() {
