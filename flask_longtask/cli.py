@@ -13,12 +13,10 @@ from flask.cli import AppGroup
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError
 from .job import JobStatus
+from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
-
-#: Keys a job leaves in storage; ``purge`` removes them all for a finished job.
-_JOB_KEYS = ("job", "request", "progress", "result", "cancel", "claim", "end", "alive", "done")
 
 longtask_cli = AppGroup("longtask", help="Run the worker pool and manage Flask-LongTask jobs.")
 
@@ -84,9 +82,9 @@ def jobs_command(status: str | None) -> None:
     state = _quiet_backend()
     backend, store = state.backend, state.store
     records = []
-    for key in backend.scan("job:"):
+    for key in backend.scan(keys.JOB_PREFIX):
         try:
-            record = store.read_record(key[4:])  # "running" as soon as claimed, like Job.status
+            record = store.read_record(keys.job_id(key))  # "running" as soon as claimed, like Job.status
         except JobNotFoundError:
             continue
         if status is None or record["status"] == status:
@@ -131,14 +129,16 @@ def purge_command() -> None:
     backend = state.backend
     finished = {s.value for s in JobStatus if s.is_finished}
     count = 0
-    for key in backend.scan("job:"):
+    for key in backend.scan(keys.JOB_PREFIX):
         record = backend.get(key)
         if record is MISSING or record["status"] not in finished:
             continue
-        for prefix in _JOB_KEYS:
-            backend.delete(f"{prefix}:{record['id']}")
-        if record.get("memo_key") and backend.get(f"memo:{record['memo_key']}") == record["id"]:
-            backend.delete(f"memo:{record['memo_key']}")
+        job_id = keys.job_id(key)
+        for name in keys.of_job(job_id):
+            backend.delete(name)
+        backend.forget(job_id)
+        if record.get("memo_key"):  # the memo entry, if it still names this job
+            backend.delete_if(keys.memo(record["memo_key"]), job_id)
         count += 1
     cleanup = getattr(backend, "cleanup", None)
     if cleanup is not None:

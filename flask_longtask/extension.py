@@ -13,6 +13,7 @@ from . import memo, signals
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
 from .cli import longtask_cli
+from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
 from .job import Job
 from .store import JobStore
@@ -20,24 +21,6 @@ from .task import Task
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
-
-#: Every ``LONGTASK_*`` key and its default, set on the app at ``init_app``.
-DEFAULT_CONFIG: dict[str, t.Any] = {
-    "LONGTASK_BACKEND": "diskcache",
-    "LONGTASK_WORKERS": None,
-    "LONGTASK_RESULT_EXPIRE": 24 * 3600,
-    "LONGTASK_CANCEL_GRACE": 0.5,
-    "LONGTASK_PROGRESS_INTERVAL": 0.05,
-    "LONGTASK_HEARTBEAT_TIMEOUT": 30.0,
-    "LONGTASK_DISKCACHE_DIR": None,
-    "LONGTASK_EMBEDDED_WORKER": True,
-    "LONGTASK_CELERY_BROKER_URL": None,
-    "LONGTASK_CELERY_RESULT_BACKEND": None,
-    "LONGTASK_MAX_QUEUED": None,
-    "LONGTASK_HTTP_PREFIX": None,
-    "LONGTASK_HTTP_MAX_BODY": 1024 * 1024,
-    "LONGTASK_SSE_TIMEOUT": 30.0,
-}
 
 
 class _State:
@@ -256,13 +239,17 @@ class LongTask:
                 signals.send(signals.cache_hit, app, job=other, in_flight=True)
                 return other
 
-        request = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
+        arguments = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
         job: Job[R] = store.job(job_id)
         try:
             backend.store_and_enqueue(
-                store.create_writes(job_id, request, memo_key, owner),
-                JobRequest(job_id, task.name, task, app),
-                lambda: signals.send(signals.job_submitted, app, job=job),
+                store.new_job(
+                    JobRequest(job_id, task.name, task, app),
+                    arguments,
+                    memo_key,
+                    owner,
+                    announce=lambda: signals.send(signals.job_submitted, app, job=job),
+                )
             )
         except BaseException:
             store.discard(job_id, memo_key)

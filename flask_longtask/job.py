@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 import typing as t
 from datetime import datetime, timezone
@@ -35,6 +36,8 @@ class JobStatus(str, enum.Enum):
 
 
 _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: The least ``elapsed`` of a look after the first (``0.0`` means "the first look").
+_TICK = 1e-9
 
 
 def _when(stamp: float | None) -> datetime | None:
@@ -130,28 +133,20 @@ class Job(t.Generic[R]):
         return JobStatus(self._wait(timeout, with_result=False)[0]["status"])
 
     def _wait(self, timeout: float | None, *, with_result: bool) -> tuple[dict[str, t.Any], t.Any]:
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        backend = self._store.backend
-        wait = 0.0
-        if backend.ends_wake_waiters and backend.tracks_end(self.id):
-            # This process hears of its end (or has heard): wait for it without a first read.
-            wait = backend.recheck_interval if timeout is None else min(backend.recheck_interval, timeout)
+        # Each look is one Backend.wait: it answers at once the first time, then whenever the
+        # job may have ended (or polls); the deadline is kept here.
+        start = now = time.perf_counter()
+        deadline = math.inf if timeout is None else start + timeout
+        elapsed = 0.0
         while True:
-            record, data = self._store.read_state(self.id, with_result=with_result, wait=wait)
+            left = max(deadline - now, 0.0)
+            record, data = self._store.read_state(self.id, with_result=with_result, timeout=left, elapsed=elapsed)
             if JobStatus(record["status"]).is_finished:
                 return record, data
-            now = time.monotonic()
-            if backend.ends_wake_waiters:
-                wait = backend.recheck_interval  # woken by the end; look again now and then
-            else:
-                # Short jobs end within a few ms: look often then, and back off to 50 ms after.
-                wait = 0.00025 if now - start < 0.01 else min(0.05, (now - start) / 10)
-            if deadline is not None:
-                left = deadline - now
-                if left <= 0:
-                    raise JobTimeoutError(self.id, t.cast(float, timeout))
-                wait = min(wait, left)
+            now = time.perf_counter()
+            if now >= deadline:
+                raise JobTimeoutError(self.id, t.cast(float, timeout))
+            elapsed = max(now - start, _TICK)
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job to end and return its value.

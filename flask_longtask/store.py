@@ -1,23 +1,5 @@
-"""Job records over a backend's storage: the one copy of the job semantics.
-
-Keys (a backend may prefix them):
-
-===================  =================================================================
-``job:<id>``         the record: id, task, app, status, timestamps, error, memo key
-``request:<id>``     what the worker needs: task name, app name, serialised arguments
-``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
-``result:<id>``      the serialised return value of a succeeded job
-``cancel:<id>``      present once cancellation was requested
-``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
-                     out of "queued": a worker (the job reads "running" from then on) or
-                     ``"cancel"``
-``end:<id>``         taken atomically by whoever moves the job to its final status
-``alive:<id>``       heartbeat of a running job; expires when its worker is gone
-``inflight:<key>``   the queued or running job of a memo key (single-flight)
-``memo:<key>``       the succeeded job whose result answers a memo key
-``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
-===================  =================================================================
-"""
+"""Job records over a backend's storage: the one copy of the job semantics, and of the key
+schema (:data:`keys`) every other module asks for the name of a key."""
 
 from __future__ import annotations
 
@@ -29,7 +11,8 @@ import typing as t
 from flask import current_app, has_app_context
 
 from . import signals
-from .backends.base import MISSING, Backend, Write
+from .backends.base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
+from .config import DEFAULT_CONFIG
 from .exceptions import JobNotFoundError
 from .job import Job, JobStatus
 
@@ -47,10 +30,119 @@ INFLIGHT_WAIT = 5.0
 _STALE_END = 5.0
 
 
+class Keys:
+    """The key schema: every key the core stores (a backend may prefix them), spelled here only.
+
+    ===================  =================================================================
+    ``job:<id>``         the record: id, task, app, status, timestamps, error, memo key
+    ``request:<id>``     what the worker needs: task name, app name, serialised arguments
+    ``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
+    ``result:<id>``      the serialised return value of a succeeded job
+    ``cancel:<id>``      present once cancellation was requested
+    ``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
+                         out of "queued": a worker (the job reads "running" from then on) or
+                         ``"cancel"``
+    ``end:<id>``         taken atomically by whoever moves the job to its final status
+    ``alive:<id>``       heartbeat of a running job; expires when its worker is gone
+    ``inflight:<key>``   the queued or running job of a memo key (single-flight)
+    ``memo:<key>``       the succeeded job whose result answers a memo key
+    ``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
+    ===================  =================================================================
+
+    >>> keys.job("abc"), keys.job_id("job:abc")
+    ('job:abc', 'abc')
+    """
+
+    #: What every job record's key starts with: ``backend.scan(keys.JOB_PREFIX)`` lists jobs.
+    JOB_PREFIX: t.Final = "job:"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        return f"job:{job_id}"
+
+    @staticmethod
+    def request(job_id: str) -> str:
+        return f"request:{job_id}"
+
+    @staticmethod
+    def progress(job_id: str) -> str:
+        return f"progress:{job_id}"
+
+    @staticmethod
+    def result(job_id: str) -> str:
+        return f"result:{job_id}"
+
+    @staticmethod
+    def cancel(job_id: str) -> str:
+        return f"cancel:{job_id}"
+
+    @staticmethod
+    def claim(job_id: str) -> str:
+        return f"claim:{job_id}"
+
+    @staticmethod
+    def end(job_id: str) -> str:
+        return f"end:{job_id}"
+
+    @staticmethod
+    def alive(job_id: str) -> str:
+        return f"alive:{job_id}"
+
+    @staticmethod
+    def inflight(memo_key: str) -> str:
+        return f"inflight:{memo_key}"
+
+    @staticmethod
+    def memo(memo_key: str) -> str:
+        return f"memo:{memo_key}"
+
+    @staticmethod
+    def memo_gen(task_name: str) -> str:
+        """The generation of one task's memos; ``""``: of every task's."""
+        return f"memo-gen:{task_name}"
+
+    @classmethod
+    def of_job(cls, job_id: str) -> list[str]:
+        """Every per-job key (``flask longtask purge`` deletes them)."""
+        return [
+            cls.job(job_id),
+            cls.request(job_id),
+            cls.progress(job_id),
+            cls.result(job_id),
+            cls.cancel(job_id),
+            cls.claim(job_id),
+            cls.end(job_id),
+            cls.alive(job_id),
+        ]
+
+    @classmethod
+    def to_run(cls, job_id: str) -> list[str]:
+        """What a worker reads as it claims a job: its record, its request and its cancel flag."""
+        return [cls.job(job_id), cls.request(job_id), cls.cancel(job_id)]
+
+    @classmethod
+    def job_id(cls, key: str) -> str:
+        """The job id in a job record's key (as :meth:`Backend.scan` yields them).
+
+        :raises ValueError: ``key`` is not a job record's key.
+        """
+        if not key.startswith(cls.JOB_PREFIX):
+            raise ValueError(f"{key!r} is not a job record's key (it does not start with {cls.JOB_PREFIX!r}).")
+        return key[len(cls.JOB_PREFIX) :]
+
+
+#: The key schema (:class:`Keys`): ``keys.job(job_id)``, ``keys.of_job(job_id)`` ...
+keys: t.Final = Keys
+
+
 def _app_or_current(app: Flask | None) -> Flask | None:
     if app is None and has_app_context():
         return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
     return app
+
+
+def _setting(value: float | None, name: str) -> float:
+    return float(DEFAULT_CONFIG[name] if value is None else value)
 
 
 def error_record(exc: BaseException, *, message: str | None = None) -> dict[str, str]:
@@ -71,25 +163,27 @@ class JobStore:
         self,
         backend: Backend,
         *,
-        result_expire: float = 86400,
-        cancel_grace: float = 0.5,
-        heartbeat_timeout: float = 30.0,
-        progress_interval: float = 0.05,
+        result_expire: float | None = None,
+        cancel_grace: float | None = None,
+        heartbeat_timeout: float | None = None,
+        progress_interval: float | None = None,
     ) -> None:
+        """A store on ``backend``; a setting left out takes its ``LONGTASK_*`` default."""
         self.backend = backend
-        self.result_expire = result_expire
-        self.cancel_grace = cancel_grace
-        self.heartbeat_timeout = heartbeat_timeout
-        self.progress_interval = progress_interval
+        self.result_expire = _setting(result_expire, "LONGTASK_RESULT_EXPIRE")
+        self.cancel_grace = _setting(cancel_grace, "LONGTASK_CANCEL_GRACE")
+        self.heartbeat_timeout = _setting(heartbeat_timeout, "LONGTASK_HEARTBEAT_TIMEOUT")
+        self.progress_interval = _setting(progress_interval, "LONGTASK_PROGRESS_INTERVAL")
 
     @classmethod
     def from_config(cls, backend: Backend, config: t.Mapping[str, t.Any]) -> JobStore:
+        """A store with an app's settings (``app.config``)."""
         return cls(
             backend,
-            result_expire=float(config["LONGTASK_RESULT_EXPIRE"]),
-            cancel_grace=float(config["LONGTASK_CANCEL_GRACE"]),
-            heartbeat_timeout=float(config["LONGTASK_HEARTBEAT_TIMEOUT"]),
-            progress_interval=float(config["LONGTASK_PROGRESS_INTERVAL"]),
+            result_expire=config.get("LONGTASK_RESULT_EXPIRE"),
+            cancel_grace=config.get("LONGTASK_CANCEL_GRACE"),
+            heartbeat_timeout=config.get("LONGTASK_HEARTBEAT_TIMEOUT"),
+            progress_interval=config.get("LONGTASK_PROGRESS_INTERVAL"),
         )
 
     def job(self, job_id: str) -> Job[t.Any]:
@@ -106,19 +200,22 @@ class JobStore:
         return self.read_state(job_id)[0]
 
     def read_state(
-        self, job_id: str, *, with_result: bool = False, wait: float = 0.0
+        self, job_id: str, *, with_result: bool = False, timeout: float | None = None, elapsed: float = 0.0
     ) -> tuple[dict[str, t.Any], t.Any]:
         """:meth:`read_record`, and with ``with_result`` the stored result (or :data:`MISSING`)
-        in the same read: ``Job.result()`` polls this way, one round trip per look. With
-        ``wait``, first wait up to that many seconds for the job to end
-        (:meth:`Backend.wait_then_get_many`)."""
-        keys = [f"job:{job_id}", f"claim:{job_id}", f"alive:{job_id}"]
+        in the same read: ``Job.result()`` polls this way, one round trip per look.
+
+        With ``timeout``, this is one look of a wait (:meth:`Backend.wait`, which may block up
+        to ``timeout`` seconds, ``math.inf`` included, for the job to end); ``elapsed``: seconds
+        since the wait began, ``0.0`` on its first look.
+        """
+        names = [keys.job(job_id), keys.claim(job_id), keys.alive(job_id)]
         if with_result:
-            keys.append(f"result:{job_id}")
-        if wait > 0:
-            values = self.backend.wait_then_get_many(job_id, wait, keys)
+            names.append(keys.result(job_id))
+        if timeout is None:
+            values = self.backend.get_many(names)
         else:
-            values = self.backend.get_many(keys)
+            values = self.backend.wait(job_id, names, timeout=timeout, elapsed=elapsed)
         record, claim, alive, *rest = values
         data = rest[0] if rest else MISSING
         if record is MISSING:
@@ -132,49 +229,63 @@ class JobStore:
             and time.time() - (record["started"] or 0.0) > self.heartbeat_timeout
         ):
             self.mark_lost(job_id, f"its worker sent no heartbeat for {self.heartbeat_timeout:g} seconds")
-            record = self.backend.get(f"job:{job_id}")
+            record = self.backend.get(keys.job(job_id))
             if record is MISSING:  # pragma: no cover - expired in between
                 raise JobNotFoundError(job_id)
         return record, data
 
     def read_progress(self, job_id: str) -> tuple[int, t.Any]:
         """``(sequence number, value)`` of the latest progress; ``(0, None)`` before the first."""
-        stored = self.backend.get(f"progress:{job_id}")
+        stored = self.backend.get(keys.progress(job_id))
         if stored is MISSING:
-            if self.backend.get(f"job:{job_id}") is MISSING:
+            if self.backend.get(keys.job(job_id)) is MISSING:
                 raise JobNotFoundError(job_id)
             return 0, None
         return stored["seq"], self.backend.loads(stored["value"])
 
     def read_result(self, job_id: str) -> t.Any:
-        stored = self.backend.get(f"result:{job_id}")
+        stored = self.backend.get(keys.result(job_id))
         if stored is MISSING:
             raise JobNotFoundError(job_id)
         return self.backend.loads(stored)
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        return self.backend.get(f"cancel:{job_id}") is not MISSING
+        return self.backend.get(keys.cancel(job_id)) is not MISSING
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def create(self, job_id: str, request: dict[str, t.Any], memo_key: str | None, owner: str | None = None) -> None:
-        """Write a new queued job (see :meth:`create_writes`) in one batch."""
-        self.backend.write_all(self.create_writes(job_id, request, memo_key, owner))
+    def new_job(
+        self,
+        request: JobRequest,
+        arguments: dict[str, t.Any],
+        memo_key: str | None,
+        owner: str | None = None,
+        *,
+        announce: t.Callable[[], None],
+    ) -> NewJob:
+        """A new queued job, for :meth:`Backend.store_and_enqueue`.
 
-    def create_writes(
-        self, job_id: str, request: dict[str, t.Any], memo_key: str | None, owner: str | None = None
-    ) -> list[Write]:
-        """The writes of a new queued job: its request first, so a worker never finds a bare record.
-
-        ``request`` holds ``task`` and ``module`` (the task's name and defining module), ``app``
-        (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
+        ``arguments`` holds ``task`` and ``module`` (the task's name and defining module),
+        ``app`` (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
+        ``announce`` sends ``job_submitted``.
         """
-        # No expiry while the job waits or runs, like its record: a long queue must not lose the
-        # arguments. finish() deletes it.
-        record = {
+        record = self._queued_record(request.job_id, arguments, memo_key, owner)
+        writes = self._create_writes(request.job_id, arguments, record)
+        return NewJob(request, record, arguments, writes, announce)
+
+    def create(self, job_id: str, arguments: dict[str, t.Any], memo_key: str | None, owner: str | None = None) -> None:
+        """Write a new queued job without queueing it (see :meth:`new_job`), in one batch."""
+        self.backend.write_all(
+            self._create_writes(job_id, arguments, self._queued_record(job_id, arguments, memo_key, owner))
+        )
+
+    def _queued_record(
+        self, job_id: str, arguments: dict[str, t.Any], memo_key: str | None, owner: str | None
+    ) -> dict[str, t.Any]:
+        return {
             "id": job_id,
-            "task": request["task"],
-            "app": request["app"],
+            "task": arguments["task"],
+            "app": arguments["app"],
             "status": JobStatus.QUEUED.value,
             "created": time.time(),
             "started": None,
@@ -184,11 +295,16 @@ class JobStore:
             "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
         }
-        return [("set", f"request:{job_id}", request, None), ("set", f"job:{job_id}", record, None)]
+
+    @staticmethod
+    def _create_writes(job_id: str, arguments: dict[str, t.Any], record: dict[str, t.Any]) -> tuple[Write, ...]:
+        # The request first, so a worker never finds a bare record. No expiry while the job waits
+        # or runs, like its record: a long queue must not lose the arguments. finish() deletes it.
+        return (("set", keys.request(job_id), arguments, None), ("set", keys.job(job_id), record, None))
 
     def discard(self, job_id: str, memo_key: str | None) -> None:
         """Remove a job that could not be queued, as if it had never been submitted."""
-        for key in (f"job:{job_id}", f"request:{job_id}"):
+        for key in (keys.job(job_id), keys.request(job_id)):
             self.backend.delete(key)
         if memo_key is not None:
             self._release_inflight(memo_key, job_id)
@@ -200,7 +316,7 @@ class JobStore:
         ``at`` on; its stored record keeps saying "queued" until the job ends.
         """
         claim = {"by": owner, "at": time.time() if at is None else at}
-        return self.backend.add(f"claim:{job_id}", claim, self.claim_expire)
+        return self.backend.add(keys.claim(job_id), claim, self.claim_expire)
 
     @property
     def claim_expire(self) -> float:
@@ -208,10 +324,10 @@ class JobStore:
         return max(CLAIM_EXPIRE, self.result_expire)
 
     def beat(self, job_id: str) -> None:
-        self.backend.set(f"alive:{job_id}", time.time(), self.heartbeat_timeout)
+        self.backend.set(keys.alive(job_id), time.time(), self.heartbeat_timeout)
 
     def write_progress(self, job_id: str, seq: int, value: bytes) -> None:
-        self.backend.set(f"progress:{job_id}", {"seq": seq, "value": value}, self.result_expire)
+        self.backend.set(keys.progress(job_id), {"seq": seq, "value": value}, self.result_expire)
 
     def finish(
         self,
@@ -233,19 +349,21 @@ class JobStore:
         Sends the matching signal with ``app`` (default: the current app, if any) as sender.
 
         The end claim, the result, the record, the memo entry and the release of single-flight
-        are written in one step (:meth:`Backend.add_then_write`): a reader that sees the status
-        can always read the value.
+        are written in one step (:meth:`Backend.end_job`): a reader that sees the status can
+        always read the value.
         """
         job_id = record["id"]
-        writes = self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire)
-        otherwise = self._end_writes(record, JobStatus.CANCELLED) if unless_cancelled else ()
-        done = self.backend.add_then_write(
-            f"end:{job_id}",
-            time.time(),
-            self.result_expire,
-            writes,
-            unless=f"cancel:{job_id}" if unless_cancelled else None,
-            otherwise=otherwise,
+        done = self.backend.end_job(
+            JobEnd(
+                job_id,
+                status.value,
+                keys.end(job_id),
+                time.time(),
+                self.result_expire,
+                self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire),
+                unless=keys.cancel(job_id) if unless_cancelled else None,
+                otherwise=self._end_writes(record, JobStatus.CANCELLED) if unless_cancelled else (),
+            )
         )
         if done is None:
             return None
@@ -262,7 +380,7 @@ class JobStore:
         result: bytes | None = None,
         error: dict[str, str] | None = None,
         memo_expire: float | None = None,
-    ) -> list[Write]:
+    ) -> tuple[Write, ...]:
         """The writes that end a job: result, final record, memo entry, single-flight, request."""
         job_id, memo_key = record["id"], record.get("memo_key")
         expire = record.get("expire", self.result_expire)
@@ -270,15 +388,15 @@ class JobStore:
             expire = max(expire, memo_expire)
         writes: list[Write] = []
         if status is JobStatus.SUCCEEDED:
-            writes.append(("set", f"result:{job_id}", result, expire))
+            writes.append(("set", keys.result(job_id), result, expire))
         final = {**record, "status": status.value, "finished": time.time(), "error": error}
-        writes.append(("set", f"job:{job_id}", final, expire))
+        writes.append(("set", keys.job(job_id), final, expire))
         if memo_key is not None:
             if status is JobStatus.SUCCEEDED:
-                writes.append(("set", f"memo:{memo_key}", job_id, memo_expire))
-            writes.append(("delete_if", f"inflight:{memo_key}", job_id, None))
-        writes.append(("delete", f"request:{job_id}", None, None))
-        return writes
+                writes.append(("set", keys.memo(memo_key), job_id, memo_expire))
+            writes.append(("delete_if", keys.inflight(memo_key), job_id, None))
+        writes.append(("delete", keys.request(job_id), None, None))
+        return tuple(writes)
 
     def _signal_end(
         self, job_id: str, status: JobStatus, app: Flask | None, *, value: t.Any = None, error: t.Any = None
@@ -298,7 +416,7 @@ class JobStore:
         record = self.read_record(job_id)
         if record["status"] not in _ACTIVE:
             return
-        self.backend.set(f"cancel:{job_id}", time.time(), self.result_expire)
+        self.backend.set(keys.cancel(job_id), time.time(), self.result_expire)
         if self.claim(job_id, "cancel"):
             # Nobody runs it, and now nobody will: a worker's claim fails and it skips the job.
             self.finish(record, JobStatus.CANCELLED, app=app)
@@ -311,7 +429,7 @@ class JobStore:
         Backends call this when they see a worker process die; readers call it when a running
         job's heartbeat expires. Returns whether this call ended the job.
         """
-        record, claim = self.backend.get_many([f"job:{job_id}", f"claim:{job_id}"])
+        record, claim = self.backend.get_many([keys.job(job_id), keys.claim(job_id)])
         if record is MISSING or record["status"] not in _ACTIVE:
             return False
         if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
@@ -334,8 +452,8 @@ class JobStore:
         # add_then_write() is not atomic (a custom one with the default, on a store without
         # transactions), the process ending the job died half-way through. Its worker is gone, so
         # once the claim is a few seconds old, write the end ourselves.
-        claimed = self.backend.get(f"end:{job_id}")
-        record = self.backend.get(f"job:{job_id}")
+        claimed = self.backend.get(keys.end(job_id))
+        record = self.backend.get(keys.job(job_id))
         if isinstance(claimed, float) and time.time() - claimed > _STALE_END and record is not MISSING:
             if record["status"] in _ACTIVE:
                 self.backend.write_all(self._end_writes(record, status, error=error))
@@ -346,17 +464,17 @@ class JobStore:
     # -- memoization ----------------------------------------------------------------------------
 
     def memo_generation(self, task_name: str) -> tuple[t.Any, t.Any]:
-        return self.backend.get("memo-gen:"), self.backend.get(f"memo-gen:{task_name}")
+        return self.backend.get(keys.memo_gen("")), self.backend.get(keys.memo_gen(task_name))
 
     def clear_memo(self, task_name: str | None) -> None:
-        self.backend.set(f"memo-gen:{task_name or ''}", time.time_ns())
+        self.backend.set(keys.memo_gen(task_name or ""), time.time_ns())
 
     def find_memo(self, memo_key: str) -> Job[t.Any] | None:
         """The succeeded job answering ``memo_key``, if its result is still stored."""
-        job_id = self.backend.get(f"memo:{memo_key}")
+        job_id = self.backend.get(keys.memo(memo_key))
         if job_id is MISSING:
             return None
-        record = self.backend.get(f"job:{job_id}")
+        record = self.backend.get(keys.job(job_id))
         if record is MISSING or record["status"] != JobStatus.SUCCEEDED.value:
             return None
         return self.job(job_id)
@@ -364,9 +482,9 @@ class JobStore:
     def join_inflight(self, memo_key: str, job_id: str) -> Job[t.Any] | None:
         """Register ``job_id`` as the in-flight job of ``memo_key``, or return the one already there."""
         for _ in range(10):
-            if self.backend.add(f"inflight:{memo_key}", job_id):
+            if self.backend.add(keys.inflight(memo_key), job_id):
                 return None
-            other = self.backend.get(f"inflight:{memo_key}")
+            other = self.backend.get(keys.inflight(memo_key))
             if other is MISSING:
                 continue
             record = self._inflight_record(memo_key, other)
@@ -396,10 +514,10 @@ class JobStore:
                 return self.read_record(job_id)  # ends it here if its worker is gone
             except JobNotFoundError:
                 pass
-            if time.monotonic() >= deadline or self.backend.get(f"inflight:{memo_key}") != job_id:
+            if time.monotonic() >= deadline or self.backend.get(keys.inflight(memo_key)) != job_id:
                 return None  # abandoned, or released by a submit that failed
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
     def _release_inflight(self, memo_key: str, job_id: str) -> None:
-        self.backend.delete_if(f"inflight:{memo_key}", job_id)
+        self.backend.delete_if(keys.inflight(memo_key), job_id)

@@ -45,7 +45,10 @@ from . import (
     current_job,
     signals,
 )
-from .backends.base import MISSING, Backend
+from .backends.base import MISSING, Backend, JobRequest
+from .extension import new_job_id
+from .store import keys
+from .worker import owner_pid
 
 TIMEOUT = 30.0
 _MARK = "LONGTASK_CONFORMANCE"
@@ -285,18 +288,45 @@ class BackendConformance:
         assert longtask.get_job(job.id).result() == 40
         assert job.task == add.name
 
-    def test_wait_then_get_many_after_the_end(self, app: Flask, backend: Backend) -> None:
-        # How Job.wait looks again once a job has ended: the keys as stored, the record first.
+    def test_wait_answers_at_once_after_the_end(self, app: Flask, backend: Backend) -> None:
+        # How Job.wait looks: after a job's end, its first look answers at once with the keys as
+        # stored, the record first.
         job = add.submit(2, 3)
         assert job.result(timeout=TIMEOUT) == 5
-        keys = [f"job:{job.id}", f"result:{job.id}", f"conf:none:{job.id}"]
-        record, result, none = backend.wait_then_get_many(job.id, 0.2, keys)
+        names = [keys.job(job.id), keys.result(job.id), keys.alive("conf-none")]
+        started = time.monotonic()
+        record, result, none = backend.wait(job.id, names, timeout=5, elapsed=0.0)
+        assert time.monotonic() - started < 1.0
         assert record["status"] == JobStatus.SUCCEEDED.value and record["id"] == job.id
         assert backend.loads(result) == 5
         assert none is MISSING
-        # A job this process does not follow is read before a wait (tracks_end is never
-        # wrongly true: a waiter would wait out recheck_interval first).
-        assert backend.tracks_end("0" * 32) is False
+        # So does a first look at a job nobody ever submitted.
+        unknown = "0" * 32
+        started = time.monotonic()
+        assert backend.wait(unknown, [keys.job(unknown)], timeout=5, elapsed=0.0) == [MISSING]
+        assert time.monotonic() - started < 1.0
+
+    def test_store_and_enqueue(self, app: Flask, backend: Backend) -> None:
+        # What a submit hands the backend: the records stored, the signal sent, the job run.
+        announced: list[bool] = []
+        job_id = new_job_id()
+        arguments = {
+            "task": echo.name,
+            "module": echo._module,
+            "app": app.import_name,
+            "args": backend.dumps(((7,), {})),
+        }
+        store = app.extensions["longtask"].store
+        new = store.new_job(
+            JobRequest(job_id, echo.name, echo, app),
+            arguments,
+            None,
+            announce=lambda: announced.append(backend.get(keys.job(job_id)) is not MISSING),
+        )
+        assert new.id == job_id and [w[1] for w in new.writes] == [keys.request(job_id), keys.job(job_id)]
+        backend.store_and_enqueue(new)
+        assert announced == [True]  # after the writes
+        assert store.job(job_id).result(timeout=TIMEOUT) == 7
 
     def test_unknown_job(self, app: Flask) -> None:
         with pytest.raises(JobNotFoundError):
@@ -334,18 +364,18 @@ class BackendConformance:
             job.result(timeout=TIMEOUT)
 
     def test_unserialisable_argument_is_refused_at_submit(self, app: Flask, backend: Backend) -> None:
-        before = set(backend.scan("job:"))
+        before = set(backend.scan(keys.JOB_PREFIX))
         with pytest.raises(TypeError, match="'value'"):
             echo.submit(i for i in range(3))
-        assert set(backend.scan("job:")) == before
+        assert set(backend.scan(keys.JOB_PREFIX)) == before
 
     def test_wrong_arguments_are_refused_at_submit(self, app: Flask, backend: Backend) -> None:
-        before = set(backend.scan("job:"))
+        before = set(backend.scan(keys.JOB_PREFIX))
         with pytest.raises(TypeError):
             echo.submit(1, 2, 3, 4)  # type: ignore[call-arg, arg-type]
         with pytest.raises(TypeError):
             echo.submit(nonsense=1)  # type: ignore[call-arg]
-        assert set(backend.scan("job:")) == before
+        assert set(backend.scan(keys.JOB_PREFIX)) == before
 
     def test_wait_timeout(self, app: Flask, tmp_path: Path) -> None:
         job = block.submit(str(tmp_path / "gate"))
@@ -503,5 +533,4 @@ def _gone(job: t.Any) -> bool:
 
 
 def _runs_in_this_process(app: Flask, job_id: str) -> bool:
-    claim = app.extensions["longtask"].backend.get(f"claim:{job_id}")
-    return isinstance(claim, dict) and claim["by"].split(":")[1] == str(os.getpid())
+    return owner_pid(app.extensions["longtask"].backend.get(keys.claim(job_id))) == os.getpid()

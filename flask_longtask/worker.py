@@ -3,6 +3,7 @@
 Every backend ends up here, in whatever thread or process it runs jobs in. It claims the job
 exactly once, runs it inside the app context, feeds progress, cancellation and the heartbeat
 through :data:`current_job`, and stores the outcome through :class:`~flask_longtask.store.JobStore`.
+A backend that sees a worker die (or stops one) calls :func:`mark_lost`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import socket
 import threading
 import time
 import typing as t
+from dataclasses import dataclass
 
 from . import signals
 from .backends.base import MISSING, Backend
 from .job import JobStatus
-from .store import JobStore, error_record
+from .store import JobStore, error_record, keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -293,9 +295,59 @@ def claim_value() -> dict[str, t.Any]:
     return {"by": _owner(), "at": time.time()}
 
 
-def job_keys(job_id: str) -> list[str]:
-    """What a worker reads as it claims a job: its record, its request and its cancel flag."""
-    return [f"job:{job_id}", f"request:{job_id}", f"cancel:{job_id}"]
+def owner_pid(claim: t.Any) -> int | None:
+    """The process id of the worker that holds a stored claim (see :func:`owner_of`).
+
+    ``None`` for a cancel's claim, or for anything that is not a well-formed claim: stored data
+    is not trusted.
+
+    >>> owner_pid({"by": "web-1:4242:140089", "at": 0.0}), owner_pid({"by": "cancel", "at": 0.0})
+    (4242, None)
+    """
+    by = claim.get("by") if isinstance(claim, dict) else None
+    parts = by.rsplit(":", 2) if isinstance(by, str) else []
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    pid = int(parts[1])
+    return pid if pid > 0 else None
+
+
+@dataclass
+class Handoff:
+    """A job already claimed for this worker by whoever handed it over (the diskcache pool),
+    with what that claim read: :func:`execute` runs it without a claim or a read of its own."""
+
+    #: The claim's time: the job runs from then.
+    started: float
+    #: Its ``job:`` record as read with the claim.
+    record: dict[str, t.Any]
+    #: Its ``request:`` record; ``None``: too large to hand over, :func:`execute` reads it.
+    request: dict[str, t.Any] | None
+    #: Its cancel flag was set when it was claimed: it ends "cancelled" without running.
+    cancelled: bool = False
+    #: The claim is still being stored: the job is prepared (its task and app found), then runs
+    #: only if ``go()`` returns true; nothing observable happens before.
+    go: t.Callable[[], bool] | None = None
+
+
+def mark_lost(backend: Backend, job_id: str, how: str, *, app: Flask | None = None) -> bool:
+    """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed"
+    (``how`` says what happened, in its error message).
+
+    A backend calls this when it sees a worker process die, or once it has stopped one by force
+    (:meth:`Backend.terminate <flask_longtask.backends.Backend.terminate>`). ``app``: the app the
+    job belongs to, when the caller knows it: its settings apply, and the end signal is sent with
+    it as sender, in its app context. Returns whether this call ended the job.
+    """
+    if app is None:
+        return JobStore(backend).mark_lost(job_id, how)
+    with app.app_context():
+        return _store_for(backend, app).mark_lost(job_id, how, app=app)
+
+
+def _store_for(backend: Backend, app: Flask) -> JobStore:
+    state = app.extensions.get("longtask")
+    return state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
 
 
 def execute(
@@ -304,37 +356,35 @@ def execute(
     *,
     task: Task[..., t.Any] | None = None,
     app: Flask | None = None,
-    claimed: tuple[float, dict[str, t.Any], dict[str, t.Any] | None] | None = None,
-    go: t.Callable[[], bool] | None = None,
-    cancelled: t.Any = MISSING,
+    handoff: Handoff | None = None,
 ) -> JobStatus | None:
     """Run job ``job_id`` here and now, if nobody else has; return its final status.
 
     ``task`` and ``app`` are the live objects when the job runs in the process that submitted
     it; otherwise they are found by name (importing the task's module if needed). Returns
-    ``None`` when the job was not run here: unknown, already claimed, or already ended.
+    ``None`` when the job was not run here: unknown, already claimed, or already ended (or,
+    handed over, its ``go()`` said no).
 
-    ``claimed`` is ``(claim time, record, request or None)`` of a job already claimed for this
-    worker by whoever handed it over (the diskcache pool, for a job submitted in its host
-    process): it runs without a claim or a read of its own. With ``go``, the claim is still
-    being stored: the job is prepared (its task and app found), then runs only if ``go()``
-    returns true; nothing observable happens before. ``cancelled``: the job's cancel flag, when
-    whoever claimed it read it with the claim (otherwise a cancel from then on finds the job
-    claimed, and the ticker's first look, the forced stop and the end's atomic check see to it).
+    Without ``handoff``, the worker claims the job and reads what it needs in one round trip.
+    With one, the job was claimed for this worker by whoever handed it over (see
+    :class:`Handoff`): a cancel from then on finds it claimed, and the ticker's first look, the
+    forced stop and the end's atomic check see to it.
     """
-    if claimed is None:
+    if handoff is None:
         # Claim the job and read what it needs in one round trip: only the winner of the claim
         # runs it. A cancel that lands after the read is seen by the running job
         # (is_cancel_requested, and atomically when it ends) instead.
         claim = claim_value()
         started = claim["at"]
-        won, (record, request, cancelled) = backend.claim_and_get(
-            f"claim:{job_id}", claim, JobStore(backend).claim_expire, job_keys(job_id)
+        won, (record, request, flag) = backend.claim_and_get(
+            keys.claim(job_id), claim, JobStore(backend).claim_expire, keys.to_run(job_id)
         )
         if not won or not is_runnable(record):
             return None  # someone else has it, or it is unknown (expired, purged) or over
+        cancelled, go = flag is not MISSING, None
     else:
-        started, record, request = claimed
+        started, record, request = handoff.started, handoff.record, handoff.request
+        cancelled, go = handoff.cancelled, handoff.go
     failure: Exception | None = None
     try:
         if request is not None and request is not MISSING:
@@ -347,7 +397,7 @@ def execute(
         if failure is not None:
             raise failure
         if request is None:  # too large to hand over inline
-            request = backend.get(f"request:{job_id}")
+            request = backend.get(keys.request(job_id))
         if request is MISSING:
             raise LookupError("the job's request record is missing (expired or deleted)")
         task, app = _task_and_app(request, task, app)
@@ -355,8 +405,7 @@ def execute(
         JobStore(backend).finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
         return JobStatus.FAILED
 
-    state = app.extensions.get("longtask")
-    store = state.store if state is not None and state.backend is backend else JobStore.from_config(backend, app.config)
+    store = _store_for(backend, app)
     # Claimed: readers see the job "running" from now (the claim says since when); its record
     # is not rewritten until it ends. The ticker writes its first heartbeat one progress
     # interval from now, so a short job costs no write for its start but the claim.
@@ -364,7 +413,7 @@ def execute(
     _ticker.add(ctx)
     with app.app_context():
         signals.send(signals.job_started, app, job=store.job(job_id))
-        if cancelled is not MISSING:
+        if cancelled:
             store.finish(ctx._close(), JobStatus.CANCELLED, app=app)
             return JobStatus.CANCELLED
         try:

@@ -1,13 +1,26 @@
-"""Backends: where jobs run and where their state lives. See :class:`Backend` for the interface."""
+"""Backends: where jobs run and where their state lives. See :class:`Backend` for the interface.
+
+What a custom backend may use is exported here: :class:`Backend` to subclass, :data:`MISSING`,
+the values the core hands it (:data:`Write`, :class:`JobRequest`, :class:`NewJob`,
+:class:`JobEnd`), and the worker's entry points it calls: :func:`execute` to run a job,
+:class:`Handoff` for a job it claimed for its worker itself, :func:`mark_lost` for a job whose
+worker it saw die or stopped.
+"""
 
 from __future__ import annotations
 
 import importlib
 import typing as t
 
+from ..worker import Handoff as Handoff
+from ..worker import execute as execute
+from ..worker import mark_lost as mark_lost
 from .base import MISSING as MISSING
 from .base import Backend as Backend
+from .base import JobEnd as JobEnd
 from .base import JobRequest as JobRequest
+from .base import NewJob as NewJob
+from .base import Write as Write
 from .thread import ThreadBackend as ThreadBackend
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -40,3 +53,19 @@ def backend_class(name: str) -> type[Backend]:
 def backend_from_app(app: Flask) -> Backend:
     """Make the backend that ``app.config["LONGTASK_BACKEND"]`` names, configured from the app."""
     return backend_class(app.config["LONGTASK_BACKEND"]).from_app(app)
+
+
+__all__ = [
+    "MISSING",
+    "Backend",
+    "Handoff",
+    "JobEnd",
+    "JobRequest",
+    "NewJob",
+    "ThreadBackend",
+    "Write",
+    "backend_class",
+    "backend_from_app",
+    "execute",
+    "mark_lost",
+]

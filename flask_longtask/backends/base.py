@@ -1,16 +1,24 @@
 """The backend interface.
 
-A backend does two things and decides nothing: it **stores** small records under string keys,
-and it **runs** jobs somewhere else by calling :func:`flask_longtask.worker.execute`. Every job
-semantic -- statuses, progress, results, errors, cancellation, memoization, single-flight and
-signals -- is written once, in the core, over these primitives. A custom backend implements the
-abstract methods below and proves itself with :mod:`flask_longtask.testing`.
+A backend **stores** small records under string keys and **runs** jobs somewhere else by
+calling :func:`flask_longtask.worker.execute`. Every job semantic -- statuses, progress,
+results, errors, cancellation, memoization, single-flight and signals -- is written once, in the
+core, over these primitives: a store with get/set/add/delete/scan and a queue with
+:meth:`Backend.enqueue` make a complete backend.
+
+Three hooks see whole job steps instead of keys, so that a backend can do a step its own way
+without reading meaning back out of key names: :meth:`Backend.store_and_enqueue` receives a
+:class:`NewJob`, :meth:`Backend.end_job` a :class:`JobEnd`, and :meth:`Backend.wait` is one look
+of a waiter. Their defaults do each step with the primitives; a backend overrides one to save a
+round trip (the Celery backend sends a new job's records with its task message), to wake waiters
+when a job ends (Redis lists), or to hand work to a worker directly (the diskcache pool). They
+change how a step is done, never what it means: that stays in the core. A custom backend
+implements the abstract methods below and proves itself with :mod:`flask_longtask.testing`.
 """
 
 from __future__ import annotations
 
 import abc
-import collections.abc
 import contextlib
 import pickle
 import time
@@ -69,6 +77,71 @@ class JobRequest:
 Write = tuple[str, str, t.Any, "float | None"]
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A submitted job, as :meth:`Backend.store_and_enqueue` receives it.
+
+    The core has checked its arguments, its memo key and the queue limit; what is left is to
+    store it and queue it.
+    """
+
+    #: What :meth:`Backend.enqueue` takes (job id, task name, live task and app).
+    request: JobRequest
+    #: Its ``"job:<id>"`` record, status ``"queued"``.
+    record: dict[str, t.Any]
+    #: Its ``"request:<id>"`` record: ``task``, ``module``, ``app`` and ``args`` (bytes).
+    arguments: dict[str, t.Any]
+    #: Both, as writes, in the order to store them (the request first: a worker that finds the
+    #: record finds the request too).
+    writes: tuple[Write, ...]
+    #: Sends ``job_submitted``: call it after the writes, before the job can start.
+    announce: t.Callable[[], None]
+
+    @property
+    def id(self) -> str:
+        """The job's id."""
+        return self.request.job_id
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """The end of a job, as :meth:`Backend.end_job` receives it: its end claim, its final
+    records, and (when the job's runner ends it) the "cancelled" end written instead if its
+    cancel flag is set.
+
+    Exactly one process ends a job: whoever adds ``key`` first. With ``unless``, the check of
+    that key (the job's cancel flag) is part of the same atomic step.
+    """
+
+    job_id: str
+    #: A :class:`~flask_longtask.JobStatus` value: what ``writes`` end the job as.
+    status: str
+    #: The end claim's key (``"end:<id>"``), added atomically.
+    key: str
+    #: The end claim's value: when the job ended (``time.time()``).
+    at: float
+    #: The end claim's expiry, in seconds.
+    expire: float | None
+    #: The result, the final record, the memo entry, the release of single-flight.
+    writes: tuple[Write, ...]
+    #: A key (the cancel flag): when it exists, ``otherwise`` is written instead of ``writes``.
+    unless: str | None = None
+    #: The "cancelled" end's writes.
+    otherwise: tuple[Write, ...] = ()
+
+    def values(self, chosen: bool) -> dict[str, t.Any]:
+        """``{key: value}`` of the sets applied: of ``writes`` if ``chosen``, else of ``otherwise``
+        (what a waiter would read once the job has ended this way)."""
+        return {key: value for op, key, value, _ in (self.writes if chosen else self.otherwise) if op == "set"}
+
+    def cancelled(self, chosen: bool) -> bool:
+        """Whether the job ends "cancelled" that way (``chosen``: ``writes`` were applied)."""
+        return self.status == _CANCELLED if chosen else True
+
+
+_CANCELLED = "cancelled"  # JobStatus.CANCELLED (job.py imports this module: no import back)
+
+
 class Backend(abc.ABC):
     """Stores job state and runs jobs.
 
@@ -87,27 +160,6 @@ class Backend(abc.ABC):
 
     #: Whether :meth:`terminate` can stop a running job that ignores the cancel flag.
     can_terminate: t.ClassVar[bool] = False
-    #: Whether :meth:`wait_for_end` returns as soon as a job ends, whichever process ends it and
-    #: whichever waits. ``Job.wait`` then blocks in it for up to a second at a time instead of
-    #: polling. It may be a property, true in some processes only (the diskcache backend's, in
-    #: the process hosting its pool).
-    ends_wake_waiters: bool = False
-    #: With :attr:`ends_wake_waiters`: the longest ``Job.wait`` blocks in :meth:`wait_for_end`
-    #: before it reads the job's status again (for an end that did not wake it: a lost worker).
-    recheck_interval: float = 1.0
-
-    def tracks_end(self, job_id: str) -> bool:
-        """Whether this process follows job ``job_id`` itself: it will be woken when the job
-        ends (the job is queued or running here), or it ended moments ago and this process holds
-        what its end wrote.
-
-        With :attr:`ends_wake_waiters`, ``Job.wait`` then skips its first read of the job and
-        blocks in :meth:`wait_then_get_many` at once, which for a job that has ended answers from
-        what its end wrote, without reading storage (the diskcache pool's host, for the jobs of
-        its pool). A wrong ``True`` costs a waiter up to :attr:`recheck_interval`. The default
-        is ``False``: a wait starts with a read.
-        """
-        return False
 
     # -- serialisation --------------------------------------------------------------------------
 
@@ -190,10 +242,10 @@ class Backend(abc.ABC):
         key ``unless`` exists, ``otherwise`` instead.
 
         Returns ``None`` if ``key`` was present (nothing written), ``True`` if ``writes`` were
-        applied, ``False`` if ``otherwise`` was. A job ends this way: the end claim, the check of
-        its cancel flag and its final records in one step. Must be atomic like :meth:`add`; the
-        default does it in one :meth:`batch` (atomic when batches are transactions, otherwise
-        override it, as the Redis backend does with a script).
+        applied, ``False`` if ``otherwise`` was. The default :meth:`end_job` ends a job this way:
+        the end claim, the check of its cancel flag and its final records in one step. Must be
+        atomic like :meth:`add`; the default does it in one :meth:`batch` (atomic when batches are
+        transactions, otherwise override it, as the Redis backend does with a script).
         """
         with self.batch():
             if not self.add(key, value, expire):
@@ -224,47 +276,14 @@ class Backend(abc.ABC):
         """
         return contextlib.nullcontext()
 
-    def wait_for_end(self, job_id: str, timeout: float) -> t.Mapping[str, t.Any] | None:
-        """Block for up to ``timeout`` seconds, or less once job ``job_id`` may have ended.
-
-        :meth:`Job.wait <flask_longtask.Job.wait>` reads the job's status between calls, so a
-        backend that cannot tell simply sleeps (the default). One that sees its jobs end (the
-        diskcache pool host, in its own process) returns as soon as this one has, which saves a
-        waiter the rest of its polling interval. A job ends with :meth:`add_then_write` on the
-        key ``end:<job_id>``: a store that can block on a key (Redis) wakes its waiters from
-        there, and sets :attr:`ends_wake_waiters`.
-
-        It may return what the job's end wrote, as ``{key: value}`` of the sets of that
-        :meth:`add_then_write` (its ``writes``, or ``otherwise`` if that was chosen), when it was
-        handed them (the diskcache pool's workers send them with their "done"): the waiter then
-        reads nothing. Return ``None`` otherwise (the default).
-        """
-        time.sleep(timeout)
-        return None
-
-    def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
-        """:meth:`wait_for_end`, then :meth:`get_many`: how ``Job.wait`` waits and looks again.
-
-        A backend whose wait is a request to its store can send both at once (the Redis backend
-        pipelines its blocking wait with the read), so a waiter learns of the end in one round
-        trip. The default calls one after the other, or, when :meth:`wait_for_end` returns what
-        the job's end wrote and that includes ``keys[0]`` (the core asks for the job's record
-        first), answers from it: the record and the result as the end wrote them, ``MISSING``
-        for the rest (a claim or a heartbeat, which mean nothing once the job has ended).
-        """
-        ended = self.wait_for_end(job_id, timeout)
-        if isinstance(ended, collections.abc.Mapping) and keys and keys[0] in ended:
-            return [ended.get(key, MISSING) for key in keys]
-        return self.get_many(keys)
-
     @abc.abstractmethod
     def scan(self, prefix: str) -> t.Iterator[str]:
         """Yield every live key that starts with ``prefix`` (any order; used for listings)."""
 
     # -- execution ------------------------------------------------------------------------------
 
-    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
-        """Write a new job's records, call ``announce()``, and :meth:`enqueue` it.
+    def store_and_enqueue(self, job: NewJob) -> None:
+        """Write a new job's records, call ``job.announce()``, and :meth:`enqueue` it.
 
         The default does exactly that, in that order: the ``job_submitted`` signal (``announce``)
         comes before the job can start. A backend may overlap the writes with the enqueue to save
@@ -273,9 +292,50 @@ class Backend(abc.ABC):
         there yet, and it calls ``announce()`` once both are done. Raise if either fails: the
         core then removes the job's records.
         """
-        self.write_all(writes)
-        announce()
-        self.enqueue(request)
+        self.write_all(job.writes)
+        job.announce()
+        self.enqueue(job.request)
+
+    def end_job(self, end: JobEnd) -> bool | None:
+        """End a job: atomically add ``end.key`` and apply ``end.writes``, or ``end.otherwise``
+        when the key ``end.unless`` (the cancel flag) exists.
+
+        Returns ``None`` if the job had been ended already by someone else (nothing written),
+        ``True`` if ``end.writes`` were applied, ``False`` if ``end.otherwise`` was. The default
+        is :meth:`add_then_write`. A backend overrides it to act on a job's end in the same step:
+        wake the job's waiters (the Celery backend pushes to a Redis list they block on), or
+        give its worker the next job (the diskcache pool).
+        """
+        return self.add_then_write(end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise)
+
+    def wait(self, job_id: str, keys: t.Sequence[str], *, timeout: float, elapsed: float) -> list[t.Any]:
+        """One look of ``Job.wait``: the values of ``keys`` once job ``job_id`` may have ended,
+        or after at most ``timeout`` seconds.
+
+        ``keys[0]`` is the job's record; the values come in the order asked, :data:`MISSING` for
+        absent ones. ``timeout`` may be ``math.inf``: the backend then picks how long to block
+        before it looks again. ``elapsed`` is the time since the wait began: ``0.0`` on its first
+        look, which must answer at once for a job that has ended. The caller interprets the
+        values (claims, heartbeats, lost workers) and calls again while the job is active and
+        time is left, so returning early is always correct, only wasteful.
+
+        The default polls: it reads at once on the first look; later, it sleeps 0.25 ms while
+        ``elapsed`` is under 10 ms (short jobs end within a few), then ``elapsed / 10`` up to
+        50 ms, never longer than ``timeout``, and reads. A backend that hears of a job's end
+        blocks until then instead (the Celery backend in Redis, the diskcache pool's host), and
+        may answer from what the end wrote without reading storage.
+        """
+        if elapsed > 0.0:
+            time.sleep(min(0.00025 if elapsed < 0.01 else min(0.05, elapsed / 10), timeout))
+        return self.get_many(keys)
+
+    def forget(self, job_id: str) -> None:
+        """Remove what this backend stores for job ``job_id`` besides the core's keys.
+
+        ``flask longtask purge`` calls it for each finished job it deletes, after the core's
+        keys of the job (:meth:`keys.of_job <flask_longtask.store.keys>`). The default does
+        nothing; the Celery backend deletes the Redis list its waiters block on.
+        """
 
     @abc.abstractmethod
     def enqueue(self, request: JobRequest) -> None:
@@ -313,4 +373,4 @@ class Backend(abc.ABC):
         """Release threads, processes and connections. Optional; idempotent."""
 
 
-__all__ = ["MISSING", "Backend", "JobRequest", "Write"]
+__all__ = ["MISSING", "Backend", "JobEnd", "JobRequest", "NewJob", "Write"]

@@ -16,8 +16,10 @@ try:
 except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
+from ..store import keys
+from ..worker import execute, mark_lost
 from . import _json
-from .base import MISSING, Backend, JobRequest, Write
+from .base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -52,7 +54,6 @@ class CeleryBackend(Backend):
     """
 
     can_terminate = True
-    ends_wake_waiters = True  # a job's end pushes to done:<id>; waiters block on it (BLMOVE)
 
     def __init__(
         self,
@@ -184,54 +185,72 @@ class CeleryBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        # One script, so one round trip, and atomic: Redis runs a script alone. A job's end
-        # (the key end:<id>) also pushes to done:<id>, which wakes wait_for_end().
+        return self._add_then_write_script(key, value, expire, writes, unless, otherwise, None)
+
+    def end_job(self, end: JobEnd) -> bool | None:
+        # The end also pushes to the job's done list, which wakes its waiters (see wait()).
+        return self._add_then_write_script(
+            end.key, end.at, end.expire, end.writes, end.unless, end.otherwise, self._done_key(end.job_id)
+        )
+
+    def _add_then_write_script(
+        self,
+        key: str,
+        value: t.Any,
+        expire: float | None,
+        writes: t.Sequence[Write],
+        unless: str | None,
+        otherwise: t.Sequence[Write],
+        push: str | None,
+    ) -> bool | None:
+        # One script, so one round trip, and atomic: Redis runs a script alone.
         self._flush()
-        ends = key.startswith("end:")
-        keys = [self.prefix + key, self.prefix + (unless or key), self.prefix + "done:" + key[4:]]
-        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes), 1 if ends else 0]
+        names = [self.prefix + key, self.prefix + (unless or key), push or self.prefix + key]
+        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes), 1 if push else 0]
         for op, k, v, exp in (*writes, *otherwise):
             if op == "set" and exp is not None and exp <= 0:
                 op, v = "delete", None
-            keys.append(self.prefix + k)
+            names.append(self.prefix + k)
             args += (op, "" if op == "delete" else _json.dumps(v), (_px(exp) or 0) if op == "set" else 0)
-        done = int(self._add_then_write(keys=keys, args=args))
+        done = int(self._add_then_write(keys=names, args=args))
         return None if done < 0 else bool(done)
 
-    def wait_for_end(self, job_id: str, timeout: float) -> None:
-        self.wait_then_get_many(job_id, timeout, [])
-        return None
+    def _done_key(self, job_id: str) -> str:
+        """The Redis list a job's end pushes to, which its waiters block on."""
+        return f"{self.prefix}done:{job_id}"
 
-    def wait_then_get_many(self, job_id: str, timeout: float, keys: t.Sequence[str]) -> list[t.Any]:
-        # BLMOVE from a list to itself returns at once if the job's end has pushed to it, else
-        # blocks until it does (for every waiter: the element stays) or until the timeout. The
-        # read is pipelined behind it: Redis runs it as soon as the wait is over.
-        if not self._blocking_wait:
-            time.sleep(timeout)
+    def wait(self, job_id: str, keys: t.Sequence[str], *, timeout: float, elapsed: float) -> list[t.Any]:
+        # The first look is a plain read. Later ones block in BLMOVE, from the job's done list to
+        # itself: it returns at once if the job's end has pushed to it, else when it does (for
+        # every waiter: the element stays) or at the timeout. The read is pipelined behind it:
+        # Redis runs it as soon as the wait is over.
+        if elapsed == 0.0:
             return self.get_many(keys)
+        if not self._blocking_wait:
+            return super().wait(job_id, keys, timeout=timeout, elapsed=elapsed)
+        timeout = min(timeout, _RECHECK)
         self._flush()
-        key = self.prefix + "done:" + job_id
+        done = self._done_key(job_id)
         pipe = self.redis.pipeline(transaction=False)  # not MULTI: a blocking command would not block
         limit = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
         if limit:  # block for less than the client waits for a reply
             timeout = min(timeout, limit * 0.8)
-        pipe.blmove(key, key, t.cast(int, max(timeout, 0.001)), "LEFT", "LEFT")  # Redis takes seconds as a float
-        if keys:
-            pipe.mget([self.prefix + k for k in keys])
+        pipe.blmove(done, done, t.cast(int, max(timeout, 0.001)), "LEFT", "LEFT")  # Redis takes seconds as a float
+        pipe.mget([self.prefix + k for k in keys])
         try:
             replies = pipe.execute(raise_on_error=False)
         except redis.TimeoutError:  # a client socket_timeout shorter than the wait
-            return self.get_many(keys) if keys else []
+            return self.get_many(keys)
         if isinstance(replies[0], redis.ResponseError) and "unknown command" in str(replies[0]).lower():
-            # Redis < 6.2 has no BLMOVE: poll instead (other errors, such as a replica's
+            # Redis < 6.2 has no BLMOVE: poll from now on (other errors, such as a replica's
             # READONLY during a failover, only cost this one wait)
             self._blocking_wait = False
-            self.ends_wake_waiters = False
-        if not keys:
-            return []
         if isinstance(replies[1], Exception):
             raise replies[1]
         return [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in replies[1]]
+
+    def forget(self, job_id: str) -> None:
+        self.redis.delete(self._done_key(job_id))
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()
@@ -242,14 +261,14 @@ class CeleryBackend(Backend):
 
     # -- execution ------------------------------------------------------------------------------
 
-    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
+    def store_and_enqueue(self, job: NewJob) -> None:
         # Send the writes, send the task message while Redis handles them, then read their
         # replies: a submit costs one round trip less. A worker that gets the message before
         # Redis has stored the record waits for it (claim_and_get).
         commands = []
-        for op, key, value, expire in writes:
+        for op, key, value, expire in job.writes:
             if op != "set":  # pragma: no cover - the core writes a new job with "set" only
-                return super().store_and_enqueue(writes, request, announce)
+                return super().store_and_enqueue(job)
             px = _px(expire)
             command: tuple[t.Any, ...] = ("SET", self.prefix + key, _json.dumps(value))
             commands.append(command if px is None else (*command, "PX", px))
@@ -259,7 +278,7 @@ class CeleryBackend(Backend):
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             try:
-                self.enqueue(request)
+                self.enqueue(job.request)
             finally:
                 for _ in commands:
                     conn.read_response()  # raises the command's error, if any
@@ -268,7 +287,7 @@ class CeleryBackend(Backend):
             raise
         finally:
             pool.release(conn)
-        announce()
+        job.announce()
 
     def enqueue(self, request: JobRequest) -> None:
         # The Celery task id is the job id, so a revoke can name the job. No Celery result: the
@@ -285,7 +304,7 @@ class CeleryBackend(Backend):
     def _force_stop(self, job_id: str) -> None:
         with self._timers_lock:
             self._timers.discard(threading.current_thread())
-        record = self.get(f"job:{job_id}")
+        record = self.get(keys.job(job_id))
         if record is MISSING or record["status"] not in ("queued", "running"):
             return  # ended meanwhile (a claimed job may still read "queued": see JobStore.read_record)
         # Prefork (the default pool) kills the process running it; the worker's main process
@@ -311,14 +330,17 @@ class CeleryBackend(Backend):
 
 #: Seconds a Celery worker waits for the record of a job whose message came first.
 _RECORD_WAIT = 5.0
+#: The longest a waiter blocks in Redis before it reads the job again (for an end that pushed
+#: nothing to its done list: a worker found lost by a reader, a record that expired).
+_RECHECK = 1.0
 
 
 def _px(expire: float | None) -> int | None:
     return None if expire is None else max(1, int(expire * 1000))
 
 
-# KEYS: the key to add, the "unless" key, the done:<id> list to push to if this is a job's end,
-# then one key per write (writes, then otherwise).
+# KEYS: the key to add, the "unless" key, the list to push to (a job's end: its done list), then
+# one key per write (writes, then otherwise).
 # ARGV: value, px (0: none), whether "unless" applies, how many writes, whether to push, then
 # per write: op ("set", "delete", "delete_if"), encoded value, px.
 _ADD_THEN_WRITE = """
@@ -377,8 +399,6 @@ def _register(celery_app: Celery, backend: CeleryBackend) -> None:
 
     @celery_app.task(name=RUN_TASK, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
     def run(job_id: str) -> None:
-        from ..worker import execute
-
         execute(_by_celery[celery_app], job_id)
 
 
@@ -393,9 +413,7 @@ def _on_revoked(
 ) -> None:
     backend = _backend_for(sender)
     if backend is not None and request is not None and terminated:
-        from ..store import JobStore
-
-        JobStore(backend).mark_lost(request.id, f"its Celery task was terminated (signal {signum})")
+        mark_lost(backend, request.id, f"its Celery task was terminated (signal {signum})")
 
 
 def _on_failure(
@@ -405,9 +423,7 @@ def _on_failure(
     # process running the job died (WorkerLostError) or execute() itself could not run.
     backend = _backend_for(sender)
     if backend is not None and task_id is not None:
-        from ..store import JobStore
-
-        JobStore(backend).mark_lost(task_id, f"{type(exception).__name__}: {exception}")
+        mark_lost(backend, task_id, f"{type(exception).__name__}: {exception}")
 
 
 # Both run in the Celery worker's main process, which sees its pool processes die or be killed.

@@ -1,0 +1,27 @@
+"""The ``LONGTASK_*`` configuration keys and their defaults, written once.
+
+:meth:`LongTask.init_app <flask_longtask.LongTask.init_app>` sets them on the app; a
+:class:`~flask_longtask.store.JobStore` made without an app's config uses them too.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+#: Every ``LONGTASK_*`` key and its default, set on the app at ``init_app``.
+DEFAULT_CONFIG: t.Final[t.Mapping[str, t.Any]] = {
+    "LONGTASK_BACKEND": "diskcache",
+    "LONGTASK_WORKERS": None,
+    "LONGTASK_RESULT_EXPIRE": 24 * 3600,
+    "LONGTASK_CANCEL_GRACE": 0.5,
+    "LONGTASK_PROGRESS_INTERVAL": 0.05,
+    "LONGTASK_HEARTBEAT_TIMEOUT": 30.0,
+    "LONGTASK_DISKCACHE_DIR": None,
+    "LONGTASK_EMBEDDED_WORKER": True,
+    "LONGTASK_CELERY_BROKER_URL": None,
+    "LONGTASK_CELERY_RESULT_BACKEND": None,
+    "LONGTASK_MAX_QUEUED": None,
+    "LONGTASK_HTTP_PREFIX": None,
+    "LONGTASK_HTTP_MAX_BODY": 1024 * 1024,
+    "LONGTASK_SSE_TIMEOUT": 30.0,
+}
