@@ -25,6 +25,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, session, s
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError, QueueFullError
 from .job import JobStatus
+from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import LongTask
@@ -139,7 +140,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         return who
 
     def access_key(job_id: str, who: str) -> str:
-        return f"access:{job_id}:{hashlib.sha256(who.encode()).hexdigest()[:32]}"
+        return keys.access(job_id, hashlib.sha256(who.encode()).hexdigest()[:32])
 
     def load(job_id: str, who: str) -> dict[str, t.Any]:
         """The job's record, if it exists and ``who`` may see it; otherwise 404, never 403."""
@@ -274,7 +275,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             return None
         if not 0 < len(key) <= 255:
             raise _HTTPError(400, "An Idempotency-Key must be 1 to 255 characters.")
-        return "idem:" + hashlib.sha256("\0".join((who, name, key)).encode()).hexdigest()
+        return keys.idempotency(hashlib.sha256("\0".join((who, name, key)).encode()).hexdigest())
 
     def wait_idempotent(idem_key: str, body_hash: str) -> tuple[str, bool]:
         """The job id the first request with this key made, and whether its body was the same."""

@@ -47,7 +47,12 @@ class Keys:
     ``inflight:<key>``   the queued or running job of a memo key (single-flight)
     ``memo:<key>``       the succeeded job whose result answers a memo key
     ``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
+    ``access:<id>:<h>``  the HTTP API: a caller (``<h>``, a digest of who) may read job ``<id>``
+    ``idem:<h>``         the HTTP API: the job an ``Idempotency-Key`` made (``<h>``, its digest)
     ===================  =================================================================
+
+    A package built on Flask-LongTask keeps its own keys under its own name (the Dash adapter's
+    start with ``dash-adapter:``).
 
     >>> keys.job("abc"), keys.job_id("job:abc")
     ('job:abc', 'abc')
@@ -100,6 +105,14 @@ class Keys:
     def memo_gen(task_name: str) -> str:
         """The generation of one task's memos; ``""``: of every task's."""
         return f"memo-gen:{task_name}"
+
+    @staticmethod
+    def access(job_id: str, digest: str) -> str:
+        return f"access:{job_id}:{digest}"
+
+    @staticmethod
+    def idempotency(digest: str) -> str:
+        return f"idem:{digest}"
 
     @classmethod
     def of_job(cls, job_id: str) -> list[str]:

@@ -16,6 +16,7 @@ from flask import Flask
 
 from flask_longtask import JobStatus, LongTask
 from flask_longtask.backends.base import MISSING
+from flask_longtask.store import keys
 from flask_longtask.testing import BackendConformance
 
 from .helpers import wait_for
@@ -204,39 +205,60 @@ def test_a_worker_waits_for_a_record_sent_with_its_message(redis_url, monkeypatc
     try:
         found: list[object] = []
         reader = threading.Thread(
-            target=lambda: found.append(backend.claim_and_get("claim:late", {"by": "w"}, 60, ["job:late"]))
+            target=lambda: found.append(backend.claim_and_get(keys.claim("late"), {"by": "w"}, 60, [keys.job("late")]))
         )
         reader.start()
-        wait_for(lambda: backend.get("claim:late") is not MISSING, 10, "the worker's claim")
-        writer.set("job:late", {"id": "late"})
+        wait_for(lambda: backend.get(keys.claim("late")) is not MISSING, 10, "the worker's claim")
+        writer.set(keys.job("late"), {"id": "late"})
         reader.join(10)
         assert found == [(True, [{"id": "late"}])]
 
         monkeypatch.setattr(celery_backend, "_RECORD_WAIT", 0.2)
-        assert backend.claim_and_get("claim:never", {"by": "w"}, 60, ["job:never"]) == (True, [MISSING])
+        assert backend.claim_and_get(keys.claim("never"), {"by": "w"}, 60, [keys.job("never")]) == (True, [MISSING])
     finally:
         writer.close()
         backend.close()
 
 
-def test_a_waiter_is_woken_by_the_end(app, tmp_path):
-    """Job.wait blocks on the job's done list (BLMOVE), not on a poll: it returns as soon as the
-    job ends, wherever it ended, with the final status read in the same round trip."""
+def test_a_waiter_is_woken_by_the_end(app, tmp_path, monkeypatch):
+    """Job.wait's later looks block on the job's done list (BLMOVE), not on a poll: a look
+    returns as soon as the job ends, wherever it ended, with the final status read in the same
+    round trip."""
+    from flask_longtask.backends import celery as celery_backend
     from tests import celery_app as worker_module
 
     backend = app.extensions["longtask"].backend
-    assert backend.ends_wake_waiters
+    monkeypatch.setattr(celery_backend, "_RECHECK", 60.0)  # so that only the end can end the look
     gate = tmp_path / "gate"
     job = worker_module.wait_for_file.submit(str(gate))
     wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
     values: list[list[object]] = []
-    waiter = threading.Thread(target=lambda: values.append(backend.wait_then_get_many(job.id, 60, [f"job:{job.id}"])))
+    names = [keys.job(job.id)]
+    waiter = threading.Thread(target=lambda: values.append(backend.wait(job.id, names, timeout=60, elapsed=1.0)))
     waiter.start()
     gate.touch()
-    waiter.join(30)  # a deadline, far below the waiter's own 60 s
+    waiter.join(30)  # a deadline, far below the look's own 60 s
     assert not waiter.is_alive()
     assert values[0][0]["status"] == "succeeded"
     assert job.result(timeout=5) == str(gate)
+    # Ended: a later look answers at once too (the end's push stays in the list), until purged.
+    assert backend.wait(job.id, names, timeout=60, elapsed=1.0)[0]["status"] == "succeeded"
+    assert app.test_cli_runner().invoke(args=["longtask", "purge"]).output == "Purged 1 finished job(s).\n"
+    assert list(backend.scan("")) == []  # the done list too (Backend.forget)
+
+
+def test_a_first_look_reads_at_once(app, tmp_path):
+    """Job.wait's first look is a plain read: result(timeout=0) on a running job raises at once."""
+    from flask_longtask import JobTimeoutError
+    from tests import celery_app as worker_module
+
+    gate = tmp_path / "gate"
+    job = worker_module.wait_for_file.submit(str(gate))
+    wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
+    with pytest.raises(JobTimeoutError):
+        job.result(timeout=0)
+    gate.touch()
+    assert job.result(timeout=30) == str(gate)
 
 
 def test_submit_when_the_broker_is_down_leaves_nothing(redis_url):
@@ -253,10 +275,10 @@ def test_submit_when_the_broker_is_down_leaves_nothing(redis_url):
     worker_module.longtask.init_app(app, backend=backend)
     try:
         with app.app_context():
-            before = set(backend.scan("job:"))
+            before = set(backend.scan(keys.JOB_PREFIX))
             with pytest.raises(OperationalError, match="Connection refused"):
                 worker_module.roundtrip.submit(1)
-            assert set(backend.scan("job:")) == before
-            assert not [k for k in backend.scan("request:")]
+            assert set(backend.scan(keys.JOB_PREFIX)) == before
+            assert not [k for k in backend.scan(keys.request(""))]
     finally:
         backend.close()

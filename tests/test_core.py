@@ -21,7 +21,7 @@ from flask_longtask import (
 )
 from flask_longtask.backends import MISSING, ThreadBackend, backend_class
 from flask_longtask.extension import DEFAULT_CONFIG
-from flask_longtask.store import JobStore
+from flask_longtask.store import JobStore, keys
 
 from .helpers import wait_for
 
@@ -424,7 +424,7 @@ def test_claimed_job_reads_running_and_is_lost_without_a_heartbeat(app, longtask
         assert job.status is JobStatus.QUEUED
         claimed_at = time.time()
         assert store.claim("lost2", "a worker that dies before its first tick", at=claimed_at)
-        assert store.backend.get("job:lost2")["status"] == "queued"  # the record is rewritten at the end
+        assert store.backend.get(keys.job("lost2"))["status"] == "queued"  # the record is rewritten at the end
         assert job.status is JobStatus.RUNNING
         assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claimed_at)
         assert wait_for(lambda: job.status is JobStatus.FAILED, what="the job to fail")
@@ -439,7 +439,7 @@ def test_cancel_claim_does_not_read_as_running(app, longtask):
     with app.app_context():
         longtask.get_job("c1").cancel()
         assert longtask.get_job("c1").status is JobStatus.CANCELLED
-        assert store.backend.get("claim:c1")["by"] == "cancel"
+        assert store.backend.get(keys.claim("c1"))["by"] == "cancel"
 
 
 def test_enqueue_failure_leaves_nothing_behind(app, longtask, backend, monkeypatch):
@@ -454,8 +454,8 @@ def test_enqueue_failure_leaves_nothing_behind(app, longtask, backend, monkeypat
     with app.app_context():
         with pytest.raises(ConnectionError):
             f.submit()
-        assert list(backend.scan("job:")) == []
-        assert list(backend.scan("inflight:")) == []
+        assert list(backend.scan(keys.JOB_PREFIX)) == []
+        assert list(backend.scan(keys.inflight(""))) == []
         monkeypatch.undo()
         assert f.submit().result(timeout=10) == 1
 
@@ -584,7 +584,7 @@ def test_single_flight_does_not_join_a_job_whose_worker_is_gone(app, longtask):
         assert store.join_inflight(key, "d" * 32) is None
         assert store.claim("d" * 32, "a worker that dies")
         store.beat("d" * 32)
-        wait_for(lambda: store.backend.get("alive:" + "d" * 32) is MISSING, what="the heartbeat to lapse")
+        wait_for(lambda: store.backend.get(keys.alive("d" * 32)) is MISSING, what="the heartbeat to lapse")
         job = shared.submit()
         assert job.id != "d" * 32 and job.result(timeout=10) == 1
         assert longtask.get_job("d" * 32).status is JobStatus.FAILED
@@ -640,7 +640,7 @@ def test_single_flight_takes_over_a_key_whose_submitter_never_wrote_its_job(app,
         assert store.join_inflight(_memo_key_of(store, shared), "c" * 32) is None  # then it died
         job = shared.submit()
         assert job.id != "c" * 32 and job.result(timeout=10) == 2
-        assert store.backend.get(f"inflight:{_memo_key_of(store, shared)}") in (MISSING, job.id)
+        assert store.backend.get(keys.inflight(_memo_key_of(store, shared))) in (MISSING, job.id)
 
 
 def test_an_end_left_half_written_by_a_dead_process_is_completed(app, longtask):
@@ -651,7 +651,7 @@ def test_an_end_left_half_written_by_a_dead_process_is_completed(app, longtask):
     store.create("e" * 32, {"task": "t", "module": None, "app": app.import_name, "args": b""}, None)
     assert store.claim("e" * 32, "a worker")
     store.beat("e" * 32)
-    assert store.backend.add("end:" + "e" * 32, time.time() - 60)  # claimed, then died
+    assert store.backend.add(keys.end("e" * 32), time.time() - 60)  # claimed, then died
     with app.app_context():
         job = longtask.get_job("e" * 32)
         assert wait_for(lambda: job.status is JobStatus.FAILED, what="the job to be ended")

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from flask_longtask.store import keys
+
 from . import http_tasks
 from .helpers import wait_for
 
@@ -246,4 +248,4 @@ def test_cancel_storm_breaks_nothing(app, client, tmp_path):
 @pytest.fixture
 def backend_jobs(app):
     backend = app.extensions["longtask"].backend
-    return lambda: set(backend.scan("job:"))
+    return lambda: set(backend.scan(keys.JOB_PREFIX))
