@@ -15,17 +15,19 @@ import weakref
 try:
     import dill
     import diskcache
-    import multiprocess  # noqa: F401 - used by _pool; checked here, once
+    import multiprocess  # noqa: F401 - used by .host; checked here, once
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'DiskcacheBackend needs "diskcache" and "multiprocess" (dependencies of Flask-LongTask):'
         ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
-from ..base import MISSING, Backend, JobRequest, Write
-from . import child as _poolworker
-from . import host as _pool
-from .table import Claim, Table
+from ...store import keys as _keys
+from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
+from . import child, fifo, handoff, waiting, wire
+from .host import LOCK_NAME, TICK, PoolHost
+from .table import Table
+from .workers import WorkerView
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -34,10 +36,10 @@ _log = logging.getLogger(__name__)
 
 #: Every live backend that may host a pool: closed at exit, reset in a forked child.
 _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
-#: Arguments up to this size (bytes, serialised) go to the worker with the job, which then fits
-#: in a pipe's buffer (a submit never waits for the worker to read); larger ones it reads from
-#: storage.
-_INLINE_ARGS = 32 * 1024
+#: How often a wait in the host's process looks at storage while it waits for a job's end: a
+#: worker sends its "done" after the job's end signals and app-context teardown (user code,
+#: which may be slow), and an end may come by another way (a lost worker) that wakes nobody.
+RECHECK = 0.05
 
 
 class DiskcacheBackend(Backend):
@@ -101,14 +103,10 @@ class DiskcacheBackend(Backend):
         self._lock = threading.RLock()
         self._elected = False  # whether this process has joined the election for the pool
         self._closed = threading.Event()
-        self._host: _pool.PoolHost | None = None
-        self._fifo: _pool.FifoClient | None = None
+        self._host: PoolHost | None = None
+        self._fifo: fifo.FifoClient | None = None
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
-        #: In a pool worker: ``(job id, writes)`` of the last job end written here.
-        self._end: tuple[str, t.Sequence[Write]] | None = None
-        #: In a pool worker: the job it was sent ahead and claimed as it ended the last (take_next()).
-        self._next: tuple[str, Claim] | None = None
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -222,80 +220,53 @@ class DiskcacheBackend(Backend):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
     ) -> bool | None:
-        then_claim = next_id = None
-        if _poolworker.IN_WORKER and key == f"end:{_poolworker.RUNNING}":
-            # A pool worker ends its job: when the pool sent it its next job ahead, it claims
-            # that one in the same transaction (one commit and one lock instead of two). Not
-            # when the job ends cancelled: the host may be about to stop it by force, and the
-            # next job must not be running then.
-            next_id = _poolworker.take_ahead(cancelled=_ends_cancelled(key[4:], writes))
-            if next_id is not None:
-                then_claim = self._next_claim(next_id)
+        return self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
+
+    def end_job(self, end: JobEnd) -> bool | None:
+        """Write a job's end. In a pool worker ending its own job, the worker writes it, and
+        claims the job sent ahead to it in the same transaction (:meth:`.child.Child.end_job`).
+        Elsewhere (a cancel while queued, a lost job), the waiters of the pool's host are told."""
+        me = child.current()
+        if me is not None and end.job_id == me.running:
+            return me.end_job(self, end)
         chosen = self.table.add_then_write(
-            key, value, expire, writes, unless=unless, otherwise=otherwise, then_claim=then_claim
+            end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise
         )
-        if then_claim is not None and next_id is not None:
-            if then_claim.tried:
-                self._next = (next_id, then_claim)
-            else:  # ended otherwise (cancelled, or by someone else): the job goes back
-                _poolworker.give_back(next_id)
-        if chosen is not None and key.startswith("end:"):
-            job_id = key[4:]
-            if _poolworker.IN_WORKER and job_id == _poolworker.RUNNING:
-                # A pool worker sends what its job's end wrote with its "done" (see take_end()).
-                self._end = (job_id, writes if chosen else otherwise)
-            else:
-                # Ended outside the pool's workers' own jobs (cancelled while queued, found
-                # lost): the host's process, whose waiters hear of ends from the pool, hears of
-                # this one too.
-                self._announce_end(job_id)
+        if chosen is not None:
+            self._announce_end(end.job_id)
         return chosen
 
     def _announce_end(self, job_id: str) -> None:
-        host = self._host
-        if host is not None:
-            host.announce_end(job_id)
+        pool = self._host
+        if pool is not None:
+            pool.announce_end(job_id)
         elif not self._closed.is_set():
             try:
-                self._send(f"e {job_id}", warn=False)
+                self._send(wire.Ended(job_id), warn=False)
             except Exception:  # only a wake-up: waiters look at storage again soon anyway
                 _log.debug("Could not tell the pool host that job %s ended.", job_id, exc_info=True)
 
-    @property
-    def ends_wake_waiters(self) -> bool:  # type: ignore[override]
-        """True in the process hosting the pool, where a job's end wakes its waiters whichever
-        process ends it: its worker's "done", or the word of the process that ended it."""
-        return self._host is not None
+    def wait(self, job_id: str, keys: t.Sequence[str], *, timeout: float, elapsed: float) -> list[t.Any]:
+        """In the process hosting the pool, a wait is woken the moment a worker reports the job
+        done (or lost), with what the job's end wrote when the worker sent it, and needs no
+        first read for a job the pool follows (:meth:`.host.PoolHost.tracks`). Elsewhere it
+        polls, as :meth:`Backend.wait` does."""
+        pool = self._host
+        if pool is None or (elapsed == 0.0 and not pool.tracks(job_id)):
+            return super().wait(job_id, keys, timeout=timeout, elapsed=elapsed)
+        ended = waiting.wait_done(pool, job_id, min(timeout, RECHECK))
+        if ended is not None and keys and keys[0] in ended:
+            return [ended.get(key, MISSING) for key in keys]
+        return self.get_many(keys)
 
-    def tracks_end(self, job_id: str) -> bool:
-        """True in the pool's host for a job its pool runs or queues, or ended moments ago
-        (see :meth:`PoolHost.tracks <flask_longtask.backends._pool.PoolHost.tracks>`)."""
-        host = self._host
-        return host is not None and host.tracks(job_id)
-
-    #: A worker sends its "done" after the job's end signals and app-context teardown (user
-    #: code, which may be slow): look at storage this often meanwhile, as polling would.
-    recheck_interval = 0.05
-
-    def _next_claim(self, job_id: str) -> Claim:
-        from ...store import JobStore
-        from ...worker import claim_value, job_keys
-
-        return Claim(f"claim:{job_id}", claim_value(), JobStore(self).claim_expire, job_keys(job_id))
-
-    def take_next(self) -> tuple[str, Claim] | None:
-        """In a pool worker: the job it claimed (or tried to) as it ended the last one, with
-        what that claim read, then forgotten; ``None`` if it had no job ahead then."""
-        taken, self._next = self._next, None
-        return taken
-
-    def take_end(self, job_id: str) -> dict[str, t.Any] | None:
-        """In a pool worker: the values the end of job ``job_id`` wrote here (``None`` if some
-        other process ended it), then forgotten."""
-        end, self._end = self._end, None
-        if end is None or end[0] != job_id:
+    def pool_workers(self) -> list[WorkerView] | None:
+        """What each worker process of the pool does, if this process hosts the pool (else
+        ``None``): for an operator's view, and for tests."""
+        pool = self._host
+        if pool is None:
             return None
-        return {key: value for op, key, value, _ in end[1] if op == "set"}
+        with pool.mutex:
+            return [worker.view() for worker in pool.workers]
 
     def write_all(self, writes: t.Sequence[Write]) -> None:
         self.table.write_all(writes)
@@ -317,60 +288,19 @@ class DiskcacheBackend(Backend):
 
     # -- execution ------------------------------------------------------------------------------
 
-    def store_and_enqueue(self, writes: t.Sequence[Write], request: JobRequest, announce: t.Callable[[], None]) -> None:
-        # In the process hosting the pool, with a worker idle: the job's records, and the claim
-        # for that worker, in one transaction; the worker gets the job with its record and
-        # request, and runs it without a transaction or a read of its own.
-        #
-        # It gets the job while the transaction is written, so that its wake-up and its
-        # preparation overlap the commit; it starts the job only on the "go" sent after the
-        # commit ("no" if the commit failed: then nothing ran). Its own writes (the job's end,
-        # its heartbeat) queue behind the writers' lock this transaction holds.
-        host = self._host
-        # (Not inside a caller's batch: its commit, and so the go, would come later.)
-        slot = host.reserve(request.job_id) if host is not None and not self.table.in_batch else None
-        if host is None or slot is None:
-            super().store_and_enqueue(writes, request, announce)
-            return
-        from ...store import CLAIM_EXPIRE
-        from ...worker import owner_of
-
-        job_id = request.job_id
-        values = {key: value for _, key, value, _ in writes}
-        record, job_request = values[f"job:{job_id}"], values[f"request:{job_id}"]
-        started = time.time()
-        claim = {"by": owner_of(slot.process.pid, 0), "at": started}
-        inline = job_request if len(job_request["args"]) <= _INLINE_ARGS else None
-        message = b"P" + pickle.dumps((job_id, (started, record, inline)), pickle.HIGHEST_PROTOCOL)
-        handed = False
-
-        def hand_over() -> None:  # under the writers' lock: the worker's writes wait for the commit
-            nonlocal handed
-            handed = host.hand_over(slot, job_id, message)
-
-        try:
-            self.table.write_all(
-                [*writes, ("set", f"claim:{job_id}", claim, max(CLAIM_EXPIRE, record["expire"]))], locked=hand_over
-            )
-        except BaseException:
-            if handed:
-                host.go(slot, False)
-            host.unreserve(slot, job_id)
-            raise
-        if not handed or not host.go(slot, True):
-            # The worker died after it was reserved: the job is claimed for a process that is
-            # gone. (If its death is handled after the commit, the pool fails the job too.)
-            self._lost(job_id, "its worker process died before it could start the job")
-        # The signal after the go: job_started is sent in the worker's process, once the job
-        # is stored, so no receiver here can see the two out of order.
-        announce()
+    def store_and_enqueue(self, job: NewJob) -> None:
+        # In the process hosting the pool, with a worker idle: straight to it (see .handoff).
+        # Not inside a caller's batch: its commit, and so the go, would come later.
+        pool = self._host
+        if pool is None or self.table.in_batch or not handoff.submit(self, pool, job):
+            super().store_and_enqueue(job)
 
     def enqueue(self, request: JobRequest) -> None:
-        host = self._host
-        if host is not None:  # the pool runs here: no need for the FIFO
-            host.push_local(request.job_id)
+        pool = self._host
+        if pool is not None:  # the pool runs here: no need for the FIFO
+            pool.push_local(request.job_id)
         else:
-            self._send(f"q {request.job_id}")
+            self._send(wire.Queued(request.job_id))
 
     def queue_length(self) -> int | None:
         """How many jobs the pool host has waiting; ``None`` while no process hosts the pool.
@@ -380,36 +310,22 @@ class DiskcacheBackend(Backend):
         submitted a moment ago may not be counted yet, for up to a quarter of a second.
         """
         self.cache  # noqa: B018 - joins the election first, as a submit would
-        host = self._host
-        if host is not None:
-            return host.queued()
-        try:
-            with open(os.path.join(self.directory, _pool.QUEUED_NAME), "rb") as f:
-                text = f.read(64).strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text.isdigit() else None
-
-    def wait_for_end(self, job_id: str, timeout: float) -> dict[str, t.Any] | None:
-        host = self._host
-        if host is None:  # the pool runs in another process: poll
-            time.sleep(timeout)
-            return None
-        # It runs here: woken the moment a worker reports the job done (or lost), with what
-        # the job's end wrote when the worker sent it.
-        return host.wait_done(job_id, timeout)
+        pool = self._host
+        if pool is not None:
+            return pool.queued()
+        return fifo.read_queued(self.directory)
 
     def terminate(self, job_id: str, grace: float) -> None:
-        self._send(f"k {job_id} {time.time() + grace:.3f}")
+        self._send(wire.Kill(job_id, time.time() + grace))
 
-    def _send(self, line: str, *, warn: bool = True) -> None:
+    def _send(self, message: wire.Line, *, warn: bool = True) -> None:
         self.cache  # noqa: B018 - opens the directory and joins the election first
-        fifo = self._fifo
-        if fifo is None:
+        client = self._fifo
+        if client is None:
             with self._lock:
-                fifo = self._fifo = self._fifo or _pool.FifoClient(self)
+                client = self._fifo = self._fifo or fifo.FifoClient(self.directory, lambda: self.cache)
         if (
-            not fifo.send(line)
+            not client.send(message)
             and warn
             and not self._warned_no_host
             and not (self.embedded and not self._closed.is_set())
@@ -425,7 +341,7 @@ class DiskcacheBackend(Backend):
         """End a job whose worker process is gone, in the job's own app when it is ours."""
         from ...store import JobStore
 
-        record = self.get(f"job:{job_id}")
+        record = self.get(_keys.job(job_id))
         app = None
         if record is not MISSING:
             app = next((a for a in list(self._apps) if a.import_name == record.get("app")), None)
@@ -447,19 +363,27 @@ class DiskcacheBackend(Backend):
             if self._elected:
                 return
             self._elected = True
-            if not self.embedded or _poolworker.IN_WORKER or self._closed.is_set():
+            if not self.embedded or child.current() is not None or self._closed.is_set():
                 return
         if not self._try_host(start=True):
             threading.Thread(target=self._stand_by, name="longtask-standby", daemon=True).start()
 
     def _stand_by(self) -> None:
-        while not self._closed.wait(_pool.TICK):
-            if self._try_host(start=True):
-                return
+        failing = False
+        while not self._closed.wait(TICK):
+            try:
+                if self._try_host(start=True):
+                    return
+            except OSError as exc:  # (pool.lock unreadable for a moment): try again next tick
+                if not failing:
+                    _log.warning("Cannot take part in hosting the worker pool of %s yet: %s", self.directory, exc)
+                failing = True
+            else:
+                failing = False
 
     def _try_host(self, *, start: bool) -> bool:
         os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(os.path.join(self.directory, _pool.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -474,7 +398,7 @@ class DiskcacheBackend(Backend):
                 return False
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            self._host = host = _pool.PoolHost(self, fd, self.workers)
+            self._host = host = PoolHost(self, fd, self.workers)
             if start:
                 host.start()
         _log.info("Process %s hosts the worker pool of %s (%d workers).", os.getpid(), self.directory, self.workers)
@@ -489,9 +413,9 @@ class DiskcacheBackend(Backend):
             self._elected = True  # never start a background host as well
         self._open()
         while not self._try_host(start=False):
-            if self._closed.wait(_pool.TICK):
+            if self._closed.wait(TICK):
                 return
-        host = t.cast(_pool.PoolHost, self._host)
+        host = t.cast(PoolHost, self._host)
         try:
             host.run()
         finally:
@@ -509,13 +433,13 @@ class DiskcacheBackend(Backend):
         self._closed.set()
         with self._lock:
             host, self._host = self._host, None
-            fifo, self._fifo = self._fifo, None
+            client, self._fifo = self._fifo, None
         if host is not None:
             host.stop()
             if not host.ran:  # never entered its loop: release what it holds here
-                host._shutdown()
-        if fifo is not None:
-            fifo.reset()
+                host.shutdown()
+        if client is not None:
+            client.reset()
         if self._table is not None:
             self._table.close()
         if self._cache is not None:
@@ -545,11 +469,3 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_close_all)
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _ends_cancelled(job_id: str, writes: t.Sequence[Write]) -> bool:
-    """Whether the writes that end job ``job_id`` end it "cancelled"."""
-    for _, key, value, _ in writes:
-        if key == f"job:{job_id}":
-            return isinstance(value, dict) and value.get("status") == "cancelled"
-    return False

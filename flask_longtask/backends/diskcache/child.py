@@ -1,66 +1,175 @@
-"""The body of a pool worker process (see :mod:`flask_longtask.backends._pool`)."""
+"""A pool worker process: runs the jobs its host sends, one at a time (see ``docs/internals.md``).
+
+Its state is one :class:`Child`, which :func:`current` returns inside a worker process (and
+``None`` elsewhere): the backend asks it whether a job's end is this worker's own, and hands
+it that end, so that it can claim the job sent ahead in the same transaction.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import select
 import signal
 import threading
 import time
 import typing as t
 
+from . import wire
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ...backends.base import JobEnd
+    from . import DiskcacheBackend
+    from .table import Claim
+
 _log = logging.getLogger(__name__)
 
-#: True inside a pool worker process: a backend there only stores, it never hosts a pool.
-IN_WORKER = False
-#: The job this pool worker runs (its end is reported with its "done"; see DiskcacheBackend).
-RUNNING: str | None = None
-#: The largest "done" message that carries what the job's end wrote (its record and result);
-#: a larger one is sent as the job id alone, and a waiter reads the result from storage.
-END_INLINE = 16 * 1024
-#: Seconds a worker looks for the host's "go" before it blocks (see _Go), when this process
-#: may run on more than one CPU (on one, looking only delays the host's commit).
+#: Seconds a worker looks for the host's "go" before it blocks (see :meth:`Child.wait_go`),
+#: when this process may run on more than one CPU (on one, looking only delays the host's commit).
 GO_SPIN = 0.0005
-#: Seconds a job runs before its worker gives back the jobs the pool sent it ahead (checked at
-#: the ticker's ticks, every ``LONGTASK_PROGRESS_INTERVAL``): a queued job waits behind a long one
-#: for about that long at most, while another worker is free.
-HAND_BACK_AFTER = 0.02
-#: This worker's pipe to the host, and a poll of it (set in worker_main).
-_conn: t.Any = None
-_poller: t.Any = None
-#: Held to read the pipe while a job runs (the ticker thread may give back jobs sent ahead).
-_pipe_lock = threading.Lock()
-#: Held to write to the pipe: the main thread and the ticker's hook both send.
-_send_lock = threading.Lock()
-#: When the job this worker runs started (monotonic), ``None`` between jobs.
-_since: float | None = None
-#: Whether the job this worker runs has looked for a job sent ahead as it ended (once per job).
-_took = False
 #: The CPUs this process may run on (the pool host looks for a job's end only when one is free).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-
-def _watch_lifeline(lifeline: t.Any) -> None:
-    try:
-        lifeline.recv_bytes()
-    except (EOFError, OSError):
-        pass
-    os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
+_current: Child | None = None
 
 
-class _Go:
-    """Waits for the host's word on a job it handed over while it stored the job's records:
-    ``G`` (stored: run it) or ``N`` (not stored: drop it)."""
+def current() -> Child | None:
+    """This process's :class:`Child` when it is a pool worker, else ``None``."""
+    return _current
 
-    def __init__(self, conn: t.Any, poller: t.Any) -> None:
+
+class Child:
+    """The state of one pool worker process: its pipe to the host and the job it runs."""
+
+    def __init__(self, conn: t.Any) -> None:
         self.conn = conn
-        self.poller = poller  # a select.poll() of conn: a look costs one system call
-        self.answer: bool | None = None
+        self.poller = select.poll()  # a look at the pipe costs one system call
+        self.poller.register(conn.fileno(), select.POLLIN)
+        #: Held to read the pipe while a job runs (the ticker thread may give back jobs sent
+        #: ahead: :meth:`hand_back`); a test job holds it to keep them.
+        self.pipe_lock = threading.Lock()
+        #: Held to write to the pipe: the main thread and the ticker's hook both send.
+        self._send_lock = threading.Lock()
+        #: The job this worker runs; its end is this worker's own (:meth:`end_job`).
+        self.running: str | None = None
+        #: When that job started running (monotonic); ``None`` between jobs.
+        self.since: float | None = None
+        #: Seconds a job runs before its worker gives back the jobs sent ahead (checked at the
+        #: ticker's ticks): a queued job waits behind a long one about that long at most.
+        self.hand_back_after = 0.02
+        self._took = False  # whether the running job has looked for a job sent ahead
+        #: The host's word on a job handed over: ``None`` until it came.
+        self._went: bool | None = None
+        #: What the end of the running job wrote, as this worker wrote it.
+        self._end: dict[str, t.Any] | None = None
+        #: The job it claimed ahead as it ended the last, with what that claim read.
+        self._next: tuple[str, Claim] | None = None
 
-    def __call__(self) -> bool:
-        global _since
+    def send(self, message: wire.Done | wire.GiveBack | wire.Failing) -> None:
+        with self._send_lock:
+            self.conn.send_bytes(message.encode())
+
+    def sent_ahead(self) -> int:
+        """How many jobs sent ahead wait in the pipe, unread (while a job runs, nothing else can)."""
+        import array
+        import fcntl
+        import termios
+
+        waiting = array.array("i", [0])
+        fcntl.ioctl(self.conn.fileno(), termios.FIONREAD, waiting)
+        return waiting[0] // wire.framed_size(wire.Run("0" * 32))
+
+    # -- a job's end ----------------------------------------------------------------------------
+
+    def end_job(self, backend: DiskcacheBackend, end: JobEnd) -> bool | None:
+        """Write the end of this worker's job; when the pool sent it a job ahead, claim that one
+        in the same transaction (one commit and one lock instead of two). Not when the job ends
+        cancelled: the host may stop this worker by force any moment now, and no other job may
+        be running then."""
+        from ...store import JobStore, keys
+        from ...worker import claim_value
+        from .table import Claim
+
+        table = backend.table
+        next_id = self._take_ahead(cancelled=end.cancelled(True))
+        claim = None
+        if next_id is not None:
+            claim = Claim(keys.claim(next_id), claim_value(), JobStore(backend).claim_expire, keys.to_run(next_id))
+        chosen = table.add_then_write(
+            end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise, then_claim=claim
+        )
+        if claim is not None and next_id is not None:
+            if claim.tried:
+                self._next = (next_id, claim)
+            else:  # ended otherwise (cancelled, or by someone else): the job goes back
+                self._give_back_one(next_id)
+        if chosen is not None:
+            self._end = end.values(chosen)
+        return chosen
+
+    def _take_ahead(self, *, cancelled: bool) -> str | None:
+        """The next job the pool sent ahead, if one waits, to be claimed with the end (once per
+        job). Not when receivers of the end signals are connected, or the app has teardown
+        functions: they run after the end, in this process, and may be slow (the claimed job
+        would wait, read "running" meanwhile, its heartbeat not yet started, and could be found
+        lost). Nor when the job ends cancelled. The jobs sent ahead are given back then."""
+        if self._took:
+            return None
+        self._took = True
+        with self.pipe_lock:
+            try:
+                if not self.poller.poll(0):
+                    return None
+                if cancelled or not _ends_are_quick():
+                    self._give_back()
+                    return None
+                message = wire.decode_to_worker(self.conn.recv_bytes())
+                return message.job_id if isinstance(message, wire.Run) else None
+            except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+                return None
+
+    def _give_back_one(self, job_id: str) -> None:
+        with self.pipe_lock:
+            try:
+                self._give_back([job_id])
+            except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+                pass
+
+    def _give_back(self, ids: list[str] | None = None) -> None:
+        """Send back the jobs sent ahead that wait in the pipe (under ``pipe_lock``)."""
+        ids = ids or []
+        while self.poller.poll(0):
+            message = wire.decode_to_worker(self.conn.recv_bytes())
+            if isinstance(message, wire.Run):
+                ids.append(message.job_id)
+        if ids:  # (before this job's "done", which the main thread sends under the same lock)
+            self.send(wire.GiveBack(tuple(ids)))
+
+    def hand_back(self, now: float) -> None:
+        """A ticker hook: when this worker's job has run for :attr:`hand_back_after` seconds,
+        give back the jobs sent ahead, so that another worker may run them meanwhile."""
+        since = self.since  # (the main thread may clear it meanwhile)
+        if since is None or now - since < self.hand_back_after or not self.pipe_lock.acquire(blocking=False):
+            return
+        try:
+            if self.since is not None:
+                self._give_back()
+        except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+            pass
+        finally:
+            self.pipe_lock.release()
+
+    def take_next(self) -> tuple[str, Claim] | None:
+        """The job claimed (or tried) as the last one ended, with what that claim read, then
+        forgotten; ``None`` if none was waiting then."""
+        taken, self._next = self._next, None
+        return taken
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def wait_go(self) -> bool:
+        """Wait for the host's :class:`~wire.Go` on a job handed over while it stored the job's
+        records; whether to run it."""
         # The word comes as soon as the host's commit is done, which this worker's wake-up and
         # preparation overlapped: look for it for a moment before sleeping, which would cost
         # another wake-up.
@@ -68,39 +177,71 @@ class _Go:
         try:
             while not self.poller.poll(0) and time.perf_counter() < deadline:
                 os.sched_yield()  # a runnable thread on this CPU (the host's commit?) goes first
-            self.answer = self.conn.recv_bytes() == b"G"
-            if self.answer:  # it runs from now (see _hand_back)
-                _since = time.monotonic()
+            message = wire.decode_to_worker(self.conn.recv_bytes())
         except (EOFError, OSError):  # pragma: no cover - the host died: the lifeline ends us
-            self.answer = False
-        return self.answer
+            self._went = False
+            return False
+        start = self._went = isinstance(message, wire.Go) and message.start
+        if start:  # it runs from now (see hand_back)
+            self.since = time.monotonic()
+        return start
 
+    def run(self, backend: DiskcacheBackend) -> None:
+        """Run the jobs the host sends until the pipe closes."""
+        from ...worker import Handoff, execute, is_runnable
+        from ..base import MISSING
 
-def take_ahead(*, cancelled: bool = False) -> str | None:
-    """In a pool worker ending its job: the next job the pool sent it ahead, if one waits, to be
-    claimed with the end (once per job).
-
-    Not when receivers of the end signals are connected, or the app has teardown functions:
-    they run after the end, in this process, and may be slow (the claimed job would wait, read
-    "running" meanwhile, its heartbeat not yet started, and could be found lost). Nor
-    when the job ends ``cancelled``: the host may stop this worker by force any moment now, and
-    no other job may be running then. The jobs sent ahead are given back, to run on whichever
-    worker is free first.
-    """
-    global _took
-    if _took or _poller is None:
-        return None
-    _took = True
-    with _pipe_lock:
-        try:
-            if not _poller.poll(0):
-                return None
-            if cancelled or not _ends_are_quick():
-                _give_back()
-                return None
-            return t.cast(bytes, _conn.recv_bytes()).decode()
-        except (EOFError, OSError):  # the host is gone: the lifeline ends this process
-            return None
+        handoff: Handoff | None = None  # a job claimed ahead, to run next
+        while True:
+            go: Handoff | None = None
+            if handoff is not None:
+                job_id = handoff.record["id"]
+            else:
+                try:
+                    message = wire.decode_to_worker(self.conn.recv_bytes())
+                except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
+                    return
+                if isinstance(message, wire.Handover):
+                    job_id = message.job_id
+                    handoff = go = Handoff(message.started, message.record, message.request, go=self.wait_go)
+                elif isinstance(message, wire.Run):
+                    job_id = message.job_id
+                else:  # pragma: no cover - a go comes only after a handover
+                    continue
+            self.running, self._took, self._end, self._went = job_id, False, None, None
+            if go is None:
+                self.since = time.monotonic()
+            try:
+                execute(backend, job_id, handoff=handoff)
+            except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
+                # process whose file writes fail cannot save coverage data either.
+                # Storage failed under the job (disk full, directory gone): this process cannot
+                # record the outcome, so it tells the host, which records it as lost, and makes way
+                # for a new one.
+                _log.exception("Job %s: its outcome could not be stored.", job_id)
+                self.send(wire.Failing(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}"))
+                os._exit(70)
+            handoff = None
+            with self.pipe_lock:  # jobs given back from here on are given back before this "done"
+                self.since = None
+            if go is not None and self._went is False:
+                continue  # its records could not be stored: nothing ran, and the host took us back
+            ahead = None
+            taken = self.take_next()
+            if taken is not None:
+                next_id, claim = taken
+                record, request, flag = claim.values if claim.won else (MISSING, MISSING, MISSING)
+                runs = claim.won and is_runnable(record)
+                if runs:
+                    handoff = Handoff(
+                        claim.value["at"],
+                        t.cast("dict[str, t.Any]", record),
+                        t.cast("dict[str, t.Any]", request),
+                        cancelled=flag is not MISSING,
+                    )
+                ahead = (next_id, runs)
+            end, self._end = self._end, None
+            self.send(wire.Done(job_id, end, ahead))
 
 
 def _ends_are_quick() -> bool:
@@ -119,122 +260,23 @@ def _ends_are_quick() -> bool:
     return not (current_app and current_app.teardown_appcontext_funcs)
 
 
-def give_back(job_id: str) -> None:
-    """Give back a job taken ahead (:func:`take_ahead`) but not claimed, and those behind it."""
-    with _pipe_lock:
-        try:
-            _give_back([job_id.encode()])
-        except (EOFError, OSError):  # the host is gone: the lifeline ends this process
-            pass
-
-
-def _give_back(ids: list[bytes] | None = None) -> None:
-    """Send back the ids of the jobs sent ahead that wait in the pipe (under ``_pipe_lock``)."""
-    ids = ids or []
-    while _poller.poll(0):
-        ids.append(_conn.recv_bytes())
-    if ids:  # (before this job's "done", which the main thread sends under the same lock)
-        _send(b"R" + b" ".join(ids))
-
-
-def _hand_back(now: float) -> None:
-    """A ticker hook: when this worker's job has run for :data:`HAND_BACK_AFTER` seconds, give
-    back the jobs the pool sent it ahead, so that another worker may run them meanwhile."""
-    since = _since  # (the main thread may clear it meanwhile)
-    if since is None or now - since < HAND_BACK_AFTER or not _pipe_lock.acquire(blocking=False):
-        return
+def _watch_lifeline(lifeline: t.Any) -> None:
     try:
-        if _since is not None:
-            _give_back()
-    except (EOFError, OSError):  # the host is gone: the lifeline ends this process
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
         pass
-    finally:
-        _pipe_lock.release()
-
-
-def _send(message: bytes) -> None:
-    with _send_lock:
-        _conn.send_bytes(message)
+    os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
 
 
 def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
-    """The body of a pool worker process: run the jobs the host sends, one at a time.
-
-    A message is a job id, or ``P`` and the pickle of ``(job id, claimed)`` for a job the host
-    has claimed for this worker (see :func:`flask_longtask.worker.execute`), followed by ``G``
-    once that claim is stored, or ``N`` if it could not be. While a job runs, the host may send
-    the ids of the next ones ahead (see ``PoolHost``): the worker claims the first as it ends
-    its job, in the same transaction, and runs it next.
-
-    The worker answers each job with ``E`` and the pickle of ``(job id, {key: value} or None,
-    ahead)``: what the job's end wrote (``None`` when it is large: the host's waiters read it),
-    and ``(next job id, whether it runs it)`` for a job sent ahead that it claimed or tried to
-    (``None`` if none was waiting). Jobs sent ahead that it gives back (its own job runs long)
-    it sends as ``R`` and their ids; when it could not store an outcome, ``!`` and why, and it
-    exits.
-    """
-    global IN_WORKER, RUNNING, _conn, _poller, _since, _took
-    IN_WORKER = True
+    """The body of a pool worker process (the target the host starts)."""
+    global _current
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
 
-    from ...worker import _ticker, execute, is_runnable
-    from ..base import MISSING
+    from ...worker import _ticker
     from . import DiskcacheBackend
 
-    backend = DiskcacheBackend(directory, embedded=False)
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    _conn, _poller = conn, poller
-    _ticker.hooks.append(_hand_back)
-    claimed_next: tuple[str, t.Any, t.Any] | None = None  # (job id, claimed, cancel flag)
-    while True:
-        go = None
-        cancelled: t.Any = MISSING
-        if claimed_next is not None:
-            job_id, claimed, cancelled = claimed_next
-            claimed_next = None
-        else:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
-                return
-            if data[:1] == b"P":
-                job_id, claimed = pickle.loads(data[1:])
-                go = _Go(conn, poller)
-            else:
-                job_id, claimed = data.decode(), None
-        RUNNING, _took = job_id, False
-        if go is None:
-            _since = time.monotonic()
-        try:
-            execute(backend, job_id, claimed=claimed, go=go, cancelled=cancelled)
-        except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
-            # process whose file writes fail cannot save coverage data either.
-            # Storage failed under the job (disk full, directory gone): this process cannot record
-            # the outcome, so it tells the host, which records it as lost, and makes way for a new one.
-            _log.exception("Job %s: its outcome could not be stored.", job_id)
-            _send(f"!the worker could not store the job's outcome: {type(exc).__name__}: {exc}".encode())
-            os._exit(70)
-        with _pipe_lock:  # jobs given back from here on are given back before this "done"
-            _since = None
-        if go is not None and go.answer is False:
-            continue  # its records could not be stored: nothing ran, and the host took us back
-        ahead = None
-        taken = backend.take_next()
-        if taken is not None:
-            next_id, claim = taken
-            record, request, flag = claim.values if claim.won else (MISSING, MISSING, MISSING)
-            runs = claim.won and is_runnable(record)
-            if runs:
-                claimed_next = (next_id, (claim.value["at"], record, request), flag)
-            ahead = (next_id, runs)
-        # With what the end wrote, so that a waiter in the host need not read it (a large result
-        # is not even pickled to see that it is).
-        end = backend.take_end(job_id)
-        if end is not None and sum(len(v) for v in end.values() if isinstance(v, bytes)) >= END_INLINE:
-            end = None
-        message = b"E" + pickle.dumps((job_id, end, ahead), pickle.HIGHEST_PROTOCOL)
-        if len(message) > END_INLINE:
-            message = b"E" + pickle.dumps((job_id, None, ahead), pickle.HIGHEST_PROTOCOL)
-        _send(message)
+    child = _current = Child(conn)
+    _ticker.hooks.append(child.hand_back)
+    child.run(DiskcacheBackend(directory, embedded=False))

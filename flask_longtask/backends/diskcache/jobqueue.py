@@ -1,0 +1,63 @@
+"""The pool's queue: job ids in the order they were queued, each in its place for good."""
+
+from __future__ import annotations
+
+import collections
+
+
+class JobQueue:
+    """The jobs the host knows of (queued here, or given to a worker), and those waiting.
+
+    Each job gets an order number when it is first queued; a job taken from the queue and
+    put back (given back by a worker, or requeued after its worker died before starting it)
+    goes back to its place, before the jobs queued after it. Not thread-safe: the host's mutex
+    guards it.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: collections.deque[str] = collections.deque()
+        #: Every job queued or running here, with its order number (0: never queued).
+        self._known: dict[str, int] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def __contains__(self, job_id: object) -> bool:
+        """Whether the job is known here: waiting, or given to a worker and not yet done."""
+        return job_id in self._known
+
+    def push(self, job_id: str) -> bool:
+        """Queue a job at the end, unless it is known already; whether it was queued."""
+        if job_id in self._known:
+            return False
+        self._count += 1
+        self._known[job_id] = self._count
+        self._waiting.append(job_id)
+        return True
+
+    def know(self, job_id: str) -> None:
+        """Know of a job that never waits (handed straight to a worker)."""
+        self._known[job_id] = 0
+
+    def pop(self) -> str:
+        """Take the first waiting job (it stays known until :meth:`forget`)."""
+        return self._waiting.popleft()
+
+    def unpop(self, job_id: str) -> None:
+        """Put back first a job just taken with :meth:`pop`."""
+        self._waiting.appendleft(job_id)
+
+    def requeue(self, job_id: str) -> None:
+        """Put back a job that was taken and never started, in its place."""
+        place = self._known.setdefault(job_id, 0)
+        waiting = self._waiting
+        at = next((i for i, queued in enumerate(waiting) if self._known.get(queued, 0) > place), len(waiting))
+        waiting.insert(at, job_id)
+
+    def forget(self, job_id: str) -> None:
+        """The job is over here (ended, or lost)."""
+        self._known.pop(job_id, None)

@@ -1,0 +1,159 @@
+"""The pool's worker processes, as the host sees them: one :class:`Worker` each."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import select
+import signal
+import typing as t
+from dataclasses import dataclass
+
+from . import wire
+from .child import worker_main
+
+_log = logging.getLogger(__name__)
+
+
+class Worker:
+    """One worker process, its pipe, and the jobs the host gave it."""
+
+    __slots__ = (
+        "ahead",
+        "conn",
+        "eof",
+        "frames",
+        "gave_back",
+        "given",
+        "handing",
+        "job_id",
+        "lifeline",
+        "preclaimed",
+        "process",
+        "reason",
+        "sentinel",
+        "watched",
+    )
+
+    def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
+        self.process = process
+        self.conn = conn
+        #: The write end of its lifeline: when it closes (the host dies), the worker exits.
+        self.lifeline = lifeline
+        #: Its messages, read whole (see :class:`wire.Frames`).
+        self.frames = wire.Frames(conn.fileno())
+        #: The descriptor of its exit sentinel.
+        self.sentinel: int = process.sentinel
+        #: The job it runs (or was handed), ``None`` while idle.
+        self.job_id: str | None = None
+        #: When it was given that job (monotonic).
+        self.given = 0.0
+        #: The jobs sent to it ahead, while it runs one (in its pipe, in this order).
+        self.ahead: collections.deque[str] = collections.deque()
+        #: Whether it gave back the jobs sent ahead (its job runs long): none until it ends.
+        self.gave_back = False
+        #: Whether it was reserved for a job of the host's process that has not had its go yet:
+        #: nothing may be sent ahead of that word.
+        self.handing = False
+        #: Whether its job was claimed for it when it was handed over (not by the worker).
+        self.preclaimed = False
+        #: Why it is about to exit, when it said so first (it could not store an outcome).
+        self.reason: str | None = None
+        #: Whether a thread waiting for its job reads its pipe (the dispatcher then does not).
+        self.watched = False
+        #: Whether its pipe reached end-of-file (it died; the dispatcher reaps it).
+        self.eof = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    @property
+    def idle(self) -> bool:
+        """Whether a job may be given to it."""
+        return self.job_id is None and not (self.ahead or self.handing) and self.reason is None
+
+    def send(self, message: wire.Run | wire.Handover | wire.Go) -> bool:
+        """Send it a message; ``False`` if it is dying (its sentinel fires soon)."""
+        try:
+            self.conn.send_bytes(message.encode())
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def readable(self) -> bool:
+        """Whether a message (or the end of its pipe) waits, without blocking."""
+        return self.frames.has_message() or readable(self.conn)
+
+    def close(self) -> None:
+        close(self.conn)
+        close(self.lifeline)
+        self.process.close()
+
+    def view(self) -> WorkerView:
+        return WorkerView(self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What :meth:`DiskcacheBackend.pool_workers` tells of one worker process."""
+
+    #: Its process id.
+    pid: int
+    #: The job it runs, ``None`` while idle.
+    job_id: str | None
+    #: The queued jobs sent to it ahead of its job's end, in order.
+    ahead: tuple[str, ...]
+    #: Whether it gave back what was sent ahead, because its job runs long.
+    gave_back: bool
+    #: Whether a thread waiting for its job in the host's process reads its pipe.
+    watched: bool
+
+
+def spawn(ctx: t.Any, directory: str) -> Worker:
+    """Start a worker process for the pool of ``directory``."""
+    conn, child_conn = ctx.Pipe()
+    life_r, life_w = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=worker_main, args=(directory, child_conn, life_r), name="longtask-worker", daemon=True)
+    process.start()
+    child_conn.close()
+    life_r.close()
+    _log.debug("Started pool worker %s for %s.", process.pid, directory)
+    return Worker(process, conn, life_w)
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a worker process ended, for the job's error message."""
+    if exitcode is None:
+        return "its process vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"its process was killed by {name}"
+    return f"its process exited with code {exitcode}"
+
+
+def readable(conn: t.Any) -> bool:
+    """Whether a message (or the end of the pipe) waits on ``conn``, without blocking.
+
+    (``poll``, not ``select``: a web process may have more than 1,024 descriptors open.)
+    """
+    poller = select.poll()
+    try:
+        poller.register(conn.fileno(), select.POLLIN)
+    except (OSError, ValueError):  # closed
+        return False
+    return bool(poller.poll(0))
+
+
+def close(conn: t.Any) -> None:
+    """Close a connection or a poller, whatever state it is in."""
+    fn = getattr(conn, "close", None)  # (a poll() object has none)
+    if fn is None:
+        return
+    try:
+        fn()
+    except OSError:  # pragma: no cover
+        pass
