@@ -462,7 +462,7 @@ class JobStore:
         else:
             status = JobStatus.FAILED
         # Someone took the end claim but the record still says active: on a backend whose
-        # add_then_write() is not atomic (a custom one with the default, on a store without
+        # end_job() is not atomic (a custom one with the default, on a store without
         # transactions), the process ending the job died half-way through. Its worker is gone, so
         # once the claim is a few seconds old, write the end ourselves.
         claimed = self.backend.get(keys.end(job_id))

@@ -71,7 +71,8 @@ class JobRequest:
     app: Flask
 
 
-#: One write of :meth:`Backend.write_all` and :meth:`Backend.add_then_write`:
+#: One write of :meth:`Backend.write_all`, :meth:`Backend.add_then_write`, a :class:`NewJob` or a
+#: :class:`JobEnd`:
 #: ``("set", key, value, expire)``, ``("delete", key, None, None)`` or
 #: ``("delete_if", key, value, None)`` (delete only if the key holds ``value``).
 Write = tuple[str, str, t.Any, "float | None"]
