@@ -13,7 +13,7 @@ import typing as t
 import pytest
 from flask import Flask
 
-from flask_longtask import JobStatus, JobTimeoutError, LongTask, current_job, signals
+from flask_longtask import Job, JobStatus, JobTimeoutError, LongTask, current_job, signals
 from flask_longtask.backends import MISSING, Handoff, JobEnd, NewJob, ThreadBackend, execute, mark_lost
 from flask_longtask.config import DEFAULT_CONFIG
 from flask_longtask.store import JobStore, keys
@@ -140,7 +140,9 @@ def test_a_submit_hands_the_backend_a_new_job(app: Flask, longtask: LongTask, ba
     )
 
 
-def test_a_job_end_says_what_it_writes(app: Flask, longtask: LongTask, backend: Recording) -> None:
+def _one_job(app: Flask, longtask: LongTask) -> Job[int]:
+    """A job returning 1, ended."""
+
     @longtask.task
     def one() -> int:
         return 1
@@ -148,6 +150,11 @@ def test_a_job_end_says_what_it_writes(app: Flask, longtask: LongTask, backend: 
     with app.app_context():
         job = one.submit()
         assert job.result(timeout=10) == 1
+    return job
+
+
+def test_a_job_end_says_what_it_writes(app: Flask, longtask: LongTask, backend: Recording) -> None:
+    job = _one_job(app, longtask)
     (end,) = backend.ends
     assert (end.job_id, end.status, end.key, end.unless) == (job.id, "succeeded", keys.end(job.id), keys.cancel(job.id))
     assert backend.get(end.key) == end.at
@@ -171,14 +178,9 @@ def test_the_end_of_a_job_cancelled_while_queued(app: Flask, backend: Recording)
 
 
 def test_a_finished_job_is_answered_at_the_first_look(app: Flask, longtask: LongTask, backend: Recording) -> None:
-    @longtask.task
-    def one() -> int:
-        return 1
-
+    job = _one_job(app, longtask)
+    backend.looks.clear()
     with app.app_context():
-        job = one.submit()
-        job.wait(timeout=10)
-        backend.looks.clear()
         assert job.result() == 1
     assert backend.looks == [(math.inf, 0.0)]
 
