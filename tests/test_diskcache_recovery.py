@@ -1,0 +1,111 @@
+"""The pool recovers from what goes wrong around it: a disk that is full for a while, a
+message that never came, a lock file it cannot open for a while."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_longtask import JobStatus
+from flask_longtask.backends.diskcache import DiskcacheBackend, host
+
+from . import diskcache_jobs as jobs
+from .helpers import wait_for
+
+
+def make_app(backend: DiskcacheBackend, **config: t.Any) -> Flask:
+    app = Flask("tests.test_diskcache_recovery")
+    app.config.update(TESTING=True, LONGTASK_PROGRESS_INTERVAL=0.01, **config)
+    jobs.longtask.init_app(app, backend=backend)
+    return app
+
+
+def running_worker(backend: DiskcacheBackend, job_id: str) -> int:
+    workers = backend.pool_workers() or []
+    return next(w.pid for w in workers if w.job_id == job_id)
+
+
+def test_a_lost_job_whose_end_cannot_be_written_yet_is_ended_once_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The disk is full when the pool sees a worker die: the job's end cannot be written. The pool
+    # keeps the job and writes its end once the disk has room again (it once forgot it: the job
+    # read "queued" or "running" until a restart).
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    app = make_app(backend, LONGTASK_HEARTBEAT_TIMEOUT=3600)  # no reader ends it on its own
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+    caplog.set_level(logging.ERROR, logger="flask_longtask")
+    try:
+        with app.app_context():
+            job = jobs.sleeper.submit(60)
+            wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to run")
+            pid = running_worker(backend, job.id)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1, limit[1]))  # from here, as on a full disk
+            try:
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: "could not be written yet" in caplog.text, 30, "the pool to try to end the job")
+                assert job.status is JobStatus.RUNNING  # (nothing could be written)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+            assert job.wait(timeout=30) is JobStatus.FAILED
+            assert job.error is not None and "killed by SIGKILL" in job.error["message"]
+            assert jobs.add.submit(1, 2).result(timeout=30) == 3  # and the pool goes on
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+        backend.close()
+
+
+def test_a_queued_job_the_host_was_never_told_of_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process stores a job and dies before it tells the host (or its message is lost): the
+    # host's periodic rescan finds the job and runs it.
+    monkeypatch.setattr(host, "RESCAN_AGE", 0.2)
+    pool = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
+    silent = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    monkeypatch.setattr(silent, "enqueue", lambda request: None)  # the message that never came
+    try:
+        with make_app(pool).app_context():  # (once it ran a job, its first look for jobs is over)
+            assert jobs.noop.submit().result(timeout=30) is None
+        assert pool.is_pool_host
+        with make_app(silent).app_context():
+            job = jobs.add.submit(20, 22)
+            assert job.result(timeout=30) == 42
+    finally:
+        silent.close()
+        pool.close()
+
+
+def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A standby looks for the pool's lock every tick. A moment when pool.lock cannot be opened
+    # (here: it is a directory) must not end its watch for good.
+    directory = tmp_path / "lt"
+    first = DiskcacheBackend(directory, workers=1)
+    second = DiskcacheBackend(directory, workers=1)
+    caplog.set_level(logging.WARNING, logger="flask_longtask")
+    try:
+        first.cache  # noqa: B018
+        second.cache  # noqa: B018 - stands by
+        assert first.is_pool_host and not second.is_pool_host
+        lock = directory / host.LOCK_NAME
+        lock.rename(directory / "pool.lock.moved")  # (the first keeps its lock on the file)
+        lock.mkdir()
+        wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
+        lock.rmdir()
+        (directory / "pool.lock.moved").rename(lock)
+        first.close()
+        wait_for(lambda: second.is_pool_host, 10, "the standby to take over")
+        with make_app(second).app_context():
+            assert jobs.add.submit(2, 3).result(timeout=30) == 5
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,171 @@
+"""The pool's messages, queue and recent ends, through their own modules (no processes)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from flask_longtask.backends.diskcache import jobqueue, waiting, wire
+from flask_longtask.store import keys
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        wire.Run(ID),
+        wire.Handover(ID, 12.5, {"id": ID, "status": "queued"}, {"args": b"\x80"}),
+        wire.Handover(ID, 12.5, {"id": ID}, None),
+        wire.Go(True),
+        wire.Go(False),
+    ],
+)
+def test_messages_to_a_worker_decode_as_they_were_sent(message: object) -> None:
+    assert wire.decode_to_worker(message.encode()) == message  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        wire.Done(ID),
+        wire.Done(ID, {keys.job(ID): {"status": "succeeded"}, keys.result(ID): b"42"}, (ID[::-1], True)),
+        wire.Done(ID, None, (ID[::-1], False)),
+        wire.GiveBack((ID, ID[::-1])),
+        wire.Failing("the worker could not store the job's outcome: OSError: disk full"),
+    ],
+)
+def test_messages_from_a_worker_decode_as_they_were_sent(message: object) -> None:
+    assert wire.decode_from_worker(message.encode()) == message  # type: ignore[attr-defined]
+
+
+def test_a_done_with_a_large_end_carries_the_job_id_alone() -> None:
+    # A waiter then reads the result from storage; the pipe never carries megabytes.
+    large = wire.Done(ID, {keys.result(ID): b"x" * wire.END_INLINE}, (ID[::-1], True))
+    data = large.encode()
+    assert len(data) < 1024
+    assert wire.decode_from_worker(data) == wire.Done(ID, None, (ID[::-1], True))
+
+
+def test_a_worker_message_that_cannot_be_read_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="could not be read"):
+        wire.decode_from_worker(b"E not a pickle")
+    with pytest.raises(ValueError, match="unknown message"):
+        wire.decode_from_worker(b"Zzz")
+
+
+@pytest.mark.parametrize("message", [wire.Queued(ID), wire.Kill(ID, 1700000000.25), wire.Ended(ID)])
+def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
+    line = message.encode()
+    assert line.endswith(b"\n") and len(line) < 512  # one atomic write to the FIFO (PIPE_BUF)
+    assert wire.decode_line(line.rstrip(b"\n")) == message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"q",
+        b"q not-hex!",
+        b"q " + b"a" * 65,
+        b"q " + ID.encode() + b" extra",
+        b"k " + ID.encode(),
+        b"k " + ID.encode() + b" soon",
+        b"k " + ID.encode() + b" nan",
+        b"k " + ID.encode() + b" inf",
+        b"x " + ID.encode(),
+        b"\xff\xfe " + ID.encode(),
+    ],
+)
+def test_fifo_lines_from_anyone_are_validated(line: bytes) -> None:
+    # Any process that can write the directory can write the FIFO: what is not a message is None.
+    assert wire.decode_line(line) is None
+
+
+def test_frames_are_read_whole_and_in_order() -> None:
+    import multiprocess
+
+    host_end, worker_end = multiprocess.Pipe()
+    try:
+        frames = wire.Frames(host_end.fileno())
+        for message in (wire.Done(ID), wire.GiveBack((ID,)), wire.Failing("gone")):
+            worker_end.send_bytes(message.encode())
+        received = [wire.decode_from_worker(frames.recv())]
+        assert frames.has_message()  # the rest came with the first read
+        received += [wire.decode_from_worker(frames.recv()) for _ in range(2)]
+        assert received == [wire.Done(ID), wire.GiveBack((ID,)), wire.Failing("gone")]
+        assert not frames.has_message()
+        worker_end.close()
+        with pytest.raises(EOFError):
+            frames.recv()
+    finally:
+        host_end.close()
+        worker_end.close()
+
+
+def test_framed_size_is_what_a_pipe_holds() -> None:
+    import multiprocess
+
+    a, b = multiprocess.Pipe()
+    try:
+        a.send_bytes(wire.Run(ID).encode())
+        assert len(os.read(b.fileno(), 1024)) == wire.framed_size(wire.Run(ID))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_queue_puts_jobs_back_in_their_place() -> None:
+    queue = jobqueue.JobQueue()
+    for job_id in "abcde":
+        assert queue.push(job_id)
+    assert not queue.push("c")  # known already: a second message for it changes nothing
+    taken = [queue.pop() for _ in range(3)]
+    assert taken == ["a", "b", "c"]
+    queue.requeue("c")
+    queue.requeue("a")  # given back in another order: each goes back to its place
+    assert [queue.pop() for _ in range(len(queue))] == ["a", "c", "d", "e"]
+    assert "b" in queue  # taken, not done: still known
+    queue.forget("b")
+    assert "b" not in queue and queue.push("b")
+
+
+def test_a_waiter_is_woken_by_the_end_and_handed_what_it_wrote() -> None:
+    ends = waiting.Ends()
+    values = {keys.job(ID): {"status": "succeeded", "finished": time.time(), "expire": 60}}
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(ends.wait(ID, 30)))
+    waiter.start()
+    ends.add(ID, values, 100)
+    ends.announce()
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [values]
+    assert got[0] is not values  # each waiter its own copy
+    assert ends.tracks(ID, known=False)  # ended moments ago: a new wait needs no read
+
+
+def test_recent_ends_are_bounded_by_their_size() -> None:
+    ends = waiting.Ends()
+    record = {"status": "succeeded", "finished": time.time(), "expire": 60}
+    size = waiting.END_VALUES_BYTES // 4
+    for n in range(8):
+        job_id = f"{n:032x}"
+        ends.add(job_id, {keys.job(job_id): record}, size)
+    ends.announce()
+    kept = [n for n in range(8) if ends.values(f"{n:032x}") is not None]
+    assert kept == [4, 5, 6, 7]  # the newest, within END_VALUES_BYTES
+
+
+def test_an_end_past_its_expiry_is_not_answered_from_memory() -> None:
+    ends = waiting.Ends()
+    ends.add(ID, {keys.job(ID): {"status": "succeeded", "finished": time.time() - 10, "expire": 5}}, 10)
+    ends.announce()
+    assert ends.tracks(ID, known=False) is False
+    other = "f" * 32
+    assert ends.tracks(other, known=True)  # queued here, not ended: its end will wake a waiter
+    ends.add(other)
+    ends.announce()
+    assert not ends.tracks(other, known=True)  # ended without a worker's word: read first
