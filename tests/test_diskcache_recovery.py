@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from flask_longtask import JobStatus
-from flask_longtask.backends.diskcache import DiskcacheBackend, host
+from flask_longtask.backends.diskcache import DiskcacheBackend, host, recovery
 
 from . import diskcache_jobs as jobs
 from .helpers import wait_for
@@ -67,7 +67,7 @@ def test_a_lost_job_whose_end_cannot_be_written_yet_is_ended_once_it_can(
 def test_a_queued_job_the_host_was_never_told_of_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A process stores a job and dies before it tells the host (or its message is lost): the
     # host's periodic rescan finds the job and runs it.
-    monkeypatch.setattr(host, "RESCAN_AGE", 0.2)
+    monkeypatch.setattr(recovery, "RESCAN_AGE", 0.2)
     pool = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
     silent = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
     monkeypatch.setattr(silent, "enqueue", lambda request: None)  # the message that never came

@@ -13,7 +13,7 @@ another thread; each holds a *lifeline* pipe to the host: when the host dies, th
 
 Job records stay the source of truth: a new host scans them, fails the jobs that were running
 on the dead host and queues the ones that never started; every ``cleanup_interval`` it scans
-again for queued jobs it was never told of (see :meth:`PoolHost.recover`).
+again for queued jobs it was never told of (:mod:`.recovery`).
 
 ``docs/internals.md`` follows a job through all of it, and says what each lock protects.
 """
@@ -36,13 +36,9 @@ import multiprocess  # the package checks it is installed, with a clear message,
 # dispatcher thread, then reap the workers -- runs first instead of racing with it.
 import multiprocess.util
 
-from ...job import JobStatus
-from ...store import keys
-from ...worker import owner_pid
-from ..base import MISSING
-from . import fifo, waiting, wire
+from . import fifo, recovery, waiting, wire
 from .jobqueue import JobQueue
-from .workers import Worker, close, exit_reason, spawn
+from .workers import Worker, close, spawn
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from . import DiskcacheBackend
@@ -60,9 +56,6 @@ EPOLL = hasattr(select, "epoll")
 #: id. A worker whose job runs long gives them back, so that a job waits behind a long one only
 #: that long while another worker is free.
 AHEAD = 2
-#: A queued job nobody told the host of (a lost FIFO message) is found this long after its
-#: submit at the latest, by the periodic rescan (see recover()); younger ones may be in flight.
-RESCAN_AGE = 5.0
 
 
 class PoolHost:
@@ -98,11 +91,11 @@ class PoolHost:
         #: The ends of jobs, for the waiters of this process.
         self.ends = waiting.Ends()
         #: Jobs put back in the queue once because their worker died before claiming them.
-        self._requeued: set[str] = set()
+        self.requeued: set[str] = set()
         #: Forced stops to make: job id -> deadline (epoch).
-        self._kills: dict[str, float] = {}
+        self.kills: dict[str, float] = {}
         #: Jobs whose worker died but whose end could not be written yet: job id -> how.
-        self._unrecorded: dict[str, str] = {}
+        self.unrecorded: dict[str, str] = {}
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe means it is awake already: never wait
@@ -117,9 +110,9 @@ class PoolHost:
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
         self.ran = False
         self._started = False  # workers start with the first job, then the pool keeps its size
-        self._respawn_delay = 0.0
+        self.respawn_delay = 0.0
         now = time.monotonic()
-        self._next_spawn = self._next_mail = 0.0
+        self.next_spawn = self._next_mail = 0.0
         self._next_rescan = 0.0  # the first loop recovers what a previous host left behind
         self._next_cleanup = now + backend.cleanup_interval
         #: Every worker pid this host started (tests use it to prove none outlives the pool).
@@ -173,11 +166,11 @@ class PoolHost:
             for worker in self.workers:
                 worker.process.join(5)
                 if worker.process.exitcode is not None:
-                    self._drain(worker)
-                if worker.job_id is not None and self._claimed(worker.job_id):
-                    self._lost(worker.job_id, "the worker pool was shut down while it ran")
+                    self.drain(worker)
+                if worker.job_id is not None and recovery.claimed(self, worker.job_id):
+                    recovery.lost(self, worker.job_id, "the worker pool was shut down while it ran")
                 for job_id in worker.ahead:  # never started: queued in storage, for the next host
-                    self._unclaim(job_id, worker.pid)
+                    recovery.unclaim(self, job_id, worker.pid)
                 # (one never claimed stays queued in storage: the next host runs it)
                 close(worker.conn)
                 worker.process.close()
@@ -292,10 +285,10 @@ class PoolHost:
     def _step(self) -> None:
         now = time.monotonic()
         timeout = TICK
-        if self._kills:
-            timeout = max(0.0, min(timeout, min(self._kills.values()) - time.time()))
+        if self.kills:
+            timeout = max(0.0, min(timeout, min(self.kills.values()) - time.time()))
         if (self.queue or self._started) and len(self.workers) < self.size:
-            timeout = max(0.0, min(timeout, self._next_spawn - now))
+            timeout = max(0.0, min(timeout, self.next_spawn - now))
         ready = self._poll(timeout)
         try:
             self._handle_ready(ready)
@@ -314,21 +307,21 @@ class PoolHost:
                 if worker.frames.fd in ready and not worker.watched:  # (else its watcher reads it)
                     self.read_messages(worker)
                 if worker.sentinel in ready:
-                    self._reap(worker, None)
+                    recovery.reap(self, worker, None)
             now = time.monotonic()
             if now >= self._next_mail:
                 self._next_mail = now + TICK
                 self._handle_lines(fifo.read_mailbox(self.backend.cache))
                 self.backend.table.empty_trash()
                 self.backend.table.checkpoint()
-                if self._unrecorded:
-                    self._record_lost()
+                if self.unrecorded:
+                    recovery.record_lost(self)
             if now >= self._next_rescan:
                 first = self._next_rescan == 0.0
                 self._next_rescan = now + self.backend.cleanup_interval
-                self.recover(first=first)
-            if self._kills:
-                self._run_kills()
+                recovery.recover(self, first=first)
+            if self.kills:
+                recovery.run_kills(self)
             if now >= self._next_cleanup:
                 self._next_cleanup = now + self.backend.cleanup_interval
                 self.backend.cleanup()
@@ -340,7 +333,7 @@ class PoolHost:
             if isinstance(message, wire.Queued):
                 self.queue.push(message.job_id)
             elif isinstance(message, wire.Kill):
-                self._kills[message.job_id] = message.deadline
+                self.kills[message.job_id] = message.deadline
             else:
                 self.ends.add(message.job_id)
 
@@ -424,141 +417,20 @@ class PoolHost:
         if worker.job_id is None and worker.ahead:
             # It takes the next one sent ahead from its pipe, and claims it itself.
             worker.job_id, worker.given = worker.ahead.popleft(), now
-        self._respawn_delay = 0.0
+        self.respawn_delay = 0.0
         if job_id is not None:
             self.queue.forget(job_id)
-            self._kills.pop(job_id, None)
-            self._requeued.discard(job_id)
+            self.kills.pop(job_id, None)
+            self.requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
             self.ends.add(job_id, values, size)
         return None if job_id is None else wire.Done(job_id, values, message.ahead)
 
-    def _drain(self, worker: Worker) -> None:
+    def drain(self, worker: Worker) -> None:
         """Handle what a dead worker sent before it died (its pipe keeps it): its last "done"
         says which job sent ahead it went on to."""
         while not worker.eof and worker.readable():
             self.read_messages(worker, check=False)
-
-    # -- deaths, kills and recovery --------------------------------------------------------------
-
-    def _reap(self, worker: Worker, how: str | None, *, killed: str | None = None) -> None:
-        """Handle the death of a worker. ``how`` it died, if the pool ended it, to end job
-        ``killed``."""
-        worker.process.join()
-        self._drain(worker)
-        moved = killed is not None and worker.job_id != killed
-        if moved:
-            # It ended that job just before it was stopped (what it said last came in between),
-            # and went on to another: not the one the pool meant to stop.
-            how = "its worker process was stopped by force as it ended a cancelled job before it"
-        reason = how or worker.reason or exit_reason(worker.process.exitcode)
-        pid = worker.pid
-        self.workers.remove(worker)
-        worker.close()
-        # The jobs sent ahead never started: a worker reports the one it claimed as it ended its
-        # job before it runs it. Queued again, each in its place, unless ended meanwhile.
-        for job_id in worker.ahead:
-            if self._unclaim(job_id, pid):
-                self.queue.requeue(job_id)
-            else:
-                self.queue.forget(job_id)
-                self.ends.add(job_id)
-        worker.ahead.clear()
-        if worker.job_id is not None:
-            job_id = worker.job_id
-            self._kills.pop(job_id, None)
-            if (
-                (how is None or moved)
-                and worker.reason is None
-                and not worker.preclaimed
-                and job_id not in self._requeued
-                and not self._claimed(job_id)
-            ):
-                # It died before it took the job (killed from outside): the job never started.
-                self._requeued.add(job_id)
-                self.queue.requeue(job_id)
-            else:
-                self._lost(job_id, reason)
-        elif how is None:
-            # Died idle, most often at start-up (an import error in __main__): do not spin.
-            self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
-            self._next_spawn = time.monotonic() + self._respawn_delay
-            _log.error("A pool worker of %s died while idle: %s.", self.backend.directory, reason)
-
-    def _lost(self, job_id: str, how: str) -> None:
-        """End a job whose worker is gone. If its end cannot be written now (a full disk), the
-        job stays known and the host tries again each tick: it is never forgotten."""
-        try:
-            self.backend._lost(job_id, how)
-        except Exception:
-            if job_id not in self._unrecorded:
-                _log.exception("Worker pool: job %s lost (%s), but its end could not be written yet.", job_id, how)
-            self._unrecorded[job_id] = how
-            return
-        self._unrecorded.pop(job_id, None)
-        self.queue.forget(job_id)
-        self.ends.add(job_id)
-
-    def _record_lost(self) -> None:
-        for job_id, how in list(self._unrecorded.items()):
-            self._lost(job_id, how)
-
-    def _claimed(self, job_id: str) -> bool:
-        return self.backend.get(keys.claim(job_id)) is not MISSING
-
-    def _unclaim(self, job_id: str, pid: int) -> bool:
-        """Remove the claim worker ``pid`` made of a job sent ahead that it never started;
-        whether the job may run (it is not claimed by anyone else: a cancel)."""
-        key = keys.claim(job_id)
-        claim = self.backend.get(key)
-        if claim is MISSING:
-            return True
-        return owner_pid(claim) == pid and self.backend.delete_if(key, claim)
-
-    def _run_kills(self) -> None:
-        now = time.time()
-        for job_id, deadline in list(self._kills.items()):
-            worker = next((w for w in self.workers if w.job_id == job_id), None)
-            if worker is None:
-                if job_id not in self.queue:  # not ours, or already over
-                    del self._kills[job_id]
-                continue
-            if deadline <= now:
-                del self._kills[job_id]
-                # It may have ended the job just now, and gone on to one sent ahead.
-                self.read_messages(worker)
-                if worker.job_id != job_id:
-                    continue
-                worker.process.kill()
-                self._reap(worker, "it was stopped by force after cancellation", killed=job_id)
-
-    def recover(self, *, first: bool = False) -> None:
-        """Queue the jobs nobody runs. The ``first`` time, also end those the previous host was
-        running. Later (every ``cleanup_interval``), queue the unclaimed jobs older than
-        :data:`RESCAN_AGE` that nobody told the host of: a message lost on the way, or a submit
-        whose process died between its writes and its message."""
-        backend = self.backend
-        running_here = {worker.job_id for worker in self.workers if worker.job_id is not None}
-        found: list[tuple[float, str]] = []
-        for key in backend.scan(keys.JOB_PREFIX):
-            job_id = keys.job_id(key)
-            if job_id in self.queue or job_id in running_here or job_id in self._unrecorded:
-                continue
-            record = backend.get(key)
-            if record is MISSING:
-                continue
-            status = record["status"]
-            if status not in (JobStatus.RUNNING.value, JobStatus.QUEUED.value):
-                continue
-            if backend.get(keys.claim(job_id)) is MISSING and status == JobStatus.QUEUED.value:
-                if first or time.time() - record["created"] > RESCAN_AGE:
-                    found.append((record["created"], job_id))
-            elif first:  # claimed by a worker of the dead host (it never ended it)
-                self._lost(job_id, "the process hosting the worker pool died")
-        for _, job_id in sorted(found):
-            self.queue.push(job_id)
-        if found:
-            _log.info("Worker pool of %s: queued %d waiting job(s).", backend.directory, len(found))
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -566,7 +438,7 @@ class PoolHost:
         if self.queue:
             self._started = True
         if self._started:
-            while len(self.workers) < self.size and time.monotonic() >= self._next_spawn:
+            while len(self.workers) < self.size and time.monotonic() >= self.next_spawn:
                 worker = spawn(self._ctx, self.backend.directory)
                 self.workers.append(worker)
                 self.pids.append(worker.pid)
@@ -589,7 +461,7 @@ class PoolHost:
                     worker.job_id is not None
                     and len(worker.ahead) < depth
                     and not (worker.handing or worker.gave_back or worker.reason is not None)
-                    and worker.job_id not in self._kills  # (to be stopped by force: it would be too)
+                    and worker.job_id not in self.kills  # (to be stopped by force: it would be too)
                 ):
                     job_id = self._send_next(worker)
                     if job_id is not None:
