@@ -326,7 +326,7 @@ class Backend(abc.ABC):
         blocks until then instead (the Celery backend in Redis, the diskcache pool's host), and
         may answer from what the end wrote without reading storage.
         """
-        if elapsed > 0.0:
+        if elapsed > 0.0 and timeout > 0.0:
             time.sleep(min(0.00025 if elapsed < 0.01 else min(0.05, elapsed / 10), timeout))
         return self.get_many(keys)
 
@@ -334,7 +334,7 @@ class Backend(abc.ABC):
         """Remove what this backend stores for job ``job_id`` besides the core's keys.
 
         ``flask longtask purge`` calls it for each finished job it deletes, after the core's
-        keys of the job (:meth:`keys.of_job <flask_longtask.store.keys>`). The default does
+        keys of the job (:meth:`keys.of_job <flask_longtask.store.Keys.of_job>`). The default does
         nothing; the Celery backend deletes the Redis list its waiters block on.
         """
 
