@@ -13,6 +13,9 @@ from flask import Flask, current_app
 from flask_longtask import LongTask, current_job, signals
 from flask_longtask.backends import ThreadBackend
 
+if t.TYPE_CHECKING:
+    from flask_longtask.backends.diskcache.child import Child
+
 longtask = LongTask()
 
 # The app jobs run in inside a worker process. Tests register the same ``longtask`` on their own
@@ -179,20 +182,10 @@ def _held_ahead(count: int, gate: str | None, until_cancelled: bool = False) -> 
     """In a pool worker: wait until the pool has sent ``count`` jobs ahead to this worker, which
     keeps them meanwhile (holding its pipe's lock: no hand-back), then until ``gate`` exists,
     then (``until_cancelled``) until the job has seen its cancellation."""
-    import array
-    import fcntl
-    import termios
-
-    from flask_longtask.backends.diskcache import child as _poolworker
-
-    with _poolworker._pipe_lock:
-        fd = _poolworker._conn.fileno()
+    me = _worker()
+    with me.pipe_lock:
         deadline = time.monotonic() + 30  # the job's own work: a poll with a deadline
-        while count:
-            waiting = array.array("i", [0])
-            fcntl.ioctl(fd, termios.FIONREAD, waiting)
-            if waiting[0] >= count * 36:  # each a 4-byte length and a 32-character id
-                break
+        while count and me.sent_ahead() < count:
             if time.monotonic() > deadline:
                 raise TimeoutError("the pool sent no jobs ahead")
             time.sleep(0.01)
@@ -204,6 +197,16 @@ def _held_ahead(count: int, gate: str | None, until_cancelled: bool = False) -> 
             if time.monotonic() > deadline:
                 raise TimeoutError("the job was never cancelled")
             time.sleep(0.01)
+
+
+def _worker() -> Child:
+    """This pool worker process's state."""
+    from flask_longtask.backends.diskcache import child
+
+    me = child.current()
+    if me is None:
+        raise RuntimeError("this job runs only in a pool worker of DiskcacheBackend")
+    return me
 
 
 @longtask.task
@@ -223,12 +226,10 @@ def exit_after_its_end(count: int, report: str) -> int:
     """Returns once ``count`` jobs were sent ahead to its worker; its worker then ends its
     process once the end is stored and the first job sent ahead claimed with it, before it
     reports either. Writes to ``report`` that job's id and whether the claim was made."""
-    from flask_longtask.backends.diskcache import child as _poolworker
-
+    me = _worker()
+    me.hand_back_after = float("inf")  # (however long this takes: the worker exits)
     _held_ahead(count, None)
-    _poolworker.HAND_BACK_AFTER = float("inf")  # (however long this took: the worker exits)
-    backend = current_job._get()._store.backend  # this worker's
-    take_next = backend.take_next
+    take_next = me.take_next
 
     def take_next_then_exit() -> t.Any:
         taken = take_next()
@@ -236,5 +237,5 @@ def exit_after_its_end(count: int, report: str) -> int:
             f.write("" if taken is None else f"{taken[0]} {taken[1].won}")
         os._exit(5)
 
-    backend.take_next = take_next_then_exit
+    me.take_next = take_next_then_exit
     return count

@@ -20,8 +20,11 @@ from werkzeug.serving import make_server
 
 from flask_longtask import JobStatus
 from flask_longtask.backends import backend_class
-from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.backends.diskcache import DiskcacheBackend, handoff, wire
+from flask_longtask.backends.diskcache.host import PoolHost
+from flask_longtask.backends.diskcache.workers import WorkerView
 from flask_longtask.exceptions import JobFailedError
+from flask_longtask.store import keys
 from tests import diskcache_jobs as jobs
 from tests.helpers import wait_for
 
@@ -33,9 +36,21 @@ def exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def workers_of(backend: DiskcacheBackend) -> list[WorkerView]:
+    """The worker processes of the pool ``backend`` hosts in this process, as it sees them now."""
+    workers = backend.pool_workers()
+    assert workers is not None, "this process hosts no pool"
+    return workers
+
+
 def host_pids(backend: DiskcacheBackend) -> list[int]:
-    host = backend._host
-    return list(host.pids) if host is not None else []
+    """The pids of the pool's worker processes, if this process hosts it (else none)."""
+    return [worker.pid for worker in backend.pool_workers() or []]
+
+
+def ahead_of(backend: DiskcacheBackend) -> list[str]:
+    """The jobs sent ahead to the pool's workers, worker by worker, in order."""
+    return [job_id for worker in workers_of(backend) for job_id in worker.ahead]
 
 
 def make_app(backend: DiskcacheBackend, **config: t.Any) -> Flask:
@@ -100,9 +115,8 @@ def test_hard_cancel_ends_the_process_and_keeps_the_pool_size(
     wait_for(lambda: job.status is JobStatus.CANCELLED, GRACE + 1.0, "the job to be cancelled")
     assert time.monotonic() - started < GRACE + 1.0
     wait_for(lambda: not exists(pid), 2, "the job's process to be gone (no zombie)")
-    host = t.cast(t.Any, backend._host)
-    wait_for(lambda: len(host._slots) == 2, 10, "the pool to replace its worker")
-    assert pid not in {s.process.pid for s in host._slots}
+    wait_for(lambda: len(workers_of(backend)) == 2, 10, "the pool to replace its worker")
+    assert pid not in host_pids(backend)
     assert jobs.add.submit(1, 2).result(timeout=30) == 3
 
 
@@ -128,47 +142,53 @@ def test_crashed_worker_fails_its_job_and_is_replaced(
     with pytest.raises(JobFailedError, match="worker running this job died"):
         job.result(timeout=1)
     assert [jobs.add.submit(n, 1).result(timeout=30) for n in range(4)] == [1, 2, 3, 4]
-    assert len(t.cast(t.Any, backend._host)._slots) == 2
+    assert len(workers_of(backend)) == 2
 
 
 @pytest.fixture
-def one_worker_pool(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any]]:
-    """A pool of one worker, up, in an app context; and its host."""
+def one_worker_pool(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
+    """A backend hosting a pool of one worker, up, in an app context."""
     backend = DiskcacheBackend(tmp_path / "lt1", workers=1)
     try:
         with make_app(backend).app_context():
             assert jobs.noop.submit().result(timeout=30) is None  # the pool is up
-            yield backend, t.cast(t.Any, backend._host)
+            yield backend
     finally:
         pids = host_pids(backend)
         backend.close()
         assert [pid for pid in pids if exists(pid)] == [], "worker processes outlived the pool"
 
 
-def idle_worker(host: t.Any) -> t.Any:
+def the_worker(backend: DiskcacheBackend) -> WorkerView:
+    """The one worker of a one-worker pool, as the pool sees it now."""
+    [worker] = workers_of(backend)
+    return worker
+
+
+def idle_worker(backend: DiskcacheBackend) -> WorkerView:
     """The one worker of a pool, once the pool has heard that it is free (a job's result can be
     read before that)."""
-    [slot] = host._slots
-    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
-    return slot
+
+    def idle() -> WorkerView | None:
+        worker = the_worker(backend)
+        return worker if worker.job_id is None else None
+
+    return t.cast(WorkerView, wait_for(idle, 10, "the worker to be idle"))
 
 
-def spy(monkeypatch: pytest.MonkeyPatch, host: t.Any, name: str, what: t.Callable[..., t.Any]) -> list[t.Any]:
-    """Record ``what(*args)`` of each call of the pool's method ``name`` (unless ``None``)."""
+def spy(monkeypatch: pytest.MonkeyPatch, owner: t.Any, name: str, what: t.Callable[..., t.Any]) -> list[t.Any]:
+    """Record ``what(*args)`` of each call of ``owner.name`` (unless ``None``): a function of a
+    module of the pool, or a method of a class (``what`` then gets the instance first)."""
     calls: list[t.Any] = []
-    method = getattr(host, name)
+    method = getattr(owner, name)
 
     def spied(*args: t.Any, **kwargs: t.Any) -> t.Any:
         if (item := what(*args, **kwargs)) is not None:
             calls.append(item)
         return method(*args, **kwargs)
 
-    monkeypatch.setattr(host, name, spied)
+    monkeypatch.setattr(owner, name, spied)
     return calls
-
-
-def ahead_of(host: t.Any) -> list[str]:
-    return [job_id for slot in list(host._slots) for job_id in slot.ahead]
 
 
 def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
@@ -180,12 +200,11 @@ def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
     long_a = jobs.wait_for_file.submit(str(gate_a))
     long_b = jobs.wait_for_file.submit(str(gate_b))
     wait_for(lambda: long_a.status is long_b.status is JobStatus.RUNNING, 30, "both long jobs to run")
-    host = t.cast(t.Any, backend._host)
     log = tmp_path / "log"
     short = [jobs.record.submit(str(log), n) for n in range(4)]
-    wait_for(lambda: all(slot.gave_back for slot in host._slots), 10, "both workers to give jobs back")
+    wait_for(lambda: all(w.gave_back for w in workers_of(backend)), 10, "both workers to give jobs back")
     # Sent ahead, given back or queued: they are counted as waiting.
-    wait_for(lambda: host.queued() == 4, 10, "the jobs to be counted as waiting")
+    wait_for(lambda: backend.queue_length() == 4, 10, "the jobs to be counted as waiting")
     # One long job ends: its worker runs every short job, those sent ahead to the worker whose
     # job still runs included, while that job runs on; in the order they were submitted.
     gate_b.touch()
@@ -194,15 +213,15 @@ def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
     assert long_a.status is JobStatus.RUNNING
     gate_a.touch()
     assert long_a.result(timeout=10) == "done"
-    assert ahead_of(host) == [] and host.queued() == 0
+    assert ahead_of(backend) == [] and backend.queue_length() == 0
 
 
-def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: t.Any, tmp_path: Path) -> None:
-    _, host = one_worker_pool
+def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: DiskcacheBackend, tmp_path: Path) -> None:
+    backend = one_worker_pool
     gate = tmp_path / "gate"
     holder = jobs.hold_jobs_ahead.submit(1, str(gate))
     ahead = jobs.record.submit(str(tmp_path / "log"), 1)
-    wait_for(lambda: ahead_of(host) == [ahead.id], 30, "the job to be sent ahead")
+    wait_for(lambda: ahead_of(backend) == [ahead.id], 30, "the job to be sent ahead")
     ahead.cancel()
     assert ahead.status is JobStatus.CANCELLED  # at once: it had not started
     gate.touch()
@@ -211,43 +230,42 @@ def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: t.Any, tmp
     assert jobs.add.submit(2, 2).result(timeout=30) == 4
     assert ahead.status is JobStatus.CANCELLED
     assert not (tmp_path / "log").exists()  # it never ran
-    assert ahead_of(host) == [] and host.queued() == 0
+    assert ahead_of(backend) == [] and backend.queue_length() == 0
 
 
-def test_two_jobs_sent_ahead_the_first_cancelled(one_worker_pool: t.Any, tmp_path: Path) -> None:
+def test_two_jobs_sent_ahead_the_first_cancelled(one_worker_pool: DiskcacheBackend, tmp_path: Path) -> None:
     # The worker, ending its job, finds the first job sent ahead cancelled; it goes on to the
     # second, and the pool follows it: the next job is not handed to it while it runs that.
-    backend, host = one_worker_pool
+    backend = one_worker_pool
     gate, gate_2, log = tmp_path / "gate", tmp_path / "gate-2", tmp_path / "log"
     holder = jobs.hold_jobs_ahead.submit(2, str(gate))
     first = jobs.record.submit(str(log), 1)
     second = jobs.wait_for_file.submit(str(gate_2), then=4)
-    wait_for(lambda: ahead_of(host) == [first.id, second.id], 30, "both jobs to be sent ahead")
+    wait_for(lambda: ahead_of(backend) == [first.id, second.id], 30, "both jobs to be sent ahead")
     first.cancel()
     gate.touch()
     assert holder.result(timeout=30) == 2
     wait_for(lambda: second.status is JobStatus.RUNNING, 10, "the second job to run")
-    [slot] = host._slots
-    assert slot.job_id == second.id
+    assert the_worker(backend).job_id == second.id
     after = jobs.add.submit(3, 3)  # queued behind it, not handed to its busy worker
     gate_2.touch()
     assert after.result(timeout=30) == 6
     assert second.result(timeout=1) == 4
     assert first.status is JobStatus.CANCELLED
     assert not log.exists()  # it never ran
-    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
-    assert ahead_of(host) == [] and host.queued() == 0
+    idle_worker(backend)
+    assert ahead_of(backend) == [] and backend.queue_length() == 0
 
 
 def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
-    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+    one_worker_pool: DiskcacheBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A job submitted in the host is handed to its idle worker while its records are written;
     # the write fails, so the worker is told to drop it. A job queued at that moment is not sent
     # ahead of that word to the worker (it would run with the pool unaware): it runs next.
-    backend, host = one_worker_pool
-    slot = idle_worker(host)
-    write_all, go = backend.table.write_all, host.go
+    backend = one_worker_pool
+    idle_worker(backend)
+    write_all, go = backend.table.write_all, handoff.go
     queued: list[t.Any] = []
 
     def failing_write_all(writes: t.Any, *, locked: t.Any = None) -> None:
@@ -256,85 +274,95 @@ def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
             locked()  # the worker has the job
         raise OSError(28, "No space left on device")
 
-    def go_then_submit(slot: t.Any, start: bool) -> bool:
-        answer = go(slot, start)
+    def go_then_submit(pool: PoolHost, worker: t.Any, start: bool) -> bool:
+        answer = go(pool, worker, start)
         queued.append(jobs.add.submit(5, 5))  # another thread's submit, right then
         return answer
 
     monkeypatch.setattr(backend.table, "write_all", failing_write_all)
-    monkeypatch.setattr(host, "go", go_then_submit)
+    monkeypatch.setattr(handoff, "go", go_then_submit)
     with pytest.raises(OSError, match="No space left"):
         jobs.add.submit(1, 1)
-    monkeypatch.setattr(host, "go", go)
+    monkeypatch.setattr(handoff, "go", go)
     assert queued[0].result(timeout=30) == 10
-    wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
-    assert ahead_of(host) == []
+    idle_worker(backend)
+    assert ahead_of(backend) == []
     assert jobs.add.submit(2, 2).result(timeout=30) == 4
 
 
 @pytest.mark.parametrize("teardown", [False, True], ids=["end-receiver", "teardown"])
 def test_a_job_sent_ahead_is_not_claimed_before_slow_end_receivers(
-    one_worker_pool: t.Any, tmp_path: Path, teardown: bool
+    one_worker_pool: DiskcacheBackend, tmp_path: Path, teardown: bool
 ) -> None:
     # A receiver of the end signal (or the app's teardown) holds the worker after its job's
     # end: the job sent ahead is given back, not claimed with the end (it would read "running"
     # with no heartbeat, wait for the receiver, and could be found lost meanwhile).
-    _, host = one_worker_pool
+    backend = one_worker_pool
     release = tmp_path / "release"
     try:
         reporting = jobs.slow_to_report.submit(str(release), 1, teardown)
         ahead = jobs.add.submit(1, 1)
         assert reporting.result(timeout=30) == str(release)  # while its receiver holds the worker
-        [slot] = host._slots
-        wait_for(lambda: slot.gave_back and not slot.ahead, 10, "the job to be given back")
+
+        def given_back() -> bool:
+            worker = the_worker(backend)
+            return worker.gave_back and not worker.ahead
+
+        wait_for(given_back, 10, "the job to be given back")
         assert ahead.status is JobStatus.QUEUED
-        assert host.queued() == 1
+        assert backend.queue_length() == 1
     finally:
         release.touch()
     assert ahead.result(timeout=30) == 2
 
 
 def test_a_reserved_worker_is_not_reserved_again_before_its_go(
-    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+    one_worker_pool: DiskcacheBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A submit in the host hands its job to the idle worker, then says "go". Its job can end,
     # and the worker be idle again, before that submit has finished with it: another submit
     # must not take it then (the first would mark it free while the second's "go" is not yet
     # sent, and a job sent ahead would be read by the worker as that "go").
-    backend, host = one_worker_pool
-    slot = idle_worker(host)
-    send = slot.conn.send_bytes
+    backend = one_worker_pool
+    idle_worker(backend)
+    go = handoff.go
     reserved: list[t.Any] = []
 
-    def send_then_submit(data: bytes) -> None:
-        send(data)
-        if data == b"G":  # the first submit's go is sent; it has not returned yet
-            monkeypatch.setattr(slot.conn, "send_bytes", send)
-            wait_for(lambda: slot.job_id is None, 10, "the first job to end")
-            reserved.append(host.reserve("0" * 32))  # a second submit, right then
+    def go_then_submit(pool: PoolHost, worker: t.Any, start: bool) -> bool:
+        send = worker.conn.send_bytes
 
-    monkeypatch.setattr(slot.conn, "send_bytes", send_then_submit)
-    assert jobs.add.submit(1, 1).result(timeout=30) == 2
+        def send_then_submit(data: bytes) -> None:
+            send(data)
+            if data == wire.Go(True).encode():  # the first submit's go is sent; it has not returned yet
+                monkeypatch.setattr(worker.conn, "send_bytes", send)
+                wait_for(lambda: the_worker(backend).job_id is None, 10, "the first job to end")
+                reserved.append(handoff.reserve(pool, "0" * 32))  # a second submit, right then
+
+        monkeypatch.setattr(worker.conn, "send_bytes", send_then_submit)
+        return go(pool, worker, start)
+
+    monkeypatch.setattr(handoff, "go", go_then_submit)
+    first = jobs.add.submit(1, 1)
+    monkeypatch.setattr(handoff, "go", go)
+    assert first.result(timeout=30) == 2
     assert reserved == [None]  # it went through the queue
     assert [jobs.add.submit(n, n).result(timeout=30) for n in range(3)] == [0, 2, 4]
 
 
 def test_a_waiter_hands_a_dead_workers_pipe_back_to_the_pool(
-    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+    one_worker_pool: DiskcacheBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A thread of the host waiting for a job reads its worker's pipe itself. When the worker
     # dies, the pipe is at end-of-file: the waiter leaves it to the dispatcher, which reaps the
     # worker and wakes it, rather than reading it again and again meanwhile.
-    _, host = one_worker_pool
     # (only a waiter reads with check=False)
-    reads = spy(monkeypatch, host, "_read_messages", lambda slot, check=True, want=None: not check or None)
+    reads = spy(monkeypatch, PoolHost, "read_messages", lambda pool, worker, check=True, want=None: not check or None)
     job = jobs.hold_jobs_ahead.submit(0, None, 3)  # ends its process at once
     assert job.wait(timeout=30) is JobStatus.FAILED
     assert len(reads) <= 1
 
 
-def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: t.Any) -> None:
-    _, host = one_worker_pool
+def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker_pool: DiskcacheBackend) -> None:
     dying = jobs.hold_jobs_ahead.submit(2, None, 3)
     ahead = [jobs.add.submit(n, 1) for n in range(2)]
     assert dying.wait(timeout=30) is JobStatus.FAILED
@@ -343,12 +371,11 @@ def test_jobs_sent_ahead_to_a_worker_that_dies_run_on_its_replacement(one_worker
 
 
 def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(
-    one_worker_pool: t.Any, tmp_path: Path
+    one_worker_pool: DiskcacheBackend, tmp_path: Path
 ) -> None:
     # The worker ends its job, claiming the first job sent ahead in the same transaction, then
-    # dies (in the app context's teardown) before it runs or reports that job: it never
-    # started, so it runs on the replacement, as does the second.
-    _, host = one_worker_pool
+    # dies before it runs or reports that job: it never started, so it runs on the
+    # replacement, as does the second.
     report = tmp_path / "report"
     ending = jobs.exit_after_its_end.submit(2, str(report))
     ahead = [jobs.add.submit(n, 1) for n in range(2)]
@@ -359,20 +386,28 @@ def test_a_job_claimed_ahead_by_a_worker_that_dies_before_running_it_still_runs(
 
 
 def test_a_worker_whose_job_ends_cancelled_gives_back_the_jobs_sent_ahead(
-    one_worker_pool: t.Any, monkeypatch: pytest.MonkeyPatch
+    one_worker_pool: DiskcacheBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The pool may stop that worker by force any moment (the job ignored its cancellation):
     # it must not be running a job sent ahead then, so it claims none with the end.
-    _, host = one_worker_pool
-    messages = spy(monkeypatch, host, "_handle_message", lambda slot, data: data[:1])
+    backend = one_worker_pool
+    decode = wire.decode_from_worker
+    messages = spy(monkeypatch, wire, "decode_from_worker", decode)  # every message the host reads
     # It returns as if it had not seen its cancellation (it was seen: it ends "cancelled").
     holder = jobs.hold_jobs_ahead.submit(1, until_cancelled=True)
     ahead = jobs.add.submit(1, 1)
-    wait_for(lambda: ahead_of(host) == [ahead.id], 30, "the job to be sent ahead")
+    wait_for(lambda: ahead_of(backend) == [ahead.id], 30, "the job to be sent ahead")
     holder.cancel()
     assert holder.wait(timeout=30) is JobStatus.CANCELLED
     assert ahead.result(timeout=30) == 2
-    assert messages[:2] == [b"R", b"E"]  # given back before the end was reported
+    gave_back, done = [
+        message
+        for message in messages
+        if (isinstance(message, wire.GiveBack) and ahead.id in message.job_ids)
+        or (isinstance(message, wire.Done) and message.job_id == holder.id)
+    ]
+    assert gave_back == wire.GiveBack((ahead.id,))  # given back before the end was reported,
+    assert isinstance(done, wire.Done) and done.ahead is None  # which claimed nothing
 
 
 def test_load_1000_jobs_from_4_threads(app: Flask, backend: DiskcacheBackend, tmp_path: Path) -> None:
@@ -397,6 +432,7 @@ def test_load_1000_jobs_from_4_threads(app: Flask, backend: DiskcacheBackend, tm
     assert starts == list(range(1000)), "every job ran exactly once"
     assert len({e[2] for e in events}) <= 2
     assert len(host_pids(backend)) == 2, "no worker was added beyond the pool's size"
+    assert {int(e[2]) for e in events} <= set(host_pids(backend)), "no worker was replaced"
     running, peak = 0, 0
     for e in sorted(events, key=lambda e: (float(e[3]), e[0] == "start")):
         running += 1 if e[0] == "start" else -1
@@ -471,7 +507,7 @@ def test_full_disk_in_a_worker_fails_the_job_clearly_not_the_pool(app: Flask, ba
     assert error["type"] == "WorkerLostError"
     assert "could not store the job's outcome" in error["message"]
     assert jobs.add.submit(3, 4).result(timeout=30) == 7
-    assert len(t.cast(t.Any, backend._host)._slots) == 2
+    assert len(workers_of(backend)) == 2
 
 
 def test_closures_travel_as_arguments(app: Flask) -> None:
@@ -495,7 +531,7 @@ def test_corrupted_directory_is_a_clear_error(tmp_path: Path) -> None:
     backend = DiskcacheBackend(directory, workers=1)
     try:
         with pytest.raises(RuntimeError, match="cannot open its directory") as info:
-            backend.get("job:x")
+            backend.get(keys.job("x"))
         assert str(directory) in str(info.value)
         assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
     finally:
@@ -557,7 +593,7 @@ def test_cli_jobs_cancel_purge(app: Flask, tmp_path: Path) -> None:
 
     out = runner.invoke(args=["longtask", "purge"])
     assert out.exit_code == 0 and "Purged 2" in out.output, out.output
-    assert list(t.cast(DiskcacheBackend, jobs.longtask.backend).scan("job:")) == []
+    assert list(t.cast(DiskcacheBackend, jobs.longtask.backend).scan(keys.JOB_PREFIX)) == []
     out = runner.invoke(args=["longtask", "jobs", "--status", "running"])
     assert "No jobs." in out.output
 

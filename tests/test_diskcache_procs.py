@@ -19,6 +19,7 @@ from flask import Flask
 
 from flask_longtask import JobStatus
 from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.store import keys
 from tests import diskcache_jobs as jobs
 from tests.helpers import wait_for
 from tests.services import ROOT, free_port
@@ -107,7 +108,7 @@ def test_host_death_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> N
                     assert t.cast(dict, job.error)["type"] == "WorkerLostError"
                     assert "hosting the worker pool died" in t.cast(dict, job.error)["message"]
                     assert [jobs.longtask.get_job(j.id).result(timeout=30) for j in queued] == [100, 101, 102]
-                    statuses = {restarted.get(k)["status"] for k in restarted.scan("job:")}
+                    statuses = {restarted.get(k)["status"] for k in restarted.scan(keys.JOB_PREFIX)}
                     assert statuses == {"failed", "succeeded"}, "no record left queued or running"
             finally:
                 restarted.close()
@@ -138,7 +139,7 @@ def test_flask_longtask_worker_serves_web_processes_that_host_no_pool(tmp_path: 
         with web.app_context():
             results = [jobs.add.submit(n, 1000) for n in range(6)]
             assert [j.result(timeout=60) for j in results] == [1000 + n for n in range(6)]
-            assert web_backend._host is None  # this web process never hosted the pool
+            assert not web_backend.is_pool_host  # this web process never hosted the pool
         os.kill(worker.pid, signal.SIGINT)  # Ctrl+C: the pool stops cleanly
         assert worker.wait(30) == 0
         text = log.read_text()
@@ -237,11 +238,12 @@ def test_gunicorn_4_workers_share_jobs_over_http(tmp_path: Path) -> None:
 
 
 def _ping(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         conn.request("GET", "/jobs/ping")
         conn.getresponse().read()
-        conn.close()
         return True
-    except OSError:
+    except OSError:  # (not serving yet, or a worker still booting dropped the connection)
         return False
+    finally:
+        conn.close()

@@ -13,18 +13,23 @@ import signal
 import sqlite3
 import threading
 import time
+import types
 import typing as t
 from pathlib import Path
 
 import pytest
 
 from flask_longtask import JobStatus
+from flask_longtask.backends import diskcache as diskcache_backend
 from flask_longtask.backends.base import MISSING
-from flask_longtask.backends.diskcache import DiskcacheBackend
+from flask_longtask.backends.diskcache import DiskcacheBackend, handoff, waiting, wire
+from flask_longtask.backends.diskcache import host as pool_module
 from flask_longtask.backends.diskcache import table as _table
+from flask_longtask.backends.diskcache.host import PoolHost
 from flask_longtask.exceptions import JobFailedError
+from flask_longtask.store import keys
 from tests.helpers import wait_for
-from tests.test_diskcache import host_pids, make_app
+from tests.test_diskcache import host_pids, idle_worker, make_app, spy, the_worker
 
 BIG = b"x" * (2**20 + 1)  # over the 1 MiB kept inline: stored as a file
 
@@ -178,7 +183,40 @@ def test_a_lock_held_too_long_is_a_clear_error(
 
 
 @pytest.fixture
-def gated(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any, Path]]:
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[PoolHost]:
+    """Every pool a backend of this process starts to host during the test (``PoolHost.start``,
+    spied): for the tests of the pool's own methods."""
+    return spy(monkeypatch, PoolHost, "start", lambda pool: pool)
+
+
+@pytest.fixture
+def no_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait in the host's process returns when the job ends, or at its timeout: not after
+    ``RECHECK`` seconds, its safety net against an end nobody reports."""
+    monkeypatch.setattr(diskcache_backend, "RECHECK", 60.0)
+
+
+def state_keys(job_id: str) -> list[str]:
+    """What a look of ``Job.result()`` asks for: the record, the claim, the heartbeat, the result."""
+    return [keys.job(job_id), keys.claim(job_id), keys.alive(job_id), keys.result(job_id)]
+
+
+def look(host: DiskcacheBackend, job_id: str, timeout: float) -> list[t.Any]:
+    """A look of a wait that began a while ago (not its first)."""
+    return host.wait(job_id, state_keys(job_id), timeout=timeout, elapsed=1.0)
+
+
+def follows(host: DiskcacheBackend, job_id: str) -> bool:
+    """Whether the pool of the host follows the job: the first look of a wait for it waits for
+    the pool's word of its end (or answers from the end it kept), instead of reading first."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        waited = spy(monkeypatch, waiting, "wait_done", lambda pool, job_id, timeout: job_id)
+        host.wait(job_id, state_keys(job_id), timeout=0.0, elapsed=0.0)
+    return waited == [job_id]
+
+
+@pytest.fixture
+def gated(tmp_path: Path, pools: list[PoolHost]) -> t.Iterator[tuple[DiskcacheBackend, t.Any, Path]]:
     """A pool (hosted here) running one job that ends when the test creates its gate file."""
     from tests import diskcache_jobs as jobs
 
@@ -193,45 +231,54 @@ def gated(tmp_path: Path) -> t.Iterator[tuple[DiskcacheBackend, t.Any, Path]]:
         host.close()
 
 
-def test_waiters_in_the_host_process_are_woken_when_the_job_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+def test_waiters_in_the_host_process_are_woken_when_the_job_ends(
+    gated: tuple[DiskcacheBackend, t.Any, Path], no_recheck: None
+) -> None:
     host, job, gate = gated
     assert host.is_pool_host
     threading.Timer(0.2, gate.touch).start()  # ends the job while the waiter below waits
     started = time.monotonic()
-    host.wait_for_end(job.id, 60)  # returns when the worker reports the job done
+    ended = look(host, job.id, 60)  # returns when the worker reports the job done
     assert time.monotonic() - started < 30
+    assert ended[0]["status"] == JobStatus.SUCCEEDED.value
     assert job.status is JobStatus.SUCCEEDED
     started = time.monotonic()
-    host.wait_for_end(job.id, 60)  # ended already: returns at once
+    look(host, job.id, 60)  # ended already: returns at once
     assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("outcome", ["succeeded", "large", "failed", "cancelled"])
-def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outcome: str) -> None:
+def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_recheck: None, outcome: str
+) -> None:
     """The worker sends its job's final record and result with its "done": a waiter in the host
     process reads nothing. A result too large for that is read from storage."""
-    from flask_longtask.backends.diskcache.child import END_INLINE
     from tests import diskcache_jobs as jobs
 
     host = DiskcacheBackend(tmp_path / "pool", workers=1)
-    value = b"x" * (END_INLINE + 1) if outcome == "large" else b"small"
+    get_many = host.get_many
+    reads = spy(monkeypatch, host, "get_many", lambda keys: list(keys))
+    value = b"x" * (wire.END_INLINE + 1) if outcome == "large" else b"small"
     try:
         with make_app(host).app_context():
             gate = tmp_path / "gate"
             job = jobs.wait_for_file.submit(str(gate), then=value, fail="boom" if outcome == "failed" else None)
             wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to start")
             if outcome == "cancelled":  # requested while it runs (no forced stop): it ends cancelled
-                host.set(f"cancel:{job.id}", time.time(), 60)
+                host.set(keys.cancel(job.id), time.time(), 60)
             gate.touch()
-            ended = host.wait_for_end(job.id, 60)
+            reads.clear()
+            names = state_keys(job.id)
+            ended = host.wait(job.id, names, timeout=60, elapsed=0.0)  # as Job.result() looks first
             status = JobStatus.SUCCEEDED if outcome == "large" else JobStatus(outcome)
-            assert job.status is status
             if outcome == "large":
-                assert ended is None
+                assert reads == [names]
             else:
-                assert ended is not None
-                assert ended[f"job:{job.id}"] == host.get(f"job:{job.id}")
-                assert ended.get(f"result:{job.id}", MISSING) == host.get(f"result:{job.id}")
+                assert reads == []
+            stored = get_many(names)
+            assert ended[0] == stored[0] and ended[0]["status"] == status.value
+            assert ended[3] == stored[3]  # the result (MISSING unless it succeeded)
+            assert job.status is status
             if status is JobStatus.SUCCEEDED:
                 assert job.result(timeout=10) == value
             elif status is JobStatus.FAILED:
@@ -241,12 +288,11 @@ def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(tmp_path: Path, outco
 
 
 def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_recheck: None
 ) -> None:
     """``Job.result()`` in the host, for a job its pool runs or ended moments ago, skips its
     first read and answers from what the worker sent with its "done". Once that is older than
     END_VALUES_FRESH, or the job has expired, it reads storage again (and misses an expired job)."""
-    from flask_longtask.backends.diskcache import host as _pool
     from flask_longtask.exceptions import JobNotFoundError
     from tests import diskcache_jobs as jobs
 
@@ -254,55 +300,52 @@ def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
     reads: list[list[str]] = []
     get_many = host.get_many
     monkeypatch.setattr(host, "get_many", lambda keys: reads.append(list(keys)) or get_many(keys))
-    monkeypatch.setattr(host, "recheck_interval", 60.0)  # no look at storage meanwhile, as a safety net
     try:
         with make_app(host).app_context():
             gate = tmp_path / "gate"
             job = jobs.wait_for_file.submit(str(gate), then="ran")
-            wait_for(lambda: host.tracks_end(job.id), 30, "the pool to take the job")
+            wait_for(lambda: follows(host, job.id), 30, "the pool to take the job")
             reads.clear()
             threading.Timer(0.1, gate.touch).start()
             assert job.result(timeout=30) == "ran"  # waited for it running, then handed its end
             assert reads == []
-            assert host.tracks_end(job.id) and job.result(timeout=30) == "ran"  # ended: no read either
+            assert follows(host, job.id) and job.result(timeout=30) == "ran"  # ended: no read either
             assert reads == []
 
-            monkeypatch.setattr(_pool, "END_VALUES_FRESH", 0.0)
-            assert not host.tracks_end(job.id)
+            monkeypatch.setattr(waiting, "END_VALUES_FRESH", 0.0)
+            assert not follows(host, job.id)
+            reads.clear()
             assert job.result(timeout=30) == "ran" and reads != []  # no longer: read from storage
 
-        monkeypatch.setattr(_pool, "END_VALUES_FRESH", 60.0)
+        monkeypatch.setattr(waiting, "END_VALUES_FRESH", 60.0)
         with make_app(host, LONGTASK_RESULT_EXPIRE=0.3).app_context():
             short = jobs.echo.submit("brief")
             assert short.result(timeout=30) == "brief"
-            wait_for(lambda: get_many([f"job:{short.id}"]) == [MISSING], 30, "the job to expire")
-            assert not host.tracks_end(short.id)  # its kept end is not used past its expiry
+            wait_for(lambda: get_many([keys.job(short.id)]) == [MISSING], 30, "the job to expire")
+            assert not follows(host, short.id)  # its kept end is not used past its expiry
             with pytest.raises(JobNotFoundError):
                 short.result(timeout=30)
     finally:
         host.close()
 
 
-def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(tmp_path: Path, no_recheck: None) -> None:
     """A job cancelled while it waits in the queue stays there until a worker takes it (and
     skips it): no worker's "done" will answer for it, so a wait in the host reads first."""
     from tests import diskcache_jobs as jobs
 
     host = DiskcacheBackend(tmp_path / "pool", workers=1)
-    monkeypatch.setattr(host, "recheck_interval", 60.0)  # a wait that does not read first times out
     try:
         with make_app(host).app_context():
             gate = tmp_path / "gate"
             blocker = jobs.wait_for_file.submit(str(gate))
             wait_for(lambda: blocker.status is JobStatus.RUNNING, 30, "the worker to be busy")
             queued = jobs.echo.submit("never")
-            assert host.tracks_end(queued.id)  # queued here: its end will wake a waiter
+            # Queued here (once the dispatcher has taken it from its inbox): its end will wake a waiter.
+            wait_for(lambda: follows(host, queued.id), 10, "the pool to follow the queued job")
             queued.cancel()
-            pool = host._host
-            assert pool is not None and queued.id in pool._known  # still in the queue
-            assert not host.tracks_end(queued.id)
+            assert host.queue_length() == 1  # still in the queue (or sent ahead: the pool's all the same)
+            assert not follows(host, queued.id)
             assert queued.wait(timeout=5) is JobStatus.CANCELLED
             gate.touch()
             assert blocker.result(timeout=30) == "done"
@@ -311,31 +354,45 @@ def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(
 
 
 def test_the_ends_kept_for_waiters_in_the_host_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_longtask.backends.diskcache import host as _pool
     from tests import diskcache_jobs as jobs
 
-    monkeypatch.setattr(_pool, "_END_VALUES_BYTES", 20_000)
+    monkeypatch.setattr(waiting, "END_VALUES_BYTES", 20_000)
+    monkeypatch.setattr(waiting, "END_VALUES_FRESH", 60.0)  # however long the 30 jobs take
     host = DiskcacheBackend(tmp_path / "pool", workers=1)
     try:
         with make_app(host).app_context():
             done = [jobs.echo.submit(b"x" * 2000) for _ in range(30)]
             for job in done:
                 assert job.result(timeout=30) == b"x" * 2000
-            pool = host._host
-            assert pool is not None
-            wait_for(lambda: host.tracks_end(done[-1].id), 30, "the last end to be announced")
-            kept = dict(pool._end_values)
+            wait_for(lambda: follows(host, done[-1].id), 30, "the last end to be announced")
+            kept = [job for job in done if follows(host, job.id)]
             assert 5 <= len(kept) < 15  # ~2 KB each
-            assert pool._end_bytes == sum(size for _, size in kept.values()) <= 20_000
-            assert not host.tracks_end(done[0].id)
+            assert kept == done[-len(kept) :]  # the latest
     finally:
         host.close()
 
 
+def test_the_ends_kept_count_each_end_once() -> None:
+    """What the recent ends wrote is kept up to END_VALUES_BYTES (the sizes of the workers'
+    messages) and END_VALUES_JOBS; an end recorded twice counts once."""
+    ids = [f"{n:032x}" for n in range(30)]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(waiting, "END_VALUES_BYTES", 10_000)
+        ends = waiting.Ends()
+        for job_id in [*ids, ids[-1], ids[-1]]:
+            ends.add(job_id, {keys.job(job_id): {"status": "succeeded"}}, 1000)
+            ends.announce()
+        assert [job_id for job_id in ids if ends.values(job_id) is not None] == ids[-10:]
+        monkeypatch.setattr(waiting, "END_VALUES_JOBS", 4)
+        ends.add(ids[0], {keys.job(ids[0]): {"status": "failed"}}, 10)
+        ends.announce()
+        assert [job_id for job_id in ids if ends.values(job_id) is not None] == [ids[0], *ids[-3:]]
+        assert ends.values(ids[0]) == {keys.job(ids[0]): {"status": "failed"}}
+
+
 def _watched(host: DiskcacheBackend) -> bool:
     """Whether a thread waiting for a job reads its worker's pipe in place of the dispatcher."""
-    pool = host._host
-    return pool is not None and any(slot.watched for slot in pool._slots)
+    return any(worker.watched for worker in host.pool_workers() or [])
 
 
 def test_a_waiter_that_gives_up_hands_its_worker_back_to_the_dispatcher(
@@ -346,7 +403,8 @@ def test_a_waiter_that_gives_up_hands_its_worker_back_to_the_dispatcher(
     from tests import diskcache_jobs as jobs
 
     host, job, gate = gated
-    assert host.wait_for_end(job.id, 0.05) is None  # gives up: the job still runs
+    record, claim, *_ = look(host, job.id, 0.05)  # gives up: the job still runs
+    assert record["status"] == JobStatus.QUEUED.value and claim is not MISSING
     assert not _watched(host)
     gate.touch()  # the job ends with nobody here waiting for it
     following = jobs.add.submit(2, 3)
@@ -402,23 +460,23 @@ def test_a_waiter_learns_at_once_that_the_worker_it_reads_died(tmp_path: Path) -
 
 
 def test_the_dispatcher_does_not_wait_for_a_message_a_waiter_took(
-    gated: tuple[DiskcacheBackend, t.Any, Path],
+    gated: tuple[DiskcacheBackend, t.Any, Path], pools: list[PoolHost]
 ) -> None:
     """The dispatcher may find a worker's pipe ready, then a waiter read the message before the
     dispatcher got the mutex: it must not block on the empty pipe."""
     host, job, gate = gated
-    pool = t.cast(t.Any, host._host)
-    [slot] = pool._slots
-    with pool._mutex:
-        pool._read_messages(slot)  # nothing to read: returns at once
-        assert slot.job_id == job.id
+    [pool] = pools
+    [worker] = pool.workers
+    with pool.mutex:
+        assert pool.read_messages(worker) is None  # nothing to read: returns at once
+        assert [view.job_id for view in host.pool_workers() or []] == [job.id]
     gate.touch()
     assert job.result(timeout=30) == "done"
 
 
 @pytest.mark.parametrize("where", ["here", "in another process"])
 def test_a_waiter_in_the_host_is_woken_when_its_queued_job_is_cancelled(
-    gated: tuple[DiskcacheBackend, t.Any, Path], tmp_path: Path, where: str
+    gated: tuple[DiskcacheBackend, t.Any, Path], tmp_path: Path, no_recheck: None, where: str
 ) -> None:
     """A job can end without the pool: cancelled while queued. The host's waiters hear of that
     too (from the process that cancelled it, through the FIFO), so they need not poll."""
@@ -426,14 +484,14 @@ def test_a_waiter_in_the_host_is_woken_when_its_queued_job_is_cancelled(
     from tests import diskcache_jobs as jobs
 
     host, running, gate = gated
-    assert host.ends_wake_waiters  # Job.wait blocks in wait_for_end, a second at a time
+    assert host.is_pool_host  # a wait here blocks until the pool hears of the job's end
     queued = jobs.add.submit(1, 2)  # the pool's one worker is busy: it waits in the queue
     woken = threading.Event()
-    waiter = threading.Thread(target=lambda: (host.wait_for_end(queued.id, 30), woken.set()))
+    waiter = threading.Thread(target=lambda: (look(host, queued.id, 30), woken.set()))
     waiter.start()
     other = DiskcacheBackend(tmp_path / "pool", embedded=False)  # a process that hosts nothing
     try:
-        assert not other.ends_wake_waiters  # there, Job.wait polls
+        assert not other.is_pool_host  # there, Job.wait polls
         JobStore(other if where == "in another process" else host).cancel(queued.id)
         assert woken.wait(20), "the waiter was not woken by the cancel"
         assert queued.status is JobStatus.CANCELLED
@@ -461,13 +519,15 @@ def test_a_waiter_in_the_host_sees_the_end_before_the_worker_is_done(tmp_path: P
         host.close()
 
 
-def test_a_wait_keeps_its_timeout_while_the_dispatcher_is_busy(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
+def test_a_wait_keeps_its_timeout_while_the_dispatcher_is_busy(
+    gated: tuple[DiskcacheBackend, t.Any, Path], pools: list[PoolHost], no_recheck: None
+) -> None:
     host, job, gate = gated
-    pool = t.cast(t.Any, host._host)
+    [pool] = pools
     held, release = threading.Event(), threading.Event()
 
     def busy_dispatcher() -> None:  # holds the mutex as a long sweep would
-        with pool._mutex:
+        with pool.mutex:
             held.set()
             release.wait(30)
 
@@ -476,7 +536,7 @@ def test_a_wait_keeps_its_timeout_while_the_dispatcher_is_busy(gated: tuple[Disk
     try:
         assert held.wait(30)
         started = time.monotonic()
-        assert host.wait_for_end(job.id, 0.1) is None
+        assert look(host, job.id, 0.1)[0]["status"] == JobStatus.QUEUED.value  # (claimed: it runs)
         assert time.monotonic() - started < 10  # not until the mutex is free (30 s)
     finally:
         release.set()
@@ -485,7 +545,7 @@ def test_a_wait_keeps_its_timeout_while_the_dispatcher_is_busy(gated: tuple[Disk
     assert job.result(timeout=30) == "done"
 
 
-def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path) -> None:
+def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path, pools: list[PoolHost]) -> None:
     """The workers' pipes then get descriptors past select()'s limit."""
     import resource
 
@@ -505,7 +565,8 @@ def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path
         with make_app(host).app_context():
             submitted = [jobs.add.submit(n, 1) for n in range(3)]  # nobody waits in this process
             wait_for(lambda: all(job.status is JobStatus.SUCCEEDED for job in submitted), 30, "every job to run")
-            assert min(slot.conn.fileno() for slot in t.cast(t.Any, host._host)._slots) >= 1024
+            [pool] = pools
+            assert min(worker.conn.fileno() for worker in pool.workers) >= 1024
     finally:
         host.close()
         for fd in filler:
@@ -515,15 +576,19 @@ def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path
 
 def test_the_pool_works_without_epoll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where there is no epoll (not Linux), the dispatcher polls and waiters wait to be woken."""
-    from flask_longtask.backends.diskcache import host as _pool
     from tests import diskcache_jobs as jobs
 
-    monkeypatch.setattr(_pool, "_EPOLL", False)
+    monkeypatch.setattr(pool_module, "EPOLL", False)
+    epolls: list[t.Any] = []  # (the pool's module's select, with its epoll spied)
+    spied_select = types.SimpleNamespace(**{name: getattr(select, name) for name in dir(select) if name[0] != "_"})
+    spied_select.epoll = lambda *args: epolls.append(args) or select.epoll(*args)
+    monkeypatch.setattr(pool_module, "select", spied_select)
+    watched = spy(monkeypatch, PoolHost, "unwatch", lambda pool, worker: worker)  # once a waiter read a pipe
     host = DiskcacheBackend(tmp_path / "pool", workers=2)
     try:
         with make_app(host).app_context():
             assert [jobs.add.submit(n, 1).result(timeout=30) for n in range(5)] == [1, 2, 3, 4, 5]
-            assert not isinstance(t.cast(t.Any, host._host)._poller, type(select.epoll()))
+            assert epolls == [] and watched == []
     finally:
         host.close()
 
@@ -547,14 +612,14 @@ def _target(fd: str) -> str:
 
 def test_a_running_job_is_its_claim_and_heartbeat_until_it_ends(gated: tuple[DiskcacheBackend, t.Any, Path]) -> None:
     host, job, gate = gated
-    claim = host.get(f"claim:{job.id}")
+    claim = host.get(keys.claim(job.id))
     assert job.started_at is not None and job.started_at.timestamp() == pytest.approx(claim["at"])
     # The worker's ticker beats one interval after the claim; the record waits for the end.
-    wait_for(lambda: host.get(f"alive:{job.id}") is not MISSING, 30, "the first heartbeat")
-    assert host.get(f"job:{job.id}")["status"] == "queued"
+    wait_for(lambda: host.get(keys.alive(job.id)) is not MISSING, 30, "the first heartbeat")
+    assert host.get(keys.job(job.id))["status"] == "queued"
     gate.touch()
     assert job.wait(timeout=30) is JobStatus.SUCCEEDED
-    final = host.get(f"job:{job.id}")
+    final = host.get(keys.job(job.id))
     assert final["status"] == "succeeded" and final["started"] == claim["at"]
 
 
@@ -660,7 +725,7 @@ def test_a_normal_exit_of_the_host_process_ends_its_running_jobs(tmp_path: Path)
     job_id = done.stdout.split()[-1]
     reader = DiskcacheBackend(directory, embedded=False)
     try:
-        record = reader.get(f"job:{job_id}")
+        record = reader.get(keys.job(job_id))
         assert record["status"] == "failed"
         assert "the worker pool was shut down while it ran" in record["error"]["message"]
     finally:
@@ -681,19 +746,18 @@ def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2  # the pool and its one worker run
         [worker] = host_pids(host)
-        slot = t.cast(t.Any, host._host)._slots[0]
         # (a result can be read before the pool has heard from its worker that it is free;
         # stopped before it says so, the worker would never be handed the next job)
-        wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+        idle_worker(host)
         os.kill(worker, signal.SIGSTOP)  # it will not read its pipe
         with make_app(client).app_context():
             job = jobs.add.submit(2, 3)  # through the FIFO, handed to the stopped worker
-            wait_for(lambda: slot.job_id == job.id, 10, "the job to be handed to the worker")
-            assert client.get(f"claim:{job.id}") is MISSING
+            wait_for(lambda: the_worker(host).job_id == job.id, 10, "the job to be handed to the worker")
+            assert client.get(keys.claim(job.id)) is MISSING
             assert job.status is JobStatus.QUEUED
             os.kill(worker, signal.SIGKILL)
             assert job.result(timeout=30) == 5
-            assert worker not in host_pids(host)[-1:]
+            assert worker not in host_pids(host)  # replaced
     finally:
         client.close()
         host.close()
@@ -713,17 +777,16 @@ def test_a_job_submitted_in_the_host_is_claimed_for_an_idle_worker(tmp_path: Pat
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2
             [worker] = host_pids(host)
-            slot = t.cast(t.Any, host._host)._slots[0]
             # (a result can be read before the pool has heard from its worker that it is free)
-            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+            idle_worker(host)
             job = jobs.add.submit(2, 2)
-            assert host.get(f"claim:{job.id}")["by"].endswith(f":{worker}:0")
+            assert host.get(keys.claim(job.id))["by"].endswith(f":{worker}:0")
             assert job.result(timeout=30) == 4
             big = "x" * (300 * 1024)  # arguments over 32 KiB: the worker reads them from storage
-            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+            idle_worker(host)
             assert jobs.echo.submit(big).result(timeout=30) == big
 
-            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+            idle_worker(host)
             os.kill(worker, signal.SIGSTOP)
             stopped = jobs.add.submit(3, 3)
             assert stopped.status is JobStatus.RUNNING  # claimed for the stopped worker
@@ -750,23 +813,27 @@ def test_a_job_whose_records_fail_to_be_stored_after_the_hand_over_never_runs(
     try:
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2
-            pool = t.cast(t.Any, host._host)
-            slot = pool._slots[0]
-            wait_for(lambda: slot.job_id is None, 10, "the worker to be idle")
+            idle_worker(host)
             handed: list[bool] = []
-            hand_over = pool.hand_over
-            monkeypatch.setattr(pool, "hand_over", lambda *args: handed.append(hand_over(*args)) or handed[-1])
+            hand_over = handoff.hand_over
+            monkeypatch.setattr(handoff, "hand_over", lambda *args: handed.append(hand_over(*args)) or handed[-1])
+            write_all = host.table.write_all
 
-            def disk_full(*args: t.Any) -> None:
-                raise OSError(errno.ENOSPC, "No space left on device")
+            def disk_full_once_locked(writes: t.Any, *, locked: t.Any = None) -> None:
+                def then_fail() -> None:  # the transaction holds the writers' lock; then its write fails
+                    if locked is not None:
+                        locked()
+                    raise OSError(errno.ENOSPC, "No space left on device")
 
-            monkeypatch.setattr(host.table, "_apply", disk_full)
+                write_all(writes, locked=then_fail)
+
+            monkeypatch.setattr(host.table, "write_all", disk_full_once_locked)
             with pytest.raises(OSError, match="No space left"):
                 jobs.record.submit(str(log), 1)
             monkeypatch.undo()
             assert handed == [True]  # the worker had the job before the write failed
             assert jobs.record.submit(str(log), 2).result(timeout=30) == 4
             assert [line.split()[:2] for line in log.read_text().splitlines()] == [["start", "2"], ["end", "2"]]
-            assert len(list(host.scan("job:"))) == 2  # the add and the second record only
+            assert len(list(host.scan(keys.JOB_PREFIX))) == 2  # the add and the second record only
     finally:
         host.close()
