@@ -109,3 +109,51 @@ def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
     finally:
         first.close()
         second.close()
+
+
+def test_a_database_corrupted_at_runtime_fails_clearly_and_recovers_once_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each call fails with an error that says what to do, the log says it once (not ~60 lines a
+    # second), and once the directory is removed, as the error advises, the app works again
+    # without a restart: a new directory, a new pool.
+    import shutil
+    import time
+
+    directory = tmp_path / "lt"
+    backend = DiskcacheBackend(directory, workers=1)
+    app = make_app(backend)
+    caplog.set_level(logging.WARNING, logger="flask_longtask")
+    try:
+        with app.app_context():
+            assert jobs.add.submit(1, 2).result(timeout=30) == 3
+            with open(directory / "cache.db", "r+b") as f:
+                f.write(b"not a database any more" * 1000)
+            deadline = time.monotonic() + 1.0
+            calls = 0
+            while time.monotonic() < deadline:  # a second of requests, as a busy web server makes
+                with pytest.raises(RuntimeError, match="unreadable|cannot open its directory"):
+                    jobs.add.submit(1, 2)
+                calls += 1
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert calls > 10 and len(errors) <= 2, [r.getMessage()[:80] for r in errors]
+            assert any("delete the directory" in r.getMessage() for r in errors)
+            shutil.rmtree(directory)
+            job = wait_for(lambda: _submitted(jobs.add, 2, 3), 30, "a submit to succeed again")
+            assert job.result(timeout=30) == 5
+        # A pool serves the new directory, for the other processes too (through its FIFO).
+        other = DiskcacheBackend(directory, workers=1, embedded=False)
+        try:
+            with make_app(other).app_context():
+                assert jobs.add.submit(3, 4).result(timeout=30) == 7
+        finally:
+            other.close()
+    finally:
+        backend.close()
+
+
+def _submitted(task: t.Any, *args: t.Any) -> t.Any:
+    try:
+        return task.submit(*args)
+    except RuntimeError:
+        return None

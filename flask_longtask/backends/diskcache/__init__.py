@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import logging
 import os
 import pickle
+import sqlite3
 import threading
 import time
 import typing as t
@@ -24,7 +26,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from ...store import keys as _keys
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
-from . import child, fifo, handoff, waiting, wire
+from . import child, fifo, handoff, host, waiting, wire
 from .host import LOCK_NAME, TICK, PoolHost
 from .table import Table
 from .workers import WorkerView
@@ -40,6 +42,34 @@ _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
 #: worker sends its "done" after the job's end signals and app-context teardown (user code,
 #: which may be slow), and an end may come by another way (a lost worker) that wakes nobody.
 RECHECK = 0.05
+#: Seconds between two logs of the same storage failure (a corrupted database).
+LOG_EVERY = host.LOG_EVERY
+
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
+
+def _storage(method: _F) -> _F:
+    """A storage call: a database found corrupted is closed, to be reopened by the next call,
+    and reported once a minute at most (see :meth:`DiskcacheBackend._unreadable`)."""
+
+    @functools.wraps(method)
+    def guarded(self: DiskcacheBackend, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise
+            raise self._unreadable(exc) from exc
+
+    return t.cast(_F, guarded)
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a database error means the database is no longer one (rather than busy, or a
+    disk full for a while): "file is not a database", "database disk image is malformed", or
+    its table gone."""
+    text = str(exc)
+    return not isinstance(exc, sqlite3.OperationalError) or "no such table" in text or "malformed" in text
 
 
 class DiskcacheBackend(Backend):
@@ -107,6 +137,7 @@ class DiskcacheBackend(Backend):
         self._fifo: fifo.FifoClient | None = None
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
+        self._next_log = 0.0  # when a storage failure may be logged again (_unreadable)
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -142,7 +173,7 @@ class DiskcacheBackend(Backend):
         """The :class:`diskcache.Cache` of the directory; opening it joins the pool election.
 
         Job keys are not in it but in a lean table of the same database (see
-        :mod:`flask_longtask.backends._table`); it holds the pool's mailbox.
+        :mod:`~flask_longtask.backends.diskcache.table`); it holds the pool's mailbox.
         """
         cache = self._cache
         if cache is None:
@@ -179,6 +210,11 @@ class DiskcacheBackend(Backend):
                         cache.close()
                         raise
                     self._cache = cache
+                    pool = self._host
+                    if pool is not None and pool.replaced():
+                        # Opened anew (see _unreadable) where the directory was removed: the
+                        # pool hosted here serves the old one, and takes no job from now on.
+                        pool.step_down()
                 except Exception as exc:
                     raise RuntimeError(
                         f"DiskcacheBackend cannot open its directory {self.directory!r}: {exc}."
@@ -187,29 +223,37 @@ class DiskcacheBackend(Backend):
                     ) from exc
             return self._cache, self._table
 
+    @_storage
     def get(self, key: str) -> t.Any:
         return self.table.get(key)
 
+    @_storage
     def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
         return self.table.get_many(keys)
 
+    @_storage
     def set(self, key: str, value: t.Any, expire: float | None = None) -> None:
         self.table.set(key, value, expire)
 
+    @_storage
     def add(self, key: str, value: t.Any, expire: float | None = None) -> bool:
         return self.table.add(key, value, expire)
 
+    @_storage
     def delete(self, key: str) -> None:
         self.table.delete(key)
 
+    @_storage
     def delete_if(self, key: str, value: t.Any) -> bool:
         return self.table.delete_if(key, value)
 
+    @_storage
     def claim_and_get(
         self, key: str, value: t.Any, expire: float | None, keys: t.Sequence[str]
     ) -> tuple[bool, list[t.Any]]:
         return self.table.claim_and_get(key, value, expire, keys)
 
+    @_storage
     def add_then_write(
         self,
         key: str,
@@ -222,6 +266,7 @@ class DiskcacheBackend(Backend):
     ) -> bool | None:
         return self.table.add_then_write(key, value, expire, writes, unless=unless, otherwise=otherwise)
 
+    @_storage
     def end_job(self, end: JobEnd) -> bool | None:
         """Write a job's end. In a pool worker ending its own job, the worker writes it, and
         claims the job sent ahead to it in the same transaction (:meth:`.child.Child.end_job`).
@@ -268,6 +313,7 @@ class DiskcacheBackend(Backend):
         with pool.mutex:
             return [worker.view() for worker in pool.workers]
 
+    @_storage
     def write_all(self, writes: t.Sequence[Write]) -> None:
         self.table.write_all(writes)
 
@@ -275,9 +321,11 @@ class DiskcacheBackend(Backend):
         # One SQLite transaction for a job step: a write costs its commit, not its row.
         return self.table.batch()
 
+    @_storage
     def scan(self, prefix: str) -> t.Iterator[str]:
         return iter(self.table.scan(prefix))
 
+    @_storage
     def cleanup(self) -> int:
         """Remove every expired record, result and progress value now; return how many.
 
@@ -288,16 +336,17 @@ class DiskcacheBackend(Backend):
 
     # -- execution ------------------------------------------------------------------------------
 
+    @_storage
     def store_and_enqueue(self, job: NewJob) -> None:
         # In the process hosting the pool, with a worker idle: straight to it (see .handoff).
         # Not inside a caller's batch: its commit, and so the go, would come later.
         pool = self._host
-        if pool is None or self.table.in_batch or not handoff.submit(self, pool, job):
+        if pool is None or pool.stopping.is_set() or self.table.in_batch or not handoff.submit(self, pool, job):
             super().store_and_enqueue(job)
 
     def enqueue(self, request: JobRequest) -> None:
         pool = self._host
-        if pool is not None:  # the pool runs here: no need for the FIFO
+        if pool is not None and not pool.stopping.is_set():  # the pool runs here: no need for the FIFO
             pool.push_local(request.job_id)
         else:
             self._send(wire.Queued(request.job_id))
@@ -336,6 +385,54 @@ class DiskcacheBackend(Backend):
                 " or set LONGTASK_EMBEDDED_WORKER = True.",
                 self.directory,
             )
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
+        """The database was found corrupted: close it, so that the next call opens it again
+        (a directory deleted meanwhile is created anew; see the pool host's own check), and
+        say so, once a minute at most."""
+        message = (
+            f"DiskcacheBackend: the database in {self.directory!r} is unreadable ({exc}). It is"
+            " opened again at the next call; if it stays unreadable, delete the directory (it is"
+            " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
+        )
+        with self._lock:
+            now = time.monotonic()
+            log, self._next_log = now >= self._next_log, max(self._next_log, now + LOG_EVERY)
+        self._close_storage()
+        pool = self._host
+        if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
+            pool.step_down()
+        if log:
+            _log.error("%s", message)
+        return RuntimeError(message)
+
+    def _close_storage(self) -> None:
+        """Let go of the database, to be opened again by the next call. Other threads may be
+        using it right now: each thread's connection is closed as its table is let go of (see
+        :class:`.table.Table`), never under a thread that uses it."""
+        with self._lock:
+            cache, self._table, self._cache = self._cache, None, None
+        if cache is not None:
+            cache.close()  # (diskcache closes this thread's connection)
+
+    def _host_stepped_down(self, pool: PoolHost) -> None:
+        """The pool's host in this process stopped: its directory was removed or replaced. Open
+        the new one next time, and take part in the election for its pool at once."""
+        with self._lock:
+            if self._host is not pool:
+                return
+            self._host, self._elected = None, False
+        self._close_storage()
+        self._join_election()
+
+    @_storage
+    def maintain(self) -> list[wire.Line]:
+        """The pool host's chores, each tick: the mailbox's messages (taken out), the files of
+        deleted values, a checkpoint of the write-ahead log."""
+        messages = fifo.read_mailbox(self.cache)
+        self.table.empty_trash()
+        self.table.checkpoint()
+        return messages
 
     def _lost(self, job_id: str, how: str) -> None:
         """End a job whose worker process is gone, in the job's own app when it is ours."""
@@ -409,17 +506,20 @@ class DiskcacheBackend(Backend):
 
         Waits for the lock first if another process hosts the pool, and takes over when it exits.
         """
-        with self._lock:
-            self._elected = True  # never start a background host as well
-        self._open()
-        while not self._try_host(start=False):
-            if self._closed.wait(TICK):
+        while not self._closed.is_set():
+            with self._lock:
+                self._elected = True  # never start a background host as well
+            self._open()
+            while not self._try_host(start=False):
+                if self._closed.wait(TICK):
+                    return
+            pool = t.cast(PoolHost, self._host)
+            try:
+                pool.run()
+            finally:
+                self._host = None
+            if not pool.stepped_down:
                 return
-        host = t.cast(PoolHost, self._host)
-        try:
-            host.run()
-        finally:
-            self._host = None
 
     def stop_pool(self) -> None:
         """Ask a pool run by :meth:`run_pool` to stop; safe in a signal handler."""

@@ -48,6 +48,8 @@ _log = logging.getLogger(__name__)
 LOCK_NAME = "pool.lock"
 #: How often the host wakes with nothing to do: mailbox, kill deadlines, maintenance.
 TICK = 0.25
+#: Seconds between two logs of a dispatcher error that repeats.
+LOG_EVERY = 60.0
 #: Whether the dispatcher polls with an epoll (Linux), whose set another thread may change while
 #: the dispatcher blocks in it. Elsewhere it uses poll(), and waiters do not read workers' pipes.
 EPOLL = hasattr(select, "epoll")
@@ -109,6 +111,8 @@ class PoolHost:
         self._thread: threading.Thread | None = None
         #: Whether :meth:`run` was entered (it then shuts the pool down itself when it returns).
         self.ran = False
+        #: Whether it stopped because its directory was removed or replaced (step_down()).
+        self.stepped_down = False
         self._started = False  # workers start with the first job, then the pool keeps its size
         self.respawn_delay = 0.0
         now = time.monotonic()
@@ -125,17 +129,49 @@ class PoolHost:
         self._thread.start()
 
     def run(self) -> None:
-        """The dispatcher loop; returns when :meth:`stop` is called."""
+        """The dispatcher loop; returns when :meth:`stop` is called, or once the directory was
+        removed or replaced (:meth:`replaced`): the backend then hosts the new one."""
         self.ran = True
+        errors, next_log = 0, 0.0  # an error that repeats is logged once a minute
         try:
             while not self.stopping.is_set():
                 try:
                     self._step()
                 except Exception:
-                    _log.exception("Worker pool of %s: dispatcher error; retrying.", self.backend.directory)
+                    now = time.monotonic()
+                    if now >= next_log:
+                        more = f" ({errors} more since the last one logged)" if errors else ""
+                        _log.exception("Worker pool of %s: dispatcher error%s; retrying.", self.backend.directory, more)
+                        errors, next_log = 0, now + LOG_EVERY
+                    else:
+                        errors += 1
                     self.stopping.wait(TICK)
         finally:
             self.shutdown()
+            if self.stepped_down:
+                self.backend._host_stepped_down(self)
+
+    def replaced(self) -> bool:
+        """Whether the directory's ``pool.lock`` is no longer the file this host locked: the
+        directory was removed (to get rid of a corrupted database, as its error advises) or
+        replaced. Its records, FIFO and lock are then not the ones other processes use."""
+        try:
+            now = os.stat(os.path.join(self.backend.directory, LOCK_NAME))
+            mine = os.fstat(self._lock_fd)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def step_down(self) -> None:
+        """Stop hosting a directory that was removed or replaced (see :meth:`replaced`)."""
+        if not self.stepped_down:
+            self.stepped_down = True
+            _log.warning(
+                "Worker pool of %s: the directory was removed or replaced; this process stops hosting the old one.",
+                self.backend.directory,
+            )
+        self.stopping.set()
+        self.wake(wait=False)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
@@ -311,9 +347,10 @@ class PoolHost:
             now = time.monotonic()
             if now >= self._next_mail:
                 self._next_mail = now + TICK
-                self._handle_lines(fifo.read_mailbox(self.backend.cache))
-                self.backend.table.empty_trash()
-                self.backend.table.checkpoint()
+                if self.replaced():
+                    self.step_down()
+                    return
+                self._handle_lines(self.backend.maintain())
                 if self.unrecorded:
                     recovery.record_lost(self)
             if now >= self._next_rescan:
