@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from flask_longtask import JobStatus
-from flask_longtask.backends.diskcache import DiskcacheBackend, host, recovery
+from flask_longtask.backends.diskcache import DiskcacheBackend, recovery
 
 from . import diskcache_jobs as jobs
 from .helpers import wait_for
@@ -87,26 +87,28 @@ def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A standby looks for the pool's lock every tick. A moment when pool.lock cannot be opened
-    # (here: it is a directory) must not end its watch for good.
+    # (here: the process may open no more files, as a busy web process near its limit) must not
+    # end its watch for good.
     directory = tmp_path / "lt"
     first = DiskcacheBackend(directory, workers=1)
     second = DiskcacheBackend(directory, workers=1)
     caplog.set_level(logging.WARNING, logger="flask_longtask")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         first.cache  # noqa: B018
         second.cache  # noqa: B018 - stands by
         assert first.is_pool_host and not second.is_pool_host
-        lock = directory / host.LOCK_NAME
-        lock.rename(directory / "pool.lock.moved")  # (the first keeps its lock on the file)
-        lock.mkdir()
-        wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
-        lock.rmdir()
-        (directory / "pool.lock.moved").rename(lock)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (0, limit[1]))  # every open() fails: EMFILE
+        try:
+            wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
         first.close()
         wait_for(lambda: second.is_pool_host, 10, "the standby to take over")
         with make_app(second).app_context():
             assert jobs.add.submit(2, 3).result(timeout=30) == 5
     finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
         first.close()
         second.close()
 

@@ -138,6 +138,7 @@ class DiskcacheBackend(Backend):
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
         self._next_log = 0.0  # when a storage failure may be logged again (_unreadable)
+        self._lock_failing = False  # pool.lock could not be opened (logged once: _try_to_host)
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -462,21 +463,27 @@ class DiskcacheBackend(Backend):
             self._elected = True
             if not self.embedded or child.current() is not None or self._closed.is_set():
                 return
-        if not self._try_host(start=True):
+        if not self._try_to_host():
             threading.Thread(target=self._stand_by, name="longtask-standby", daemon=True).start()
 
     def _stand_by(self) -> None:
-        failing = False
         while not self._closed.wait(TICK):
-            try:
-                if self._try_host(start=True):
-                    return
-            except OSError as exc:  # (pool.lock unreadable for a moment): try again next tick
-                if not failing:
-                    _log.warning("Cannot take part in hosting the worker pool of %s yet: %s", self.directory, exc)
-                failing = True
-            else:
-                failing = False
+            if self._try_to_host(quiet=True):
+                return
+
+    def _try_to_host(self, *, quiet: bool = False) -> bool:
+        """:meth:`_try_host`, and ``False`` when ``pool.lock`` cannot be opened for now (too
+        many open files, permissions being changed): the standby thread tries again each tick.
+        ``quiet``: the failure was logged already."""
+        try:
+            hosted = self._try_host(start=True)
+        except OSError as exc:
+            if not (quiet and self._lock_failing):
+                _log.warning("Cannot take part in hosting the worker pool of %s yet: %s", self.directory, exc)
+            self._lock_failing = True
+            return False
+        self._lock_failing = False
+        return hosted
 
     def _try_host(self, *, start: bool) -> bool:
         os.makedirs(self.directory, exist_ok=True)
