@@ -3,6 +3,7 @@ message that never came, a lock file it cannot open for a while."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -27,6 +28,17 @@ def make_app(backend: DiskcacheBackend, **config: t.Any) -> Flask:
     return app
 
 
+@contextlib.contextmanager
+def limited(which: int, soft: int) -> t.Iterator[None]:
+    """This process under a lower soft limit ``which`` (``resource.RLIMIT_*``) for a while."""
+    before = resource.getrlimit(which)
+    resource.setrlimit(which, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(which, before)
+
+
 def running_worker(backend: DiskcacheBackend, job_id: str) -> int:
     workers = backend.pool_workers() or []
     return next(w.pid for w in workers if w.job_id == job_id)
@@ -40,7 +52,6 @@ def test_a_lost_job_whose_end_cannot_be_written_yet_is_ended_once_it_can(
     # read "queued" or "running" until a restart).
     backend = DiskcacheBackend(tmp_path / "lt", workers=1)
     app = make_app(backend, LONGTASK_HEARTBEAT_TIMEOUT=3600)  # no reader ends it on its own
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
     caplog.set_level(logging.ERROR, logger="flask_longtask")
     try:
@@ -48,18 +59,14 @@ def test_a_lost_job_whose_end_cannot_be_written_yet_is_ended_once_it_can(
             job = jobs.sleeper.submit(60)
             wait_for(lambda: job.status is JobStatus.RUNNING, 30, "the job to run")
             pid = running_worker(backend, job.id)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (1, limit[1]))  # from here, as on a full disk
-            try:
+            with limited(resource.RLIMIT_FSIZE, 1):  # file writes fail, as on a full disk
                 os.kill(pid, signal.SIGKILL)
                 wait_for(lambda: "could not be written yet" in caplog.text, 30, "the pool to try to end the job")
                 assert job.status is JobStatus.RUNNING  # (nothing could be written)
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, limit)
             assert job.wait(timeout=30) is JobStatus.FAILED
             assert job.error is not None and "killed by SIGKILL" in job.error["message"]
             assert jobs.add.submit(1, 2).result(timeout=30) == 3  # and the pool goes on
     finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
         signal.signal(signal.SIGXFSZ, old_handler)
         backend.close()
 
@@ -93,22 +100,17 @@ def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
     first = DiskcacheBackend(directory, workers=1)
     second = DiskcacheBackend(directory, workers=1)
     caplog.set_level(logging.WARNING, logger="flask_longtask")
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         first.cache  # noqa: B018
         second.cache  # noqa: B018 - stands by
         assert first.is_pool_host and not second.is_pool_host
-        resource.setrlimit(resource.RLIMIT_NOFILE, (0, limit[1]))  # every open() fails: EMFILE
-        try:
+        with limited(resource.RLIMIT_NOFILE, 0):  # every open() fails: EMFILE
             wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
         first.close()
         wait_for(lambda: second.is_pool_host, 10, "the standby to take over")
         with make_app(second).app_context():
             assert jobs.add.submit(2, 3).result(timeout=30) == 5
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
         first.close()
         second.close()
 

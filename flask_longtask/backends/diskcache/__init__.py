@@ -24,7 +24,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         ' pip install "diskcache>=5.6" "multiprocess>=0.70.15"'
     ) from err
 
+from ...config import DEFAULT_CONFIG
 from ...store import keys as _keys
+from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from . import child, fifo, handoff, host, waiting, wire
 from .host import LOCK_NAME, TICK, PoolHost
@@ -62,6 +64,11 @@ def _storage(method: _F) -> _F:
             raise self._unreadable(exc) from exc
 
     return t.cast(_F, guarded)
+
+
+def _setting(app: Flask, name: str) -> t.Any:
+    """``app.config[name]``, or its default when ``LongTask.init_app`` has not set it yet."""
+    return app.config.get(name, DEFAULT_CONFIG[name])
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -146,16 +153,16 @@ class DiskcacheBackend(Backend):
 
     @classmethod
     def from_app(cls, app: Flask) -> DiskcacheBackend:
-        directory = app.config.get("LONGTASK_DISKCACHE_DIR") or os.path.join(app.instance_path, "longtask")
+        directory = _setting(app, "LONGTASK_DISKCACHE_DIR") or os.path.join(app.instance_path, "longtask")
         return cls(
             directory,
-            workers=app.config.get("LONGTASK_WORKERS"),
-            embedded=bool(app.config.get("LONGTASK_EMBEDDED_WORKER", True)),
+            workers=_setting(app, "LONGTASK_WORKERS"),
+            embedded=bool(_setting(app, "LONGTASK_EMBEDDED_WORKER")),
         )
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)
-        if not app.config.get("LONGTASK_EMBEDDED_WORKER", True):
+        if not _setting(app, "LONGTASK_EMBEDDED_WORKER"):
             self.embedded = False  # even for a backend passed in: the app's config says no pool here
 
     # -- serialisation --------------------------------------------------------------------------
@@ -437,17 +444,11 @@ class DiskcacheBackend(Backend):
 
     def _lost(self, job_id: str, how: str) -> None:
         """End a job whose worker process is gone, in the job's own app when it is ours."""
-        from ...store import JobStore
-
         record = self.get(_keys.job(job_id))
         app = None
         if record is not MISSING:
             app = next((a for a in list(self._apps) if a.import_name == record.get("app")), None)
-        if app is None:
-            JobStore(self).mark_lost(job_id, how)
-            return
-        with app.app_context():
-            JobStore.from_config(self, app.config).mark_lost(job_id, how, app=app)
+        mark_lost(self, job_id, how, app=app)
 
     # -- the pool -------------------------------------------------------------------------------
 
