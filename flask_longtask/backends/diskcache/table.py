@@ -25,9 +25,9 @@ import sqlite3
 import threading
 import time
 import typing as t
-import weakref
 
 from ..base import MISSING, Write
+from .connections import Connections, ThreadState
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import diskcache
@@ -81,21 +81,12 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-#: This process's id, kept current across forks without a system call per statement.
-_pid = [os.getpid()]
-#: Every table of this process (a forked child lets go of their writers' locks at once).
-_tables: weakref.WeakSet[Table] = weakref.WeakSet()
-#: Connections inherited from a parent process: kept, never closed, never used.
-_inherited: list[_Thread] = []
 #: The writers' lock files this thread holds, by path: a thread never waits on itself.
 _held = threading.local()
 
 
 def _after_fork_in_child() -> None:
-    _pid[0] = os.getpid()
     _held.paths = set()  # the forking thread's: its locks were the parent's
-    for table in list(_tables):
-        table._forget_inherited()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -115,17 +106,10 @@ def _split(key: str) -> tuple[str, str]:
     return (key[i:], key[:i]) if i else ("", key)
 
 
-def _release(con: sqlite3.Connection, writer: int) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        con.close()
-    with contextlib.suppress(OSError):
-        os.close(writer)
-
-
 class Claim:
     """A claim to make at the end of :meth:`Table.add_then_write`'s transaction, and what it
     read: a pool worker ends its job and claims the next one (that the pool sent it ahead) in one
-    transaction (see :mod:`flask_longtask.backends._poolworker`)."""
+    transaction (see :mod:`~flask_longtask.backends.diskcache.child`)."""
 
     __slots__ = ("expire", "key", "keys", "tried", "value", "values", "won")
 
@@ -139,51 +123,27 @@ class Claim:
         self.values: list[t.Any] = []
 
 
-class _Thread:
-    """One thread's connection, writers' lock file and transaction state.
-
-    Released when its thread ends (the thread-local storage holding it goes away), or by
-    :meth:`Table.close`.
-    """
-
-    __slots__ = ("__weakref__", "begun", "con", "depth", "files", "finalizer", "locked", "pid", "writer")
-
-    def __init__(self, con: sqlite3.Connection, writer: int) -> None:
-        self.con = con
-        self.writer = writer
-        self.pid = _pid[0]
-        self.depth = 0  # nesting of batch()
-        self.begun = False  # whether the batch's transaction has begun (it holds the locks)
-        self.locked = False  # whether it holds the writers' flock
-        self.files: list[str] = []  # files written for values in the open batch
-        self.finalizer = weakref.finalize(self, _release, con, writer)
-        # Not at interpreter exit: the pool host still writes then, as it shuts down (atexit
-        # hooks closing it run after finalize's own), and closing the process closes these.
-        self.finalizer.atexit = False
-
-
-class Table:
+class Table(Connections):
     """Key/value storage with expiry and transactions, shared by every process on the host.
 
-    Each thread has its own SQLite connection (re-made after a fork, closed when the thread
-    ends). :meth:`batch` groups statements in one write transaction; batches nest, and the
-    outermost commits.
+    Each thread has its own SQLite connection and writers' lock file (see
+    :mod:`~flask_longtask.backends.diskcache.connections`: re-made after a fork, closed when the
+    thread ends, by :meth:`close` or at exit). :meth:`batch` groups statements in one write
+    transaction; batches nest, and the outermost commits.
     """
+
+    writer_lock: str
 
     def __init__(self, path: str, disk: diskcache.Disk) -> None:
         self.path = path
-        self.writer_lock = os.path.join(os.path.dirname(path), "writer.lock")
         self.disk = disk
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._threads: weakref.WeakSet[_Thread] = weakref.WeakSet()
         con = self._connect()  # closed at once: a connection per thread comes later
         try:
             for statement in _SCHEMA:
                 self._run(statement, con=con)
         finally:
             con.close()
-        _tables.add(self)
+        super().__init__(os.path.join(os.path.dirname(path), "writer.lock"))
 
     def _connect(self) -> sqlite3.Connection:
         # timeout=0: SQLite's own busy handler sleeps 1 ms, then 2, 5, 10... when another
@@ -192,13 +152,17 @@ class Table:
         # rare statement that still finds SQLite's lock taken, after 50 us, doubling to 5 ms,
         # for up to ``BUSY_TIMEOUT`` seconds.
         con = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-        self._run("PRAGMA synchronous = NORMAL", con=con)  # with WAL: durable across a crash of the app
-        # Checkpoints (copying the write-ahead log into the database, with two fsyncs) are the
-        # pool host's job, a few times a second (checkpoint()). SQLite's default, a checkpoint by
-        # whichever commit finds the log over 1,000 pages, starves under a steady stream of short
-        # readers: the log cannot restart, so every commit checkpoints, and fsyncs, again.
-        # This larger threshold only bounds the log while no pool host runs.
-        self._run("PRAGMA wal_autocheckpoint = 10000", con=con)
+        try:
+            self._run("PRAGMA synchronous = NORMAL", con=con)  # with WAL: durable across a crash of the app
+            # Checkpoints (copying the write-ahead log into the database, with two fsyncs) are the
+            # pool host's job, a few times a second (checkpoint()). SQLite's default, a checkpoint
+            # by whichever commit finds the log over 1,000 pages, starves under a steady stream of
+            # short readers: the log cannot restart, so every commit checkpoints, and fsyncs,
+            # again. This larger threshold only bounds the log while no pool host runs.
+            self._run("PRAGMA wal_autocheckpoint = 10000", con=con)
+        except BaseException:  # a database it cannot read
+            con.close()
+            raise
         return con
 
     def _run(self, sql: str, args: t.Sequence[t.Any] = (), *, con: sqlite3.Connection | None = None) -> sqlite3.Cursor:
@@ -247,48 +211,13 @@ class Table:
         return int(state.con.executemany(sql, rows).rowcount)
 
     @property
-    def _state(self) -> _Thread:
-        state: _Thread | None = getattr(self._local, "state", None)
-        if state is None or state.pid != _pid[0]:
-            con = self._connect()
-            try:
-                # This thread's own open file for the writers' lock: flock() is held per open file.
-                writer = os.open(self.writer_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except BaseException:
-                con.close()
-                raise
-            state = self._local.state = _Thread(con, writer)
-            with self._lock:
-                self._threads.add(state)
-        return state
-
-    @property
     def con(self) -> sqlite3.Connection:
         """This thread's connection."""
         return self._state.con
 
-    def close(self) -> None:
-        with self._lock:
-            states, self._threads = list(self._threads), weakref.WeakSet()
-        for state in states:
-            state.finalizer()
-        self._local = threading.local()
-
-    def _forget_inherited(self) -> None:
-        """In a forked child: close the parent's writers'-lock files (a lock the parent holds
-        must go when the parent does, not live on in us); keep its connections, unused."""
-        for state in list(self._threads):
-            state.finalizer.detach()
-            with contextlib.suppress(OSError):
-                os.close(state.writer)
-            _inherited.append(state)
-        self._threads = weakref.WeakSet()
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
     # -- transactions -----------------------------------------------------------------------------
 
-    def _lock_writers(self, state: _Thread) -> None:
+    def _lock_writers(self, state: ThreadState) -> None:
         held: set[str] = _held.__dict__.setdefault("paths", set())
         if self.writer_lock in held:
             return  # this thread holds it through another table: SQLite's lock then arbitrates
@@ -296,11 +225,11 @@ class Table:
         held.add(self.writer_lock)
         state.locked = True
 
-    def _unlock_writers(self, state: _Thread) -> None:
+    def _unlock_writers(self, state: ThreadState) -> None:
         if state.locked:
             state.locked = False
             _held.paths.discard(self.writer_lock)
-            if state.finalizer.alive:  # not closed under us by Table.close() (the fd may be reused)
+            if state.open:  # not closed under us by Table.close() (the fd may be reused)
                 fcntl.flock(state.writer, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
@@ -332,7 +261,7 @@ class Table:
             state.depth = 0
             if state.begun:  # an exception, in the batch or in its commit
                 state.begun = False
-                if state.finalizer.alive and state.con.in_transaction:  # it did not commit
+                if state.open and state.con.in_transaction:  # it did not commit
                     with contextlib.suppress(sqlite3.Error):
                         state.con.execute("ROLLBACK")
                     for filename in state.files:
@@ -345,7 +274,7 @@ class Table:
         """Whether this thread is inside :meth:`batch` (its writes commit when that ends)."""
         return bool(self._state.depth)
 
-    def _begin(self, state: _Thread) -> None:
+    def _begin(self, state: ThreadState) -> None:
         self._lock_writers(state)
         state.begun = True  # from here on, the batch's end commits or rolls back, and unlocks
         self._run("BEGIN IMMEDIATE", con=state.con)
