@@ -110,6 +110,8 @@ ensure_venv() {
             _apt_install python3-venv
             "$py" -m venv "$VENV"
         fi
+        # Git ignores it from inside (.gitignore lists .venv/ only; Python >= 3.13 writes this too).
+        [ -f "$VENV/.gitignore" ] || printf '*\n' >"$VENV/.gitignore"
     fi
     export PATH="$VENV/bin:$PATH"
     # Re-install only when the packaging files, the set of packages (an editable install maps
