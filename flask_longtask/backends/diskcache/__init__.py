@@ -44,8 +44,6 @@ _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
 #: worker sends its "done" after the job's end signals and app-context teardown (user code,
 #: which may be slow), and an end may come by another way (a lost worker) that wakes nobody.
 RECHECK = 0.05
-#: Seconds between two logs of the same storage failure (a corrupted database).
-LOG_EVERY = host.LOG_EVERY
 
 _F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 
@@ -72,11 +70,12 @@ def _setting(app: Flask, name: str) -> t.Any:
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a database error means the database is no longer one (rather than busy, or a
-    disk full for a while): "file is not a database", "database disk image is malformed", or
-    its table gone."""
+    """Whether a database error means the database is no longer one (rather than busy, a disk
+    full for a while, or a misuse): "file is not a database" and "database disk image is
+    malformed" (SQLITE_NOTADB and SQLITE_CORRUPT, raised as a plain ``DatabaseError``), or its
+    table gone."""
     text = str(exc)
-    return not isinstance(exc, sqlite3.OperationalError) or "no such table" in text or "malformed" in text
+    return type(exc) is sqlite3.DatabaseError or "no such table" in text or "malformed" in text
 
 
 class DiskcacheBackend(Backend):
@@ -145,6 +144,8 @@ class DiskcacheBackend(Backend):
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
         self._next_log = 0.0  # when a storage failure may be logged again (_unreadable)
+        self._suppressed = 0  # storage failures not logged since the last one that was
+        self._driving = False  # whether run_pool() hosts the pool in this process
         self._lock_failing = False  # pool.lock could not be opened (logged once: _try_to_host)
         _instances.add(self)
 
@@ -405,23 +406,30 @@ class DiskcacheBackend(Backend):
         )
         with self._lock:
             now = time.monotonic()
-            log, self._next_log = now >= self._next_log, max(self._next_log, now + LOG_EVERY)
+            log = now >= self._next_log
+            if log:
+                self._next_log, suppressed, self._suppressed = now + host.LOG_EVERY, self._suppressed, 0
+            else:
+                self._suppressed += 1
         self._close_storage()
         pool = self._host
         if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
             pool.step_down()
         if log:
-            _log.error("%s", message)
+            more = f" ({suppressed} more since the last one logged)" if suppressed else ""
+            _log.error("%s%s", message, more)
         return RuntimeError(message)
 
     def _close_storage(self) -> None:
         """Let go of the database, to be opened again by the next call. Other threads may be
-        using it right now: each thread's connection is closed as its table is let go of (see
-        :class:`.table.Table`), never under a thread that uses it."""
+        using it right now, so nothing is closed under them: each thread's connection is closed
+        as the table (or cache) it belongs to is let go of, once no thread uses it any more
+        (see :mod:`.connections`). The FIFO is opened again too (it may be a new one)."""
         with self._lock:
-            cache, self._table, self._cache = self._cache, None, None
-        if cache is not None:
-            cache.close()  # (diskcache closes this thread's connection)
+            self._table = self._cache = None
+            client = self._fifo
+        if client is not None:
+            client.reset()
 
     def _host_stepped_down(self, pool: PoolHost) -> None:
         """The pool's host in this process stopped: its directory was removed or replaced. Open
@@ -429,9 +437,11 @@ class DiskcacheBackend(Backend):
         with self._lock:
             if self._host is not pool:
                 return
-            self._host, self._elected = None, False
+            self._host = None
+            self._elected = self._driving  # run_pool() hosts the new one itself
         self._close_storage()
-        self._join_election()
+        if not self._driving:
+            self._join_election()
 
     @_storage
     def maintain(self) -> list[wire.Line]:
@@ -442,8 +452,9 @@ class DiskcacheBackend(Backend):
         self.table.checkpoint()
         return messages
 
-    def _lost(self, job_id: str, how: str) -> None:
-        """End a job whose worker process is gone, in the job's own app when it is ours."""
+    def end_lost(self, job_id: str, how: str) -> None:
+        """End a job whose worker process is gone (the pool calls this), in the job's own app
+        when it is one of this backend's apps."""
         record = self.get(_keys.job(job_id))
         app = None
         if record is not MISSING:
@@ -501,11 +512,20 @@ class DiskcacheBackend(Backend):
             if self._closed.is_set():
                 os.close(fd)
                 return False
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._host = host = PoolHost(self, fd, self.workers)
+            try:  # (the lock is ours: on any failure from here, let go of it, or nobody hosts)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                pool = PoolHost(self, fd, self.workers, on_step_down=self._host_stepped_down)
+            except BaseException:
+                os.close(fd)
+                raise
             if start:
-                host.start()
+                try:
+                    pool.start()
+                except BaseException:
+                    pool.shutdown()  # (closes the lock's descriptor)
+                    raise
+            self._host = pool
         _log.info("Process %s hosts the worker pool of %s (%d workers).", os.getpid(), self.directory, self.workers)
         return True
 
@@ -514,6 +534,7 @@ class DiskcacheBackend(Backend):
 
         Waits for the lock first if another process hosts the pool, and takes over when it exits.
         """
+        self._driving = True
         while not self._closed.is_set():
             with self._lock:
                 self._elected = True  # never start a background host as well
@@ -525,7 +546,9 @@ class DiskcacheBackend(Backend):
             try:
                 pool.run()
             finally:
-                self._host = None
+                with self._lock:
+                    if self._host is pool:
+                        self._host = None
             if not pool.stepped_down:
                 return
 

@@ -66,7 +66,7 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
     if not handed or not go(host, worker, True):
         # The worker died after it was reserved: the job is claimed for a process that is gone.
         # (If its death is handled after the commit, the pool fails the job too.)
-        backend._lost(job.id, "its worker process died before it could start the job")
+        backend.end_lost(job.id, "its worker process died before it could start the job")
     # The signal after the go: job_started is sent in the worker's process, once the job is
     # stored, so no receiver here can see the two out of order.
     job.announce()

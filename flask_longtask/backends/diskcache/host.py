@@ -69,8 +69,17 @@ class PoolHost:
     below the mutex is the dispatcher's, or of whoever holds the mutex.
     """
 
-    def __init__(self, backend: DiskcacheBackend, lock_fd: int, size: int) -> None:
+    def __init__(
+        self,
+        backend: DiskcacheBackend,
+        lock_fd: int,
+        size: int,
+        *,
+        on_step_down: t.Callable[[PoolHost], None] | None = None,
+    ) -> None:
         self.backend = backend
+        #: Called (in the dispatcher thread) once it has stopped after :meth:`step_down`.
+        self._on_step_down = on_step_down
         self.size = size
         self._lock_fd = lock_fd
         self._ctx = multiprocess.get_context(backend.start_method)
@@ -80,8 +89,13 @@ class PoolHost:
             self._ctx.set_forkserver_preload(
                 ["flask", "diskcache", "flask_longtask", "flask_longtask.backends.diskcache"]
             )
-        self._fifo = fifo.FifoReader(backend.directory)
-        self._count = fifo.QueueCount(backend.directory)
+        with contextlib.ExitStack() as opened:  # (what was opened is closed if the rest fails)
+            self._fifo = fifo.FifoReader(backend.directory)
+            opened.callback(self._fifo.close)
+            self._count = fifo.QueueCount(backend.directory)
+            opened.callback(self._count.close)
+            self._wake_r, self._wake_w = os.pipe()
+            opened.pop_all()
         #: Held by the dispatcher while it handles what it woke for, by push_local, the hand-over
         #: and a waiter that reads a worker's pipe: it guards the workers and the queue.
         self.mutex = threading.RLock()
@@ -99,7 +113,6 @@ class PoolHost:
         #: Jobs whose worker died but whose end could not be written yet: job id -> how.
         self.unrecorded: dict[str, str] = {}
         self._wake_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe means it is awake already: never wait
         #: The dispatcher's poll set. An epoll, so that a waiting thread can take a worker's
         #: pipe out of it (and put it back) while the dispatcher is blocked in it (watch()).
@@ -113,6 +126,7 @@ class PoolHost:
         self.ran = False
         #: Whether it stopped because its directory was removed or replaced (step_down()).
         self.stepped_down = False
+        self._released = False  # whether shutdown() has closed what it holds (_release)
         self._started = False  # workers start with the first job, then the pool keeps its size
         self.respawn_delay = 0.0
         now = time.monotonic()
@@ -147,19 +161,23 @@ class PoolHost:
                         errors += 1
                     self.stopping.wait(TICK)
         finally:
-            self.shutdown()
-            if self.stepped_down:
-                self.backend._host_stepped_down(self)
+            try:
+                self.shutdown()
+            finally:
+                if self.stepped_down and self._on_step_down is not None:
+                    self._on_step_down(self)
 
     def replaced(self) -> bool:
         """Whether the directory's ``pool.lock`` is no longer the file this host locked: the
         directory was removed (to get rid of a corrupted database, as its error advises) or
         replaced. Its records, FIFO and lock are then not the ones other processes use."""
         try:
-            now = os.stat(os.path.join(self.backend.directory, LOCK_NAME))
             mine = os.fstat(self._lock_fd)
-        except OSError:
+            now = os.stat(os.path.join(self.backend.directory, LOCK_NAME))
+        except (FileNotFoundError, NotADirectoryError):
             return True
+        except OSError:  # (EACCES, ESTALE, EIO...: no sign that it was replaced)
+            return False
         return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
 
     def step_down(self) -> None:
@@ -191,27 +209,32 @@ class PoolHost:
     def shutdown(self) -> None:
         """Stop the workers and let go of the lock (by :meth:`run` as it returns, or by the
         backend for a host that never ran)."""
-        with self.mutex:  # push_local leaves jobs in storage from here (through the inbox)
-            for worker in self.workers:
-                close(worker.lifeline)  # workers see their lifeline close and exit at once
-            deadline = time.monotonic() + 1.0
-            for worker in self.workers:  # (through os._exit: whatever saves data at exit does)
-                worker.process.join(max(0.0, deadline - time.monotonic()))
-                if worker.process.is_alive():
-                    worker.process.kill()
-            for worker in self.workers:
-                worker.process.join(5)
-                if worker.process.exitcode is not None:
-                    self.drain(worker)
-                if worker.job_id is not None and recovery.claimed(self, worker.job_id):
-                    recovery.lost(self, worker.job_id, "the worker pool was shut down while it ran")
-                for job_id in worker.ahead:  # never started: queued in storage, for the next host
-                    recovery.unclaim(self, job_id, worker.pid)
-                # (one never claimed stays queued in storage: the next host runs it)
-                close(worker.conn)
-                worker.process.close()
-            self.workers.clear()
-        self.ends.announce()
+        try:
+            with self.mutex:  # push_local leaves jobs in storage from here (through the inbox)
+                for worker in self.workers:
+                    close(worker.lifeline)  # workers see their lifeline close and exit at once
+                deadline = time.monotonic() + 1.0
+                for worker in self.workers:  # (through os._exit: whatever saves data at exit does)
+                    worker.process.join(max(0.0, deadline - time.monotonic()))
+                    if worker.process.is_alive():
+                        worker.process.kill()
+                workers, self.workers = self.workers, []
+                for worker in workers:
+                    worker.process.join(5)
+                    if worker.process.exitcode is not None:
+                        self.drain(worker)
+                    recovery.left_behind(self, worker)
+                    close(worker.conn)
+                    worker.process.close()
+            self.ends.announce()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close what the host holds, the lock last (a standby process then takes over); once."""
+        if self._released:
+            return
+        self._released = True
         self._count.close()
         with self._wake_lock:
             wake_w, self._wake_w = self._wake_w, -1
@@ -328,6 +351,13 @@ class PoolHost:
         ready = self._poll(timeout)
         try:
             self._handle_ready(ready)
+            if now >= self._next_rescan:  # (it takes the mutex only for what it changes)
+                first = self._next_rescan == 0.0
+                self._next_rescan = now + self.backend.cleanup_interval
+                recovery.rescan(self, first=first)
+                with self.mutex:  # (what it queued)
+                    self._dispatch()
+                    self.publish()
         finally:
             self.ends.announce()
 
@@ -347,16 +377,9 @@ class PoolHost:
             now = time.monotonic()
             if now >= self._next_mail:
                 self._next_mail = now + TICK
-                if self.replaced():
-                    self.step_down()
-                    return
                 self._handle_lines(self.backend.maintain())
                 if self.unrecorded:
                     recovery.record_lost(self)
-            if now >= self._next_rescan:
-                first = self._next_rescan == 0.0
-                self._next_rescan = now + self.backend.cleanup_interval
-                recovery.recover(self, first=first)
             if self.kills:
                 recovery.run_kills(self)
             if now >= self._next_cleanup:

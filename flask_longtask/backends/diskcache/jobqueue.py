@@ -30,6 +30,10 @@ class JobQueue:
         """Whether the job is known here: waiting, or given to a worker and not yet done."""
         return job_id in self._known
 
+    def waiting(self, job_id: str) -> bool:
+        """Whether the job waits in the queue (not given to a worker)."""
+        return job_id in self._waiting
+
     def push(self, job_id: str) -> bool:
         """Queue a job at the end, unless it is known already; whether it was queued."""
         if job_id in self._known:
@@ -52,7 +56,8 @@ class JobQueue:
         self._waiting.appendleft(job_id)
 
     def requeue(self, job_id: str) -> None:
-        """Put back a job that was taken and never started, in its place."""
+        """Put back a job that was taken and never started, in its place (a job never queued
+        here goes before every job queued here)."""
         place = self._known.setdefault(job_id, 0)
         waiting = self._waiting
         at = next((i for i, queued in enumerate(waiting) if self._known.get(queued, 0) > place), len(waiting))

@@ -24,12 +24,15 @@ _log = logging.getLogger(__name__)
 
 #: The periodic rescan (see recover()) queues an unclaimed job nobody told the host of once it
 #: is this old (seconds since its submit): a younger one's message may still be on its way.
-RESCAN_AGE = 5.0
+RESCAN_AGE = 60.0
+#: What a job's record says while it is not over.
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None = None) -> None:
     """Handle the death of a worker. ``how`` it died, if the pool ended it, to end job
-    ``killed``."""
+    ``killed``. A storage error on the way (a full disk) leaves no job behind: each is requeued
+    or handed to :func:`lost`, which tries again until the job's end is written."""
     worker.process.join()
     host.drain(worker)
     moved = killed is not None and worker.job_id != killed
@@ -38,13 +41,13 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
         # and went on to another: not the one the pool meant to stop.
         how = "its worker process was stopped by force as it ended a cancelled job before it"
     reason = how or worker.reason or exit_reason(worker.process.exitcode)
-    pid = worker.pid
+    pid = worker.pid  # (not to be asked once its process object is closed)
     host.workers.remove(worker)
     worker.close()
     # The jobs sent ahead never started: a worker reports the one it claimed as it ended its
     # job before it runs it. Queued again, each in its place, unless ended meanwhile.
     for job_id in worker.ahead:
-        if unclaim(host, job_id, pid):
+        if _unclaimed(host, job_id, pid):
             host.queue.requeue(job_id)
         else:
             host.queue.forget(job_id)
@@ -58,7 +61,7 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
             and worker.reason is None
             and not worker.preclaimed
             and job_id not in host.requeued
-            and not claimed(host, job_id)
+            and _never_claimed(host, job_id)
         ):
             # It died before it took the job (killed from outside): the job never started.
             host.requeued.add(job_id)
@@ -72,11 +75,24 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
         _log.error("A pool worker of %s died while idle: %s.", host.backend.directory, reason)
 
 
+def left_behind(host: PoolHost, worker: Worker) -> None:
+    """As the pool shuts down: end the job a worker ran, and unclaim the jobs sent ahead to it
+    (they never started: queued in storage, the next host runs them). Storage errors are
+    logged: the next host's first look ends or runs what is left."""
+    try:
+        if worker.job_id is not None and not _never_claimed(host, worker.job_id):
+            lost(host, worker.job_id, "the worker pool was shut down while it ran")
+        for job_id in worker.ahead:
+            _unclaimed(host, job_id, worker.pid)
+    except Exception:
+        _log.exception("Worker pool of %s: could not record what worker %s left.", host.backend.directory, worker.pid)
+
+
 def lost(host: PoolHost, job_id: str, how: str) -> None:
     """End a job whose worker is gone. If its end cannot be written now (a full disk), the
     job stays known and the host tries again each tick: it is never forgotten."""
     try:
-        host.backend._lost(job_id, how)
+        host.backend.end_lost(job_id, how)
     except Exception:
         if job_id not in host.unrecorded:
             _log.exception("Worker pool: job %s lost (%s), but its end could not be written yet.", job_id, how)
@@ -92,18 +108,30 @@ def record_lost(host: PoolHost) -> None:
         lost(host, job_id, how)
 
 
-def claimed(host: PoolHost, job_id: str) -> bool:
-    return host.backend.get(keys.claim(job_id)) is not MISSING
+def _never_claimed(host: PoolHost, job_id: str) -> bool:
+    """Whether nobody claimed the job; ``False`` when that cannot be read (it is then ended as
+    lost, by :func:`lost`, which tries again until it can)."""
+    try:
+        return host.backend.get(keys.claim(job_id)) is MISSING
+    except Exception:
+        _log.exception("Worker pool: could not read the claim of job %s.", job_id)
+        return False
 
 
-def unclaim(host: PoolHost, job_id: str, pid: int) -> bool:
-    """Remove the claim worker ``pid`` made of a job sent ahead that it never started;
-    whether the job may run (it is not claimed by anyone else: a cancel)."""
+def _unclaimed(host: PoolHost, job_id: str, pid: int) -> bool:
+    """Remove the claim worker ``pid`` made of a job sent ahead that it never started; whether
+    the job may run (it is not claimed by anyone else: a cancel). When storage fails, ``True``:
+    the job is queued again, and if that worker's claim stands, the next worker's claim fails,
+    and the job is found lost once its heartbeat is overdue."""
     key = keys.claim(job_id)
-    claim = host.backend.get(key)
-    if claim is MISSING:
+    try:
+        claim = host.backend.get(key)
+        if claim is MISSING:
+            return True
+        return owner_pid(claim) == pid and host.backend.delete_if(key, claim)
+    except Exception:
+        _log.exception("Worker pool: could not unclaim job %s, sent ahead to a worker that died.", job_id)
         return True
-    return owner_pid(claim) == pid and host.backend.delete_if(key, claim)
 
 
 def run_kills(host: PoolHost) -> None:
@@ -124,30 +152,44 @@ def run_kills(host: PoolHost) -> None:
             reap(host, worker, "it was stopped by force after cancellation", killed=job_id)
 
 
-def recover(host: PoolHost, *, first: bool = False) -> None:
-    """Queue the jobs nobody runs. The ``first`` time, also end those the previous host was
-    running. Later (every ``cleanup_interval``), queue the unclaimed jobs older than
-    :data:`RESCAN_AGE` that nobody told the host of: a message lost on the way, or a submit
-    whose process died between its writes and its message."""
+def rescan(host: PoolHost, *, first: bool = False) -> None:
+    """Queue the jobs nobody runs, read from storage. The ``first`` time, also end those the
+    previous host was running (claimed, never ended). Later (every ``cleanup_interval``), queue
+    the unclaimed jobs older than :data:`RESCAN_AGE` that are not in the queue or on a worker: a
+    message lost on the way, a submit whose process died between its writes and its message, a
+    job a storage error left behind.
+
+    Storage is read without the host's mutex (a directory of many finished jobs takes a while);
+    only the changes take it.
+    """
     backend = host.backend
-    running_here = {worker.job_id for worker in host.workers if worker.job_id is not None}
-    found: list[tuple[float, str]] = []
+    claims = set(backend.scan(keys.claim("")))
+    unclaimed: list[tuple[float, str]] = []
+    abandoned: list[str] = []
+    now = time.time()
     for key in backend.scan(keys.JOB_PREFIX):
         job_id = keys.job_id(key)
-        if job_id in host.queue or job_id in running_here or job_id in host.unrecorded:
-            continue
+        is_claimed = keys.claim(job_id) in claims
+        if is_claimed and not first:
+            continue  # (most jobs: read only the few that may wait)
         record = backend.get(key)
-        if record is MISSING:
+        if record is MISSING or record["status"] not in _ACTIVE:
             continue
-        status = record["status"]
-        if status not in (JobStatus.RUNNING.value, JobStatus.QUEUED.value):
-            continue
-        if backend.get(keys.claim(job_id)) is MISSING and status == JobStatus.QUEUED.value:
-            if first or time.time() - record["created"] > RESCAN_AGE:
-                found.append((record["created"], job_id))
-        elif first:  # claimed by a worker of the dead host (it never ended it)
-            lost(host, job_id, "the process hosting the worker pool died")
-    for _, job_id in sorted(found):
-        host.queue.push(job_id)
+        if not is_claimed and record["status"] == JobStatus.QUEUED.value:
+            if first or now - record["created"] > RESCAN_AGE:
+                unclaimed.append((record["created"], job_id))
+        elif first:
+            abandoned.append(job_id)
+    with host.mutex:
+        busy = {job_id for worker in host.workers for job_id in (worker.job_id, *worker.ahead)}
+        for job_id in abandoned:  # claimed by a worker of the dead host, which never ended it
+            if job_id not in busy and job_id not in host.queue:
+                lost(host, job_id, "the process hosting the worker pool died")
+        found = [job_id for _, job_id in sorted(unclaimed) if job_id not in busy and not host.queue.waiting(job_id)]
+        for job_id in found:
+            if job_id in host.queue:  # known, but left behind by a storage error: in its place
+                host.queue.requeue(job_id)
+            else:  # in the order they were submitted (a submit meanwhile pushes its own after)
+                host.queue.push(job_id)
     if found:
         _log.info("Worker pool of %s: queued %d waiting job(s).", backend.directory, len(found))

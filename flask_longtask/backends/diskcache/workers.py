@@ -28,6 +28,7 @@ class Worker:
         "handing",
         "job_id",
         "lifeline",
+        "pid",
         "preclaimed",
         "process",
         "reason",
@@ -37,6 +38,8 @@ class Worker:
 
     def __init__(self, process: t.Any, conn: t.Any, lifeline: t.Any) -> None:
         self.process = process
+        #: Its process id (kept: a closed process object no longer tells it).
+        self.pid: int = process.pid
         self.conn = conn
         #: The write end of its lifeline: when it closes (the host dies), the worker exits.
         self.lifeline = lifeline
@@ -63,10 +66,6 @@ class Worker:
         self.watched = False
         #: Whether its pipe reached end-of-file (it died; the dispatcher reaps it).
         self.eof = False
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
 
     @property
     def idle(self) -> bool:
