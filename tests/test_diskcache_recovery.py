@@ -16,7 +16,8 @@ import pytest
 from flask import Flask
 
 from flask_longtask import JobStatus
-from flask_longtask.backends.diskcache import DiskcacheBackend, recovery
+from flask_longtask.backends.diskcache import DiskcacheBackend, host, recovery
+from flask_longtask.store import keys
 
 from . import diskcache_jobs as jobs
 from .helpers import wait_for
@@ -166,3 +167,91 @@ def _submitted(task: t.Any, *args: t.Any) -> t.Any:
         return task.submit(*args)
     except RuntimeError:
         return None
+
+
+def test_a_process_that_fails_to_start_hosting_lets_go_of_the_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The standby wins the lock but cannot make the FIFO (a directory stands in its way). It must
+    # let go of the lock, or no process could ever host; and host once it can.
+    import fcntl
+
+    directory = tmp_path / "lt"
+    first = DiskcacheBackend(directory, workers=1)
+    second = DiskcacheBackend(directory, workers=1)
+    caplog.set_level(logging.WARNING, logger="flask_longtask")
+    try:
+        first.cache  # noqa: B018
+        second.cache  # noqa: B018 - stands by
+        (directory / "pool.fifo").unlink()
+        (directory / "pool.fifo").mkdir()
+        first.close()
+        wait_for(lambda: "pool.fifo" in caplog.text, 10, "the standby to fail half-way")
+        fd = os.open(directory / "pool.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (raises if the standby kept it)
+        finally:
+            os.close(fd)
+        (directory / "pool.fifo").rmdir()
+        wait_for(lambda: second.is_pool_host, 10, "the standby to host once it can")
+        with make_app(second).app_context():
+            assert jobs.add.submit(2, 3).result(timeout=30) == 5
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_storage_failure_that_repeats_is_logged_again_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "LOG_EVERY", 0.05)  # "a minute", for the test
+    directory = tmp_path / "lt"
+    backend = DiskcacheBackend(directory, workers=1, embedded=False)
+    caplog.set_level(logging.ERROR, logger="flask_longtask")
+    try:
+        backend.set("k", 1)
+        with contextlib.closing(sqlite3.connect(directory / "cache.db")) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(directory / "cache.db", "r+b") as f:
+            f.write(b"not a database any more" * 1000)
+
+        def logged_again() -> bool:
+            with pytest.raises(RuntimeError):
+                backend.get("k")
+            return any("more since the last one logged" in r.getMessage() for r in caplog.records)
+
+        wait_for(logged_again, 10, "the failure to be logged again, with a count")
+    finally:
+        backend.close()
+
+
+def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool reads a claim as it handles a worker's death; that read fails once. The job sent
+    # ahead to that worker still runs, and the worker's own job still ends.
+    monkeypatch.setattr(recovery, "RESCAN_AGE", 0.2)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
+    app = make_app(backend, LONGTASK_HEARTBEAT_TIMEOUT=3600)
+    gate = tmp_path / "gate"
+    try:
+        with app.app_context():
+            assert jobs.noop.submit().result(timeout=30) is None
+            dying = jobs.hold_jobs_ahead.submit(1, str(gate), 3)
+            ahead = jobs.add.submit(1, 1)
+            wait_for(lambda: [w.ahead for w in backend.pool_workers() or []] == [(ahead.id,)], 30, "a job sent ahead")
+            get, failed = backend.get, []
+
+            def get_failing_once(key: str) -> t.Any:
+                if key.startswith(keys.claim("")) and not failed:
+                    failed.append(key)
+                    raise sqlite3.OperationalError("disk I/O error")
+                return get(key)
+
+            monkeypatch.setattr(backend, "get", get_failing_once)
+            gate.touch()
+            assert dying.wait(timeout=30) is JobStatus.FAILED
+            assert ahead.result(timeout=30) == 2
+            assert failed  # (the failure did happen)
+    finally:
+        backend.close()

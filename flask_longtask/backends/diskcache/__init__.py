@@ -225,7 +225,7 @@ class DiskcacheBackend(Backend):
                         # pool hosted here serves the old one, and takes no job from now on.
                         pool.step_down()
                 except Exception as exc:
-                    raise RuntimeError(
+                    raise self._report(
                         f"DiskcacheBackend cannot open its directory {self.directory!r}: {exc}."
                         " Check that it exists, is writable and holds a diskcache (delete a corrupted"
                         " one), or set LONGTASK_DISKCACHE_DIR to another directory."
@@ -396,25 +396,29 @@ class DiskcacheBackend(Backend):
             )
 
     def _unreadable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
-        """The database was found corrupted: close it, so that the next call opens it again
-        (a directory deleted meanwhile is created anew; see the pool host's own check), and
-        say so, once a minute at most."""
-        message = (
-            f"DiskcacheBackend: the database in {self.directory!r} is unreadable ({exc}). It is"
-            " opened again at the next call; if it stays unreadable, delete the directory (it is"
-            " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
-        )
-        with self._lock:
-            now = time.monotonic()
-            log = now >= self._next_log
-            if log:
-                self._next_log, suppressed, self._suppressed = now + host.LOG_EVERY, self._suppressed, 0
-            else:
-                self._suppressed += 1
+        """The database was found corrupted: let go of it, so that the next call opens it again
+        (a directory deleted meanwhile is created anew), and say so (:meth:`_report`)."""
         self._close_storage()
         pool = self._host
         if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
             pool.step_down()
+        return self._report(
+            f"DiskcacheBackend: the database in {self.directory!r} is unreadable ({exc}). It is"
+            " opened again at the next call; if it stays unreadable, delete the directory (it is"
+            " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
+        )
+
+    def _report(self, message: str) -> RuntimeError:
+        """The error of a storage failure, logged once a minute at most, with a count of the
+        failures in between (a busy server meets the same one many times a second)."""
+        with self._lock:
+            now = time.monotonic()
+            log = now >= self._next_log
+            suppressed = self._suppressed
+            if log:
+                self._next_log, self._suppressed = now + host.LOG_EVERY, 0
+            else:
+                self._suppressed += 1
         if log:
             more = f" ({suppressed} more since the last one logged)" if suppressed else ""
             _log.error("%s%s", message, more)
