@@ -92,29 +92,37 @@ def test_a_queued_job_the_host_was_never_told_of_runs(tmp_path: Path, monkeypatc
         pool.close()
 
 
-def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
+@pytest.fixture
+def host_and_standby(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A standby looks for the pool's lock every tick. A moment when pool.lock cannot be opened
-    # (here: the process may open no more files, as a busy web process near its limit) must not
-    # end its watch for good.
-    directory = tmp_path / "lt"
-    first = DiskcacheBackend(directory, workers=1)
-    second = DiskcacheBackend(directory, workers=1)
+) -> t.Iterator[tuple[DiskcacheBackend, DiskcacheBackend]]:
+    """Two backends of one directory: the first hosts its pool, the second stands by."""
+    first = DiskcacheBackend(tmp_path / "lt", workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1)
     caplog.set_level(logging.WARNING, logger="flask_longtask")
     try:
         first.cache  # noqa: B018
         second.cache  # noqa: B018 - stands by
         assert first.is_pool_host and not second.is_pool_host
-        with limited(resource.RLIMIT_NOFILE, 0):  # every open() fails: EMFILE
-            wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
-        first.close()
-        wait_for(lambda: second.is_pool_host, 10, "the standby to take over")
-        with make_app(second).app_context():
-            assert jobs.add.submit(2, 3).result(timeout=30) == 5
+        yield first, second
     finally:
         first.close()
         second.close()
+
+
+def test_a_standby_process_takes_over_after_its_lock_file_could_not_be_opened(
+    host_and_standby: tuple[DiskcacheBackend, DiskcacheBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A standby looks for the pool's lock every tick. A moment when pool.lock cannot be opened
+    # (here: the process may open no more files, as a busy web process near its limit) must not
+    # end its watch for good.
+    first, second = host_and_standby
+    with limited(resource.RLIMIT_NOFILE, 0):  # every open() fails: EMFILE
+        wait_for(lambda: "Cannot take part in hosting" in caplog.text, 10, "the standby to fail to open the lock")
+    first.close()
+    wait_for(lambda: second.is_pool_host, 10, "the standby to take over")
+    with make_app(second).app_context():
+        assert jobs.add.submit(2, 3).result(timeout=30) == 5
 
 
 def test_a_database_corrupted_at_runtime_fails_clearly_and_recovers_once_removed(
@@ -170,35 +178,27 @@ def _submitted(task: t.Any, *args: t.Any) -> t.Any:
 
 
 def test_a_process_that_fails_to_start_hosting_lets_go_of_the_lock(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    host_and_standby: tuple[DiskcacheBackend, DiskcacheBackend], caplog: pytest.LogCaptureFixture
 ) -> None:
     # The standby wins the lock but cannot make the FIFO (a directory stands in its way). It must
     # let go of the lock, or no process could ever host; and host once it can.
     import fcntl
 
-    directory = tmp_path / "lt"
-    first = DiskcacheBackend(directory, workers=1)
-    second = DiskcacheBackend(directory, workers=1)
-    caplog.set_level(logging.WARNING, logger="flask_longtask")
+    first, second = host_and_standby
+    directory = Path(first.directory)
+    (directory / "pool.fifo").unlink()
+    (directory / "pool.fifo").mkdir()
+    first.close()
+    wait_for(lambda: "pool.fifo" in caplog.text, 10, "the standby to fail half-way")
+    fd = os.open(directory / "pool.lock", os.O_RDWR)
     try:
-        first.cache  # noqa: B018
-        second.cache  # noqa: B018 - stands by
-        (directory / "pool.fifo").unlink()
-        (directory / "pool.fifo").mkdir()
-        first.close()
-        wait_for(lambda: "pool.fifo" in caplog.text, 10, "the standby to fail half-way")
-        fd = os.open(directory / "pool.lock", os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (raises if the standby kept it)
-        finally:
-            os.close(fd)
-        (directory / "pool.fifo").rmdir()
-        wait_for(lambda: second.is_pool_host, 10, "the standby to host once it can")
-        with make_app(second).app_context():
-            assert jobs.add.submit(2, 3).result(timeout=30) == 5
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (raises if the standby kept it)
     finally:
-        first.close()
-        second.close()
+        os.close(fd)
+    (directory / "pool.fifo").rmdir()
+    wait_for(lambda: second.is_pool_host, 10, "the standby to host once it can")
+    with make_app(second).app_context():
+        assert jobs.add.submit(2, 3).result(timeout=30) == 5
 
 
 def test_a_storage_failure_that_repeats_is_logged_again_with_a_count(
