@@ -20,7 +20,8 @@ def main() -> int:
     bar = parser.parse_args().min
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "coverage", "json", "-q", "-o", out.name], check=True)
-        files = json.load(open(out.name))["files"]
+        with open(out.name) as report:
+            files = json.load(report)["files"]
     low = {name: data["summary"]["percent_covered"] for name, data in files.items()}
     low = {name: pct for name, pct in low.items() if pct < bar}
     if low:
