@@ -228,18 +228,20 @@ def test_a_storage_failure_that_repeats_is_logged_again_with_a_count(
 def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The pool reads a claim as it handles a worker's death; that read fails once. The job sent
-    # ahead to that worker still runs, and the worker's own job still ends.
+    # The pool reads a claim as it handles a worker's death (the worker claimed its job itself:
+    # it came through the queue); that read fails once. The job sent ahead to that worker still
+    # runs, and the worker's own job still ends.
     monkeypatch.setattr(recovery, "RESCAN_AGE", 0.2)
     backend = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
-    app = make_app(backend, LONGTASK_HEARTBEAT_TIMEOUT=3600)
+    submitter = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)  # through the queue
     gate = tmp_path / "gate"
     try:
-        with app.app_context():
-            assert jobs.noop.submit().result(timeout=30) is None
+        with make_app(backend).app_context():
+            assert jobs.noop.submit().result(timeout=30) is None  # the pool is up
+        with make_app(submitter, LONGTASK_HEARTBEAT_TIMEOUT=3600).app_context():
             dying = jobs.hold_jobs_ahead.submit(1, str(gate), 3)
             ahead = jobs.add.submit(1, 1)
-            wait_for(lambda: [w.ahead for w in backend.pool_workers() or []] == [(ahead.id,)], 30, "a job sent ahead")
+            wait_for(lambda: [w.job_id for w in backend.pool_workers() or []] == [dying.id], 30, "the job to run")
             get, failed = backend.get, []
 
             def get_failing_once(key: str) -> t.Any:
@@ -254,4 +256,5 @@ def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
             assert ahead.result(timeout=30) == 2
             assert failed  # (the failure did happen)
     finally:
+        submitter.close()
         backend.close()

@@ -29,6 +29,7 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from . import child, fifo, handoff, host, waiting, wire
+from .connections import Cache
 from .host import LOCK_NAME, TICK, PoolHost
 from .table import Table
 from .workers import WorkerView
@@ -134,7 +135,7 @@ class DiskcacheBackend(Backend):
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
-        self._cache: diskcache.Cache | None = None
+        self._cache: Cache | None = None
         self._table: Table | None = None
         self._lock = threading.RLock()
         self._elected = False  # whether this process has joined the election for the pool
@@ -178,7 +179,7 @@ class DiskcacheBackend(Backend):
     # -- storage --------------------------------------------------------------------------------
 
     @property
-    def cache(self) -> diskcache.Cache:
+    def cache(self) -> Cache:
         """The :class:`diskcache.Cache` of the directory; opening it joins the pool election.
 
         Job keys are not in it but in a lean table of the same database (see
@@ -200,11 +201,11 @@ class DiskcacheBackend(Backend):
             self._join_election()
         return table
 
-    def _open(self) -> tuple[diskcache.Cache, Table]:
+    def _open(self) -> tuple[Cache, Table]:
         with self._lock:
             if self._cache is None or self._table is None:
                 try:
-                    cache = diskcache.Cache(
+                    cache = Cache(
                         self.directory,
                         eviction_policy="none",  # nothing in it may be evicted for space
                         statistics=False,
