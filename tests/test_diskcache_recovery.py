@@ -258,3 +258,18 @@ def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
     finally:
         submitter.close()
         backend.close()
+
+
+def test_an_idle_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(backend).app_context():
+            assert jobs.noop.submit().result(timeout=30) is None
+            wait_for(lambda: [w.job_id for w in backend.pool_workers() or []] == [None], 10, "the worker to be idle")
+            [dead] = [w.pid for w in backend.pool_workers() or []]
+            os.kill(dead, signal.SIGKILL)
+            wait_for(lambda: dead not in [w.pid for w in backend.pool_workers() or []], 10, "the pool to reap it")
+            assert jobs.add.submit(2, 2).result(timeout=30) == 4  # on its replacement
+            assert dead not in [w.pid for w in backend.pool_workers() or []]
+    finally:
+        backend.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from flask_longtask.backends.diskcache import jobqueue, waiting, wire
+from flask_longtask.backends.diskcache import fifo, jobqueue, waiting, wire
 from flask_longtask.store import keys
 
 ID = "0123456789abcdef0123456789abcdef"
@@ -169,3 +170,60 @@ def test_an_end_past_its_expiry_is_not_answered_from_memory() -> None:
     ends.add(other)
     ends.announce()
     assert not ends.tracks(other, known=True)  # ended without a worker's word: read first
+
+
+def test_the_fifo_carries_lines_to_the_host_and_drops_what_is_not_a_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = fifo.FifoClient(str(tmp_path), lambda: pytest.fail("the FIFO has room"))
+    assert not client.send(wire.Queued(ID))  # no host yet: nothing to do
+    (tmp_path / fifo.FIFO_NAME).write_bytes(b"not a fifo")  # (a stray file: the host replaces it)
+    reader = fifo.FifoReader(str(tmp_path))
+    try:
+        assert client.send(wire.Queued(ID)) and client.send(wire.Kill(ID, 5.0))
+        with open(tmp_path / fifo.FIFO_NAME, "wb", buffering=0) as other:
+            other.write(b"q not-hex!\nq " + ID.encode())  # a bad line, and half of a good one
+            assert reader.read() == [wire.Queued(ID), wire.Kill(ID, 5.0)]
+            assert "malformed" in caplog.text
+            other.write(b"\n")
+        assert reader.read() == [wire.Queued(ID)]  # whole once its end came
+    finally:
+        reader.close()
+    assert not client.send(wire.Ended(ID))  # the host is gone: the message is not needed
+    client.reset()
+
+
+def test_a_full_fifo_leaves_messages_in_the_mailbox(tmp_path: Path) -> None:
+    from flask_longtask.backends.diskcache.connections import Cache
+
+    cache = Cache(str(tmp_path))
+    reader = fifo.FifoReader(str(tmp_path))
+    client = fifo.FifoClient(str(tmp_path), lambda: cache)
+    try:
+        sent = 0
+        while not fifo.read_mailbox(cache):  # (reads it empty: until a message waits there)
+            assert client.send(wire.Queued(f"{sent:032x}"))
+            sent += 1
+            if sent % 500 == 0:
+                client.send(wire.Ended(ID))
+                mailed = fifo.read_mailbox(cache)
+                if mailed:
+                    assert mailed == [wire.Ended(ID)]
+                    break
+        queued = reader.read()
+        assert queued[:3] == [wire.Queued(f"{n:032x}") for n in range(3)]
+    finally:
+        client.reset()
+        reader.close()
+        cache.close()
+
+
+def test_the_queue_length_is_read_as_the_host_wrote_it(tmp_path: Path) -> None:
+    assert fifo.read_queued(str(tmp_path)) is None  # no host
+    count = fifo.QueueCount(str(tmp_path))
+    count.publish(3)
+    assert fifo.read_queued(str(tmp_path)) == 3
+    count.close()
+    assert fifo.read_queued(str(tmp_path)) is None  # no host, no count
+    (tmp_path / fifo.QUEUED_NAME).write_bytes(b"-1 or anything")
+    assert fifo.read_queued(str(tmp_path)) is None
