@@ -273,3 +273,20 @@ def test_an_idle_worker_that_dies_is_replaced(tmp_path: Path) -> None:
             assert dead not in [w.pid for w in backend.pool_workers() or []]
     finally:
         backend.close()
+
+
+def test_a_forced_stop_of_a_job_the_pool_does_not_run_is_dropped(tmp_path: Path) -> None:
+    # Any local process can ask the host to stop a job by force (the FIFO): one it does not run
+    # stops nothing, and the pool goes on.
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    other = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    try:
+        with make_app(backend).app_context():
+            assert jobs.noop.submit().result(timeout=30) is None
+            [worker] = backend.pool_workers() or []
+            other.terminate("0" * 32, 0.0)
+            assert jobs.add.submit(2, 2).result(timeout=30) == 4
+            assert [w.pid for w in backend.pool_workers() or []] == [worker.pid]
+    finally:
+        other.close()
+        backend.close()
