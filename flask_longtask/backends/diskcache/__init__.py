@@ -29,7 +29,7 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from . import child, fifo, handoff, host, waiting, wire
-from .connections import Cache
+from .connections import Cache, is_corruption
 from .host import LOCK_NAME, TICK, PoolHost
 from .table import Table
 from .workers import WorkerView
@@ -58,7 +58,7 @@ def _storage(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
+            if not is_corruption(exc):
                 raise
             raise self._unreadable(exc) from exc
 
@@ -68,15 +68,6 @@ def _storage(method: _F) -> _F:
 def _setting(app: Flask, name: str) -> t.Any:
     """``app.config[name]``, or its default when ``LongTask.init_app`` has not set it yet."""
     return app.config.get(name, DEFAULT_CONFIG[name])
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """Whether a database error means the database is no longer one (rather than busy, a disk
-    full for a while, or a misuse): "file is not a database" and "database disk image is
-    malformed" (SQLITE_NOTADB and SQLITE_CORRUPT, raised as a plain ``DatabaseError``), or its
-    table gone."""
-    text = str(exc)
-    return type(exc) is sqlite3.DatabaseError or "no such table" in text or "malformed" in text
 
 
 class DiskcacheBackend(Backend):

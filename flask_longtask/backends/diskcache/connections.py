@@ -187,6 +187,15 @@ class Cache(Connections, diskcache.Cache):  # type: ignore[misc]
         return self._state.con
 
 
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """Whether a database error means the database is no longer one (rather than busy, a disk
+    full for a while, or a misuse): "file is not a database" and "database disk image is
+    malformed" (SQLITE_NOTADB and SQLITE_CORRUPT, raised as a plain ``DatabaseError``), or its
+    table gone."""
+    text = str(exc)
+    return type(exc) is sqlite3.DatabaseError or "no such table" in text or "malformed" in text
+
+
 def _after_fork_in_child() -> None:
     _pid[0] = os.getpid()
     for owner in list(_owners):
