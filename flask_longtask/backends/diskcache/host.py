@@ -316,8 +316,8 @@ class PoolHost:
         try:
             with self._poll_lock:
                 for worker in list(self.workers):
-                    if worker.job_id != job_id or worker.watched:
-                        continue
+                    if worker.job_id != job_id or worker.watched or worker.eof:
+                        continue  # (at end-of-file it died: the dispatcher reaps it, and wakes us)
                     try:
                         fd = worker.conn.fileno()
                     except OSError:  # closed: it was reaped meanwhile
