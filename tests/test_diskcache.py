@@ -216,6 +216,31 @@ def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
     assert ahead_of(backend) == [] and backend.queue_length() == 0
 
 
+def test_a_job_sent_ahead_when_the_pool_shuts_down_runs_on_the_next_host(tmp_path: Path) -> None:
+    # The pool closes while a job waits in a busy worker's pipe: the job it ran fails "worker
+    # lost"; the one sent ahead never started, so it stays queued, unclaimed, for the next host.
+    first = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(first).app_context():
+            holder = jobs.hold_jobs_ahead.submit(1, str(tmp_path / "never"))
+            # (Running, that is claimed: a job handed to a worker still starting is unclaimed,
+            # and would run again on the next host, ahead of the other.)
+            wait_for(lambda: holder.status is JobStatus.RUNNING, 30, "the first job to start")
+            ahead = jobs.add.submit(20, 22)
+            wait_for(lambda: ahead_of(first) == [ahead.id], 30, "the job to be sent ahead")
+    finally:
+        first.close()
+    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    try:
+        with make_app(second).app_context():
+            assert jobs.longtask.get_job(ahead.id).result(timeout=30) == 42
+            lost = jobs.longtask.get_job(holder.id)
+            assert lost.status is JobStatus.FAILED and lost.error is not None
+            assert "shut down" in lost.error["message"]
+    finally:
+        second.close()
+
+
 def test_a_job_sent_ahead_and_cancelled_does_not_run(one_worker_pool: DiskcacheBackend, tmp_path: Path) -> None:
     backend = one_worker_pool
     gate = tmp_path / "gate"

@@ -7,20 +7,29 @@ it that end, so that it can claim the job sent ahead in the same transaction.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import os
 import select
 import signal
+import termios
 import threading
 import time
 import typing as t
 
+from flask import appcontext_popped, appcontext_tearing_down, current_app
+
+from ... import signals
+from ...store import JobStore, keys
+from ...worker import Handoff, _ticker, claim_value, execute, is_runnable
+from ..base import MISSING
 from . import wire
+from .table import Claim
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ...backends.base import JobEnd
     from . import DiskcacheBackend
-    from .table import Claim
 
 _log = logging.getLogger(__name__)
 
@@ -71,10 +80,6 @@ class Child:
 
     def sent_ahead(self) -> int:
         """How many jobs sent ahead wait in the pipe, unread (while a job runs, nothing else can)."""
-        import array
-        import fcntl
-        import termios
-
         waiting = array.array("i", [0])
         fcntl.ioctl(self.conn.fileno(), termios.FIONREAD, waiting)
         return waiting[0] // wire.framed_size(wire.Run("0" * 32))
@@ -86,10 +91,6 @@ class Child:
         in the same transaction (one commit and one lock instead of two). Not when the job ends
         cancelled: the host may stop this worker by force any moment now, and no other job may
         be running then."""
-        from ...store import JobStore, keys
-        from ...worker import claim_value
-        from .table import Claim
-
         table = backend.table
         next_id = self._take_ahead(cancelled=end.cancelled(True))
         claim = None
@@ -188,9 +189,6 @@ class Child:
 
     def run(self, backend: DiskcacheBackend) -> None:
         """Run the jobs the host sends until the pipe closes."""
-        from ...worker import Handoff, execute, is_runnable
-        from ..base import MISSING
-
         handoff: Handoff | None = None  # a job claimed ahead, to run next
         while True:
             go: Handoff | None = None
@@ -249,10 +247,6 @@ def _ends_are_quick() -> bool:
     receiver of a job's end signals, or of Flask's app context teardown signals, is connected in
     this process, and the app has no teardown functions (they run as the job's app context
     ends)."""
-    from flask import appcontext_popped, appcontext_tearing_down, current_app
-
-    from ... import signals
-
     if signals.job_succeeded.receivers or signals.job_failed.receivers or signals.job_cancelled.receivers:
         return False
     if appcontext_tearing_down.receivers or appcontext_popped.receivers:
@@ -274,7 +268,6 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
 
-    from ...worker import _ticker
     from . import DiskcacheBackend
 
     child = _current = Child(conn)
