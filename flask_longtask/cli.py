@@ -75,6 +75,13 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _seconds(value: t.Any) -> str:
+    """A time limit read from a record: ``"30s"``, or ``"-"`` for none (or anything else)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return f"{value:g}s"
+    return "-"
+
+
 @longtask_cli.command("jobs")
 @click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]), default=None)
 def jobs_command(status: str | None) -> None:
@@ -93,7 +100,7 @@ def jobs_command(status: str | None) -> None:
     if not records:
         click.echo("No jobs.")
         return
-    click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  PROGRESS")
+    click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  {'LIMIT':7}  PROGRESS")
     for record in records:
         try:
             progress = store.read_progress(record["id"])[1]
@@ -101,7 +108,7 @@ def jobs_command(status: str | None) -> None:
             progress = "?"
         click.echo(
             f"{record['id']:32}  {record['status']:9}  {_when(record['created']):19}  {record['task'][:30]:30}  "
-            f"{'' if progress is None else progress!r}"
+            f"{_seconds(record.get('time_limit')):7}  {'' if progress is None else progress!r}"
         )
 
 

@@ -30,6 +30,12 @@ class JobFailedError(LongTaskError):
         super().__init__(f"{self.type}: {self.message}" if self.message else self.type)
 
 
+class TimeLimitExceeded(LongTaskError):
+    """What a job that ran past its time limit failed with: its ``job.error["type"]`` is
+    ``"TimeLimitExceeded"``, and ``job.result()`` raises :class:`JobFailedError` with a message
+    that starts with it. Name it in a task's ``retry_on`` to have such a job run again."""
+
+
 class JobCancelledError(LongTaskError):
     """The job was cancelled, so it has no result."""
 

@@ -16,7 +16,7 @@ from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
 from .job import Job
-from .store import JobStore
+from .store import JobStore, time_limit_value
 from .task import Task
 
 P = t.ParamSpec("P")
@@ -129,6 +129,7 @@ class LongTask:
         expire: float | None = None,
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
+        time_limit: float | None = None,
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -140,6 +141,7 @@ class LongTask:
         expire: float | None = None,
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
+        time_limit: float | None = None,
     ) -> t.Any:
         """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
 
@@ -151,10 +153,24 @@ class LongTask:
         :param http: let the HTTP API (:meth:`blueprint`) submit this task.
         :param cache_ignore: names of parameters left out of the memo key (still passed to the
             job): request details, callbacks' bookkeeping, anything that must not split the cache.
+        :param time_limit: seconds a job may run, counted from its start (not its time in the
+            queue); default ``LONGTASK_TIME_LIMIT`` (none), ``math.inf`` for none whatever the
+            default. At the limit the job sees ``current_job.is_cancel_requested``; after
+            ``LONGTASK_CANCEL_GRACE`` it is stopped by force where the backend can. It then ends
+            failed, with ``TimeLimitExceeded``.
         """
 
         def decorate(f: t.Callable[..., t.Any]) -> Task[..., t.Any]:
-            return Task(self, f, name=name, cache_by=cache_by, expire=expire, http=http, cache_ignore=cache_ignore)
+            return Task(
+                self,
+                f,
+                name=name,
+                cache_by=cache_by,
+                expire=expire,
+                http=http,
+                cache_ignore=cache_ignore,
+                time_limit=time_limit,
+            )
 
         return decorate if func is None else decorate(func)
 
@@ -249,6 +265,7 @@ class LongTask:
                     memo_key,
                     owner,
                     announce=lambda: signals.send(signals.job_submitted, app, job=job),
+                    time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
                 )
             )
         except BaseException:

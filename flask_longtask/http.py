@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import re
 import secrets
 import time
@@ -51,6 +52,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def _iso(stamp: float | None) -> str | None:
     return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+
+
+def _number(value: t.Any) -> float | None:
+    """A finite number from a stored record, or ``None`` (whatever else storage holds)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _jsonable(value: t.Any) -> tuple[t.Any, bool]:
@@ -166,6 +174,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             "created_at": _iso(record["created"]),
             "started_at": _iso(record.get("started")),
             "finished_at": _iso(record.get("finished")),
+            "time_limit": _number(record.get("time_limit")),
             "url": url_for(".job", job_id=job_id),
         }
         if record["status"] == JobStatus.SUCCEEDED.value:

@@ -110,6 +110,13 @@ class Job(t.Generic[R]):
         return t.cast("dict[str, str] | None", self._record().get("error"))
 
     @property
+    def time_limit(self) -> float | None:
+        """Seconds it may run once started (its task's ``time_limit``, or
+        ``LONGTASK_TIME_LIMIT`` when it was submitted); ``None``: no limit."""
+        limit = self._record().get("time_limit")
+        return float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None
+
+    @property
     def created_at(self) -> datetime:
         """When the job was submitted (UTC)."""
         return t.cast(datetime, _when(self._record()["created"]))

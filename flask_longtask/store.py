@@ -4,6 +4,7 @@ schema (:data:`keys`) every other module asks for the name of a key."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 import typing as t
@@ -158,6 +159,35 @@ def _setting(value: float | None, name: str) -> float:
     return float(DEFAULT_CONFIG[name] if value is None else value)
 
 
+def time_limit_value(value: t.Any, where: str) -> float | None:
+    """A time limit as stored: seconds (a positive number), or ``None`` for none (``None`` or
+    ``math.inf`` given). ``where`` names the setting in the error.
+
+    :raises TypeError: not a number.
+    :raises ValueError: zero, negative or NaN.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where} must be a number of seconds or None, not {value!r}.")
+    if not value > 0:  # (NaN too)
+        raise ValueError(f"{where} must be more than 0 seconds (None: no limit), not {value!r}.")
+    return None if value == math.inf else float(value)
+
+
+def time_limit_error(limit: t.Any) -> dict[str, str]:
+    """The error a job that ran past its time limit ends with (``TimeLimitExceeded``);
+    ``limit`` as read from its record (anything but a number is not shown)."""
+    seconds = f" of {limit:g} seconds" if isinstance(limit, (int, float)) and not isinstance(limit, bool) else ""
+    return {"type": "TimeLimitExceeded", "message": f"The job ran past its time limit{seconds}.", "traceback": ""}
+
+
+def _is_time_limit(flag: t.Any) -> bool:
+    """Whether a job's cancel flag, as read back from storage, was raised by its time limit
+    (anything else, a float included, is a cancel)."""
+    return isinstance(flag, dict) and flag.get("reason") == "time_limit"
+
+
 def error_record(exc: BaseException, *, message: str | None = None) -> dict[str, str]:
     """The stored ``{type, message, traceback}`` of an exception."""
     cls = type(exc)
@@ -180,13 +210,17 @@ class JobStore:
         cancel_grace: float | None = None,
         heartbeat_timeout: float | None = None,
         progress_interval: float | None = None,
+        time_limit: float | None = None,
     ) -> None:
-        """A store on ``backend``; a setting left out takes its ``LONGTASK_*`` default."""
+        """A store on ``backend``; a setting left out takes its ``LONGTASK_*`` default
+        (``time_limit``: ``None`` is no limit, the default's default)."""
         self.backend = backend
         self.result_expire = _setting(result_expire, "LONGTASK_RESULT_EXPIRE")
         self.cancel_grace = _setting(cancel_grace, "LONGTASK_CANCEL_GRACE")
         self.heartbeat_timeout = _setting(heartbeat_timeout, "LONGTASK_HEARTBEAT_TIMEOUT")
         self.progress_interval = _setting(progress_interval, "LONGTASK_PROGRESS_INTERVAL")
+        #: Seconds a job may run when its task sets no limit of its own (``None``: no limit).
+        self.time_limit = time_limit_value(time_limit, "LONGTASK_TIME_LIMIT")
 
     @classmethod
     def from_config(cls, backend: Backend, config: t.Mapping[str, t.Any]) -> JobStore:
@@ -197,6 +231,7 @@ class JobStore:
             cancel_grace=config.get("LONGTASK_CANCEL_GRACE"),
             heartbeat_timeout=config.get("LONGTASK_HEARTBEAT_TIMEOUT"),
             progress_interval=config.get("LONGTASK_PROGRESS_INTERVAL"),
+            time_limit=config.get("LONGTASK_TIME_LIMIT"),
         )
 
     def job(self, job_id: str) -> Job[t.Any]:
@@ -275,14 +310,16 @@ class JobStore:
         owner: str | None = None,
         *,
         announce: t.Callable[[], None],
+        time_limit: float | None = None,
     ) -> NewJob:
         """A new queued job, for :meth:`Backend.store_and_enqueue`.
 
         ``arguments`` holds ``task`` and ``module`` (the task's name and defining module),
         ``app`` (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
-        ``announce`` sends ``job_submitted``.
+        ``announce`` sends ``job_submitted``. ``time_limit``: seconds it may run once started
+        (``None``: none), as :func:`time_limit_value` gives it.
         """
-        record = self._queued_record(request.job_id, arguments, memo_key, owner)
+        record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit)
         writes = self._create_writes(request.job_id, arguments, record)
         return NewJob(request, record, arguments, writes, announce)
 
@@ -293,7 +330,12 @@ class JobStore:
         )
 
     def _queued_record(
-        self, job_id: str, arguments: dict[str, t.Any], memo_key: str | None, owner: str | None
+        self,
+        job_id: str,
+        arguments: dict[str, t.Any],
+        memo_key: str | None,
+        owner: str | None,
+        time_limit: float | None = None,
     ) -> dict[str, t.Any]:
         return {
             "id": job_id,
@@ -307,6 +349,7 @@ class JobStore:
             "memo_key": memo_key,
             "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
+            "time_limit": time_limit,
         }
 
     @staticmethod
@@ -436,28 +479,39 @@ class JobStore:
         else:
             self.backend.terminate(job_id, self.cancel_grace)
 
+    def exceed_time_limit(self, job_id: str, limit: float) -> None:
+        """The running job passed its time limit (its own ticker calls this): raise its cancel
+        flag, marked as the time limit's, and have the backend stop it by force after the grace
+        (it then ends failed, ``TimeLimitExceeded``, see :meth:`mark_lost`)."""
+        flag = {"at": time.time(), "reason": "time_limit", "limit": limit}
+        self.backend.set(keys.cancel(job_id), flag, self.result_expire)
+        self.backend.terminate(job_id, self.cancel_grace)
+
     def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None) -> bool:
         """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed".
 
         Backends call this when they see a worker process die; readers call it when a running
         job's heartbeat expires. Returns whether this call ended the job.
         """
-        record, claim = self.backend.get_many([keys.job(job_id), keys.claim(job_id)])
+        record, claim, flag = self.backend.get_many([keys.job(job_id), keys.claim(job_id), keys.cancel(job_id)])
         if record is MISSING or record["status"] not in _ACTIVE:
             return False
         if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
             record = {**record, "started": claim["at"]}  # it ran from its claim
-        error: dict[str, str] | None = {
-            "type": "WorkerLostError",
-            "message": f"The worker running this job died: {how}.",
-            "traceback": "",
-        }
-        ended = self.finish(record, JobStatus.FAILED, app=app, error=error, unless_cancelled=True)
-        if ended is JobStatus.FAILED:
+        limited = _is_time_limit(flag)  # stopped by force at its time limit: that is its end
+        error: dict[str, str] | None = (
+            time_limit_error(record.get("time_limit"))
+            if limited
+            else {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
+        )
+        ended = self.finish(record, JobStatus.FAILED, app=app, error=error, unless_cancelled=not limited)
+        if ended is JobStatus.FAILED and limited:
+            _log.warning("Job %s (%s) stopped by force at its time limit.", job_id, record["task"])
+        elif ended is JobStatus.FAILED:
             _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
         if ended is not None:
             return True
-        if self.is_cancel_requested(job_id):
+        if self.is_cancel_requested(job_id) and not limited:
             status, error = JobStatus.CANCELLED, None
         else:
             status = JobStatus.FAILED

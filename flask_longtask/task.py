@@ -9,6 +9,7 @@ import os
 import sys
 import typing as t
 
+from .store import time_limit_value
 from .worker import run_inline
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +36,7 @@ class Task(t.Generic[P, R]):
         expire: float | None = None,
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
+        time_limit: float | None = None,
     ) -> None:
         if not callable(func):
             raise TypeError(f"@longtask.task needs a function, got {func!r}.")
@@ -59,6 +61,11 @@ class Task(t.Generic[P, R]):
         unknown = self.cache_ignore - set(self.signature.parameters)
         if unknown:
             raise ValueError(f"cache_ignore names {sorted(unknown)} that {func.__qualname__}() does not have.")
+        #: Seconds a job of this task may run once started; ``None``: ``LONGTASK_TIME_LIMIT``.
+        #: ``math.inf``: no limit, whatever the app's default.
+        self.time_limit = time_limit
+        if time_limit is not None:
+            time_limit_value(time_limit, f"time_limit of task {self.name!r}")  # (raises if wrong)
         self._module = module
         functools.update_wrapper(self, func)
         _registry[self.name] = self

@@ -12,6 +12,7 @@ import collections
 import contextvars
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from . import signals
 from .backends.base import MISSING, Backend
 from .job import JobStatus
-from .store import JobStore, error_record, keys
+from .store import JobStore, error_record, keys, time_limit_error
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -60,6 +61,14 @@ class JobContext:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         now = time.monotonic()
+        #: Its time limit in seconds (from its record), the moment it passes, and whether it did.
+        limit = None if record is None else record.get("time_limit")
+        self._limit: float | None = (
+            float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0 else None
+        )
+        self._limit_at = math.inf if self._limit is None else now + self._limit
+        self._limited = False
+        self._closed = False
         # The first heartbeat is written at the first tick: the claim stands for one until then.
         self._first_tick = now + (store.progress_interval if store is not None else 0.0)
         self._next_beat = self._first_tick
@@ -126,14 +135,23 @@ class JobContext:
         signals.send(signals.job_progress, self._app, job=store.job(t.cast(str, self.id)), progress=value)
 
     def _close(self) -> dict[str, t.Any]:
-        """Stop ticking for this job (it is ending); return its record for ``finish()``."""
+        """Stop ticking for this job (it is ending); return its record for ``finish()``. From
+        here on its time limit cannot pass: whether it did is settled."""
         _ticker.remove(self)
+        with self._lock:
+            self._closed = True
         return t.cast("dict[str, t.Any]", self._record)
 
     def _tick(self, now: float) -> None:
         store = t.cast(JobStore, self._store)
         job_id = t.cast(str, self.id)
         self._flush()
+        if now >= self._limit_at and not self._limited:
+            with self._lock:  # (not once the job has returned: see _close)
+                self._limited = not self._closed
+            if self._limited:
+                self._cancelled = True
+                store.exceed_time_limit(job_id, t.cast(float, self._limit))
         if not self._cancelled:
             self._cancelled = store.is_cancel_requested(job_id)
         if now >= self._next_beat:
@@ -458,7 +476,9 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
     # Unless it was cancelled: a cancel requested while it ran wins over its outcome, checked
     # atomically with the end.
     ended: JobStatus | None
-    if ctx._cancelled:
+    if ctx._limited:
+        ended = store.finish(record, JobStatus.FAILED, app=app, error=time_limit_error(ctx._limit))
+    elif ctx._cancelled:
         ended = store.finish(record, JobStatus.CANCELLED, app=app)
     elif failure is not None:
         ended = store.finish(record, JobStatus.FAILED, app=app, error=error_record(failure), unless_cancelled=True)

@@ -53,3 +53,25 @@ def progress_steps(n: int) -> str:
         current_job.set_progress({"step": i + 1, "of": n})
         time.sleep(0.01)  # the job's work
     return current_app.config["WHO"]
+
+
+@longtask.task(time_limit=0.5)
+def limited_until_cancelled(path: str) -> str:
+    """Writes its pid, then works until its time limit raises its cancel flag."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not current_job.is_cancel_requested:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cancel flag never came")
+        time.sleep(0.01)  # the job's work
+    return "saw the flag"
+
+
+@longtask.task(time_limit=0.5)
+def limited_stubborn(path: str) -> None:
+    """Writes its pid, then never looks at its cancel flag: only a forced stop ends it."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)  # the job's work

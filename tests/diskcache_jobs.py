@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -239,3 +240,23 @@ def exit_after_its_end(count: int, report: str) -> int:
 
     me.take_next = take_next_then_exit
     return count
+
+
+@longtask.task
+def until_cancelled(pid_file: str) -> str:
+    """Writes its pid, then works until it sees its cancel flag (a time limit raises it too)."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not current_job.is_cancel_requested:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cancel flag never came")
+        time.sleep(0.01)  # the job's work
+    return "saw the flag"
+
+
+@longtask.task(time_limit=math.inf)
+def unlimited_work(seconds: float) -> float:
+    """Works ``seconds``, whatever the app's ``LONGTASK_TIME_LIMIT``."""
+    time.sleep(seconds)  # the job's work
+    return seconds

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from flask import Flask
 
-from flask_longtask import JobStatus, LongTask
+from flask_longtask import JobFailedError, JobStatus, LongTask
 from flask_longtask.backends.base import MISSING
 from flask_longtask.store import keys
 from flask_longtask.testing import BackendConformance
@@ -282,3 +282,26 @@ def test_submit_when_the_broker_is_down_leaves_nothing(redis_url):
             assert not [k for k in backend.scan(keys.request(""))]
     finally:
         backend.close()
+
+
+def test_a_job_at_its_time_limit_sees_its_flag_and_fails_time_limited(app, tmp_path):
+    from tests.celery_app import limited_until_cancelled
+
+    job = limited_until_cancelled.submit(str(tmp_path / "pid"))
+    assert job.time_limit == 0.5
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    assert job.error["type"] == "TimeLimitExceeded"
+    with pytest.raises(JobFailedError, match="^TimeLimitExceeded"):
+        job.result(timeout=0)
+
+
+def test_a_job_that_ignores_its_time_limit_is_stopped_by_force(app, tmp_path):
+    from tests.celery_app import limited_stubborn, roundtrip
+
+    pid_file = tmp_path / "pid"
+    job = limited_stubborn.submit(str(pid_file))
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="the job's pid"))
+    assert job.wait(timeout=30) is JobStatus.FAILED
+    assert job.error["type"] == "TimeLimitExceeded"
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the job's pool process to be stopped")
+    assert roundtrip.submit("still works").result(timeout=30) == "still works"

@@ -56,7 +56,18 @@ def test_submit_poll_result(client):
     assert done.json["result"] == 5
     assert done.json["task"] == "tests.http_tasks.add"
     assert done.json["created_at"] <= done.json["finished_at"]
+    assert done.json["time_limit"] is None  # (neither the task nor the app set one)
     assert "Retry-After" not in done.headers
+
+
+def test_a_time_limited_job_says_so(app, client, tmp_path):
+    app.config["LONGTASK_TIME_LIMIT"] = 0.2  # (read at submit from the app's store)
+    app.extensions["longtask"].store.time_limit = 0.2
+    r = submit(client, "tests.http_tasks.steps", 1, str(tmp_path / "never"))
+    assert r.json["time_limit"] == 0.2
+    done = wait_done(client, r.headers["Location"])
+    assert done.json["status"] == "failed"
+    assert done.json["error"]["type"] == "TimeLimitExceeded"
 
 
 def test_running_job_has_progress_and_retry_after(client, tmp_path):
