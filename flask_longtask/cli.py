@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError
 from .job import JobStatus
-from .store import keys
+from .store import attempt_of, keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
@@ -82,6 +82,13 @@ def _seconds(value: t.Any) -> str:
     return "-"
 
 
+def _attempts(record: dict[str, t.Any]) -> str:
+    """``"2/4"``: the attempt that runs (or ran last) of those its task allows."""
+    retries = record.get("retries", 0)
+    retries = retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
+    return f"{attempt_of(record)}/{1 + retries}"
+
+
 @longtask_cli.command("jobs")
 @click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]), default=None)
 def jobs_command(status: str | None) -> None:
@@ -100,7 +107,7 @@ def jobs_command(status: str | None) -> None:
     if not records:
         click.echo("No jobs.")
         return
-    click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  {'LIMIT':7}  PROGRESS")
+    click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  {'LIMIT':7}  {'ATTEMPT':7}  PROGRESS")
     for record in records:
         try:
             progress = store.read_progress(record["id"])[1]
@@ -108,7 +115,7 @@ def jobs_command(status: str | None) -> None:
             progress = "?"
         click.echo(
             f"{record['id']:32}  {record['status']:9}  {_when(record['created']):19}  {record['task'][:30]:30}  "
-            f"{_seconds(record.get('time_limit')):7}  {'' if progress is None else progress!r}"
+            f"{_seconds(record.get('time_limit')):7}  {_attempts(record):7}  {'' if progress is None else progress!r}"
         )
 
 

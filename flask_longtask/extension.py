@@ -130,6 +130,9 @@ class LongTask:
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: type[BaseException] | t.Iterable[type[BaseException]] = (Exception,),
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -142,6 +145,9 @@ class LongTask:
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: type[BaseException] | t.Iterable[type[BaseException]] = (Exception,),
     ) -> t.Any:
         """Decorate a function so it can run as a job: ``@longtask.task`` or ``@longtask.task(...)``.
 
@@ -158,6 +164,13 @@ class LongTask:
             default. At the limit the job sees ``current_job.is_cancel_requested``; after
             ``LONGTASK_CANCEL_GRACE`` it is stopped by force where the backend can. It then ends
             failed, with ``TimeLimitExceeded``.
+        :param retries: how many more times a job runs after an attempt that raised one of
+            ``retry_on`` (default none). Between attempts it is queued; ``job.attempt`` counts.
+        :param retry_backoff: seconds before the first retry; each next waits twice as long,
+            with up to 25% of jitter.
+        :param retry_on: the exception types retried (default ``Exception``); name
+            ``TimeLimitExceeded`` to retry a job stopped at its time limit. A cancelled job is
+            never retried.
         """
 
         def decorate(f: t.Callable[..., t.Any]) -> Task[..., t.Any]:
@@ -170,6 +183,9 @@ class LongTask:
                 http=http,
                 cache_ignore=cache_ignore,
                 time_limit=time_limit,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_on=retry_on,
             )
 
         return decorate if func is None else decorate(func)
@@ -266,6 +282,7 @@ class LongTask:
                     owner,
                     announce=lambda: signals.send(signals.job_submitted, app, job=job),
                     time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
+                    retries=task.retries,
                 )
             )
         except BaseException:

@@ -110,6 +110,20 @@ class Job(t.Generic[R]):
         return t.cast("dict[str, str] | None", self._record().get("error"))
 
     @property
+    def attempt(self) -> int:
+        """Which attempt runs, or ran last: 1 for the first; a retried job counts on (its task's
+        ``retries``)."""
+        from .store import attempt_of
+
+        return attempt_of(self._record())
+
+    @property
+    def retries(self) -> int:
+        """How many more attempts its task allowed after a failed one, when it was submitted."""
+        retries = self._record().get("retries", 0)
+        return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
+
+    @property
     def time_limit(self) -> float | None:
         """Seconds it may run once started (its task's ``time_limit``, or
         ``LONGTASK_TIME_LIMIT`` when it was submitted); ``None``: no limit."""

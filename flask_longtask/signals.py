@@ -32,6 +32,10 @@ job_succeeded = _signals.signal("job-succeeded")
 #: ``{type, message, traceback}`` record). Sent by the running process, or for a dead worker by
 #: the process that noticed.
 job_failed = _signals.signal("job-failed")
+#: A job's attempt failed with an error its task retries on, and it is queued to run again.
+#: Sent by the running process; ``job=``, ``error=`` (the failed attempt's ``{type, message,
+#: traceback}``), ``attempt=`` (the number of the attempt to come: 2 after the first failed).
+job_retrying = _signals.signal("job-retrying")
 #: A job ended cancelled. Sent by the process that ended it: the canceller for a queued job,
 #: the running process for a running one; ``job=``.
 job_cancelled = _signals.signal("job-cancelled")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import traceback
 import typing as t
@@ -182,6 +183,19 @@ def time_limit_error(limit: t.Any) -> dict[str, str]:
     return {"type": "TimeLimitExceeded", "message": f"The job ran past its time limit{seconds}.", "traceback": ""}
 
 
+def attempt_of(record: t.Mapping[str, t.Any]) -> int:
+    """The attempt a job's record says runs (or ran last): 1 for the first, whatever storage
+    holds that is not a positive whole number."""
+    attempt = record.get("attempt", 1)
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
+
+
+def retry_delay(backoff: float, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1`` after attempt ``attempt`` failed: ``backoff`` times
+    2**(attempt-1), give or take 25% (so that jobs that failed together do not retry together)."""
+    return float(backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25))
+
+
 def _is_time_limit(flag: t.Any) -> bool:
     """Whether a job's cancel flag, as read back from storage, was raised by its time limit
     (anything else, a float included, is a cancel)."""
@@ -311,6 +325,7 @@ class JobStore:
         *,
         announce: t.Callable[[], None],
         time_limit: float | None = None,
+        retries: int = 0,
     ) -> NewJob:
         """A new queued job, for :meth:`Backend.store_and_enqueue`.
 
@@ -319,7 +334,7 @@ class JobStore:
         ``announce`` sends ``job_submitted``. ``time_limit``: seconds it may run once started
         (``None``: none), as :func:`time_limit_value` gives it.
         """
-        record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit)
+        record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit, retries)
         writes = self._create_writes(request.job_id, arguments, record)
         return NewJob(request, record, arguments, writes, announce)
 
@@ -336,6 +351,7 @@ class JobStore:
         memo_key: str | None,
         owner: str | None,
         time_limit: float | None = None,
+        retries: int = 0,
     ) -> dict[str, t.Any]:
         return {
             "id": job_id,
@@ -350,6 +366,8 @@ class JobStore:
             "owner": owner,
             "expire": self.result_expire,  # the submitter's setting governs, wherever it ends
             "time_limit": time_limit,
+            "attempt": 1,  # the attempt that runs, or ran last
+            "retries": retries,  # how many more attempts its task allows after a failed one
         }
 
     @staticmethod
@@ -487,6 +505,79 @@ class JobStore:
         self.backend.set(keys.cancel(job_id), flag, self.result_expire)
         self.backend.terminate(job_id, self.cancel_grace)
 
+    def retry(
+        self, record: dict[str, t.Any], error: dict[str, str], delay: float, *, app: Flask | None, limited: bool
+    ) -> bool | None:
+        """Queue a job whose attempt failed with ``error`` to run again in ``delay`` seconds: its
+        record says "queued" with the next attempt's number, its claim and heartbeat are gone,
+        its arguments and its single-flight key stay. The caller then has the backend run it
+        (:meth:`Backend.enqueue_after`).
+
+        One atomic step, guarded by the end claim (added, then removed in the same step): a job
+        somebody else ended stays ended (``None``), and a job whose cancel flag is set ends
+        cancelled instead (``False``). ``limited``: the attempt ran past its time limit, whose
+        mark on the cancel flag is then taken down (a cancel made meanwhile replaces the mark,
+        stays, and ends the next attempt before it starts).
+        """
+        job_id = record["id"]
+        attempt = attempt_of(record) + 1
+        now = time.time()
+        queued = {
+            **record,
+            "status": JobStatus.QUEUED.value,
+            "started": None,
+            "attempt": attempt,
+            "retry_at": now + delay,
+            "last_error": error,
+        }
+        writes: list[Write] = [
+            ("set", keys.job(job_id), queued, None),
+            ("delete", keys.claim(job_id), None, None),
+            ("delete", keys.alive(job_id), None, None),
+            ("delete", keys.end(job_id), None, None),
+        ]
+        if limited:
+            flag = self.backend.get(keys.cancel(job_id))
+            if _is_time_limit(flag):
+                writes.append(("delete_if", keys.cancel(job_id), flag, None))
+        done = self.backend.add_then_write(
+            keys.end(job_id),
+            now,
+            self.result_expire,
+            writes,
+            unless=None if limited else keys.cancel(job_id),
+            otherwise=self._end_writes(record, JobStatus.CANCELLED),
+        )
+        if done is None:
+            return None
+        if not done:
+            self._signal_end(job_id, JobStatus.CANCELLED, app)
+            return False
+        _log.info(
+            "Job %s (%s) failed (%s); attempt %d in %.3g s.", job_id, record["task"], error["type"], attempt, delay
+        )
+        app = _app_or_current(app)
+        if app is not None:
+            signals.send(signals.job_retrying, app, job=self.job(job_id), error=error, attempt=attempt)
+        return True
+
+    def _retry_time_limit(self, record: dict[str, t.Any], app: Flask | None) -> bool:
+        """Retry a job stopped by force at its time limit, if its task (registered in this
+        process: nothing is imported on the word of storage) retries on ``TimeLimitExceeded``
+        and allows another attempt; whether it was queued again."""
+        from .exceptions import TimeLimitExceeded
+        from .task import registered_task
+
+        task = registered_task(record.get("task"))
+        attempt = attempt_of(record)
+        if task is None or TimeLimitExceeded not in task.retry_on or attempt > task.retries:
+            return False
+        delay = retry_delay(task.retry_backoff, attempt)
+        if not self.retry(record, time_limit_error(record.get("time_limit")), delay, app=app, limited=True):
+            return False
+        self.backend.enqueue_after(JobRequest(record["id"], task.name, task, t.cast("Flask", app)), delay)
+        return True
+
     def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None) -> bool:
         """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed".
 
@@ -499,6 +590,8 @@ class JobStore:
         if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
             record = {**record, "started": claim["at"]}  # it ran from its claim
         limited = _is_time_limit(flag)  # stopped by force at its time limit: that is its end
+        if limited and self._retry_time_limit(record, app):
+            return True
         error: dict[str, str] | None = (
             time_limit_error(record.get("time_limit"))
             if limited

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import os
 import sys
 import typing as t
@@ -37,6 +38,9 @@ class Task(t.Generic[P, R]):
         http: bool = False,
         cache_ignore: t.Iterable[str] = (),
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: type[BaseException] | t.Iterable[type[BaseException]] = (Exception,),
     ) -> None:
         if not callable(func):
             raise TypeError(f"@longtask.task needs a function, got {func!r}.")
@@ -66,6 +70,13 @@ class Task(t.Generic[P, R]):
         self.time_limit = time_limit
         if time_limit is not None:
             time_limit_value(time_limit, f"time_limit of task {self.name!r}")  # (raises if wrong)
+        #: How many more times a job may run after an attempt that raised one of :attr:`retry_on`.
+        self.retries = _count(retries, f"retries of task {self.name!r}")
+        #: Seconds before the first retry; each next one waits twice as long (with jitter).
+        self.retry_backoff = _seconds(retry_backoff, f"retry_backoff of task {self.name!r}")
+        #: The exception types an attempt may fail with and be retried (``TimeLimitExceeded``
+        #: among them: a job stopped at its time limit is retried too).
+        self.retry_on = _exception_types(retry_on, f"retry_on of task {self.name!r}")
         self._module = module
         functools.update_wrapper(self, func)
         _registry[self.name] = self
@@ -98,6 +109,25 @@ class Task(t.Generic[P, R]):
         return (lookup_task, (self.name, self._module))
 
 
+def _count(value: t.Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{where} must be a whole number, 0 or more, not {value!r}.")
+    return value
+
+
+def _seconds(value: t.Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{where} must be a number of seconds, 0 or more, not {value!r}.")
+    return float(value)
+
+
+def _exception_types(value: t.Any, where: str) -> tuple[type[BaseException], ...]:
+    types = (value,) if isinstance(value, type) else tuple(value)
+    if not types or not all(isinstance(c, type) and issubclass(c, BaseException) for c in types):
+        raise TypeError(f"{where} must be an exception class or a tuple of them, not {value!r}.")
+    return types
+
+
 def _module_name(module: str) -> str:
     """The importable name of a module: a script run as ``__main__`` is named after its file.
 
@@ -112,6 +142,11 @@ def _module_name(module: str) -> str:
         return str(spec.name)
     path = getattr(main, "__file__", None)
     return os.path.splitext(os.path.basename(path))[0] if path else module
+
+
+def registered_task(name: t.Any) -> Task[..., t.Any] | None:
+    """The task registered under ``name`` in this process, if any (nothing is imported)."""
+    return _registry.get(name) if isinstance(name, str) else None
 
 
 def lookup_task(name: str, module: str | None = None) -> Task[..., t.Any]:

@@ -138,6 +138,16 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+@longtask.task(retries=1, retry_backoff=0.01, retry_on=ConnectionError)
+def flaky(log: str) -> int:
+    """Fails its first attempt; the second returns how many attempts it has seen."""
+    _log(log, "attempt")
+    seen = len(_lines(Path(log)))
+    if seen == 1:
+        raise ConnectionError("the first attempt fails")
+    return seen
+
+
 @longtask.task
 def bad_result() -> t.Any:
     return (i for i in range(3))  # generators cannot be pickled, nor sent as JSON
@@ -256,6 +266,9 @@ class BackendConformance:
         backend.set("conf:cancel", 1)
         assert backend.add_then_write("conf:end2", 1, None, writes, unless="conf:cancel", otherwise=otherwise) is False
         assert backend.get("conf:rec") == {"status": "cancelled"}
+        # The writes may delete the key just added (a retry is guarded by the end claim this way).
+        assert backend.add_then_write("conf:end4", 1, 60, [("delete", "conf:end4", None, None)]) is True
+        assert backend.get("conf:end4") is MISSING
         # Atomic: of many at once, one applies its writes.
         won = _contend(8, lambda i: backend.add_then_write("conf:end3", i, 60, [("set", "conf:by", i, 60)]) is True)
         assert len(won) == 1 and backend.get("conf:by") == backend.get("conf:end3")
@@ -357,6 +370,12 @@ class BackendConformance:
         error = t.cast("dict[str, str]", job.error)
         assert error["type"] == "ValueError" and error["message"] == "kaboom"
         assert "Traceback" in error["traceback"] and "kaboom" in error["traceback"]
+
+    def test_a_failed_attempt_is_retried(self, app: Flask, tmp_path: Path) -> None:
+        # The backend's enqueue_after runs the job again; the core counts the attempts.
+        job = flaky.submit(str(tmp_path / "log"))
+        assert job.result(timeout=TIMEOUT) == 2
+        assert job.attempt == 2 and job.retries == 1
 
     def test_unserialisable_result_fails_clearly(self, app: Flask) -> None:
         job = bad_result.submit()

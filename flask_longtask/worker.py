@@ -21,9 +21,10 @@ import typing as t
 from dataclasses import dataclass
 
 from . import signals
-from .backends.base import MISSING, Backend
+from .backends.base import MISSING, Backend, JobRequest
+from .exceptions import TimeLimitExceeded
 from .job import JobStatus
-from .store import JobStore, error_record, keys, time_limit_error
+from .store import JobStore, attempt_of, error_record, keys, retry_delay, time_limit_error
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -147,11 +148,16 @@ class JobContext:
         job_id = t.cast(str, self.id)
         self._flush()
         if now >= self._limit_at and not self._limited:
-            with self._lock:  # (not once the job has returned: see _close)
-                self._limited = not self._closed
-            if self._limited:
-                self._cancelled = True
-                store.exceed_time_limit(job_id, t.cast(float, self._limit))
+            # Not once the job has returned (see _close), and the flag is stored before the job
+            # can see it: a job that returns at once, and is retried, then finds the flag to
+            # take down.
+            with self._lock:
+                if not self._closed:
+                    self._limited = True
+                    try:
+                        store.exceed_time_limit(job_id, t.cast(float, self._limit))
+                    finally:
+                        self._cancelled = True
         if not self._cancelled:
             self._cancelled = store.is_cancel_requested(job_id)
         if now >= self._next_beat:
@@ -460,6 +466,28 @@ def _task_and_app(
     return task, app
 
 
+def _retry(
+    task: Task[..., t.Any], record: dict[str, t.Any], ctx: JobContext, failure: BaseException | None
+) -> float | None:
+    """Seconds before the next attempt, if this one is to be retried: it raised one of the
+    task's ``retry_on`` (an ``Exception``: not ``SystemExit`` or ``KeyboardInterrupt``), or ran
+    past its time limit and ``retry_on`` names ``TimeLimitExceeded``; it was not cancelled; and
+    the task allows another attempt."""
+    attempt = attempt_of(record)
+    if attempt > task.retries:
+        return None
+    if ctx._limited:
+        retried = TimeLimitExceeded in task.retry_on
+    else:
+        retried = (
+            not ctx._cancelled
+            and isinstance(failure, Exception)
+            and isinstance(failure, task.retry_on)
+            and not isinstance(failure, TimeLimitExceeded)
+        )
+    return retry_delay(task.retry_backoff, attempt) if retried else None
+
+
 def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any) -> JobStatus:
     store = t.cast(JobStore, ctx._store)
     token = _current.set(ctx)
@@ -476,7 +504,15 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
     # Unless it was cancelled: a cancel requested while it ran wins over its outcome, checked
     # atomically with the end.
     ended: JobStatus | None
-    if ctx._limited:
+    delay = _retry(task, record, ctx, failure)
+    if delay is not None:
+        error = time_limit_error(ctx._limit) if ctx._limited else error_record(t.cast(BaseException, failure))
+        retried = store.retry(record, error, delay, app=app, limited=ctx._limited)
+        if retried:
+            store.backend.enqueue_after(JobRequest(record["id"], task.name, task, app), delay)
+            return JobStatus.QUEUED
+        ended = None if retried is None else JobStatus.CANCELLED
+    elif ctx._limited:
         ended = store.finish(record, JobStatus.FAILED, app=app, error=time_limit_error(ctx._limit))
     elif ctx._cancelled:
         ended = store.finish(record, JobStatus.CANCELLED, app=app)

@@ -75,3 +75,18 @@ def limited_stubborn(path: str) -> None:
         f.write(str(os.getpid()))
     while True:
         time.sleep(0.05)  # the job's work
+
+
+@longtask.task(retries=2, retry_backoff=0.05, retry_on=ConnectionError)
+def flaky(counter: str, failures: int) -> int:
+    """Fails its first ``failures`` attempts, then returns the attempt's number."""
+    try:
+        with open(counter) as f:
+            n = int(f.read()) + 1
+    except FileNotFoundError:
+        n = 1
+    with open(counter, "w") as f:
+        f.write(str(n))
+    if n <= failures:
+        raise ConnectionError(f"attempt {n} fails")
+    return n

@@ -11,7 +11,7 @@ import typing as t
 
 from flask import Flask, current_app
 
-from flask_longtask import LongTask, current_job, signals
+from flask_longtask import LongTask, TimeLimitExceeded, current_job, signals
 from flask_longtask.backends import ThreadBackend
 
 if t.TYPE_CHECKING:
@@ -260,3 +260,56 @@ def unlimited_work(seconds: float) -> float:
     """Works ``seconds``, whatever the app's ``LONGTASK_TIME_LIMIT``."""
     time.sleep(seconds)  # the job's work
     return seconds
+
+
+def _count(counter: str) -> int:
+    """Add one to the number in file ``counter`` (the attempts of a job) and return it."""
+    try:
+        with open(counter) as f:
+            n = int(f.read() or 0) + 1
+    except FileNotFoundError:
+        n = 1
+    with open(counter, "w") as f:
+        f.write(str(n))
+    return n
+
+
+@longtask.task(retries=2, retry_backoff=0.05, retry_on=(ConnectionError,))
+def flaky(counter: str, failures: int, error: str = "ConnectionError") -> int:
+    """Fails its first ``failures`` attempts with ``error`` (a builtin's name), then returns
+    the attempt's number."""
+    n = _count(counter)
+    if n <= failures:
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[error](f"attempt {n} fails")
+    return n
+
+
+@longtask.task(retries=1, retry_backoff=1.0, cache_by=[])
+def flaky_slowly(counter: str) -> int:
+    """Fails its first attempt, then is retried after about a second (memoized)."""
+    n = _count(counter)
+    if n == 1:
+        raise ConnectionError("the first attempt fails")
+    return n
+
+
+@longtask.task(time_limit=0.3, retries=1, retry_backoff=0.05, retry_on=(ConnectionError, TimeLimitExceeded))
+def slow_then_quick(counter: str, stubborn: bool) -> int:
+    """Its first attempt runs past its time limit (waiting for the flag, or, ``stubborn``,
+    ignoring it until stopped by force); the second returns at once."""
+    n = _count(counter)
+    deadline = time.monotonic() + 60
+    while n == 1 and (stubborn or not current_job.is_cancel_requested) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the job's work
+    return n
+
+
+@longtask.task(time_limit=0.3, retries=1, retry_backoff=0.05)
+def slow_once(counter: str) -> int:
+    """Runs past its time limit (until flagged); its task retries on any Exception, which does
+    not name TimeLimitExceeded: it is not retried."""
+    n = _count(counter)
+    deadline = time.monotonic() + 60
+    while not current_job.is_cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.01)  # the job's work
+    return n

@@ -305,3 +305,14 @@ def test_a_job_that_ignores_its_time_limit_is_stopped_by_force(app, tmp_path):
     assert job.error["type"] == "TimeLimitExceeded"
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the job's pool process to be stopped")
     assert roundtrip.submit("still works").result(timeout=30) == "still works"
+
+
+def test_a_failing_attempt_is_retried_with_celerys_countdown(app, tmp_path):
+    from tests.celery_app import flaky
+
+    job = flaky.submit(str(tmp_path / "n"), 2)
+    assert job.result(timeout=30) == 3
+    assert job.attempt == 3 and job.retries == 2
+    worse = flaky.submit(str(tmp_path / "m"), 5)
+    with pytest.raises(JobFailedError, match="^ConnectionError: attempt 3 fails"):
+        worse.result(timeout=30)

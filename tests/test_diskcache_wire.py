@@ -58,7 +58,9 @@ def test_a_worker_message_that_cannot_be_read_is_a_clear_error() -> None:
         wire.decode_from_worker(b"Zzz")
 
 
-@pytest.mark.parametrize("message", [wire.Queued(ID), wire.Kill(ID, 1700000000.25), wire.Ended(ID)])
+@pytest.mark.parametrize(
+    "message", [wire.Queued(ID), wire.Later(ID, 1700000000.5), wire.Kill(ID, 1700000000.25), wire.Ended(ID)]
+)
 def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
     line = message.encode()
     assert line.endswith(b"\n") and len(line) < 512  # one atomic write to the FIFO (PIPE_BUF)
@@ -77,6 +79,9 @@ def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
         b"k " + ID.encode() + b" soon",
         b"k " + ID.encode() + b" nan",
         b"k " + ID.encode() + b" inf",
+        b"l " + ID.encode(),
+        b"l " + ID.encode() + b" -inf",
+        b"l " + ID.encode() + b" later",
         b"x " + ID.encode(),
         b"\xff\xfe " + ID.encode(),
     ],
@@ -227,3 +232,17 @@ def test_the_queue_length_is_read_as_the_host_wrote_it(tmp_path: Path) -> None:
     assert fifo.read_queued(str(tmp_path)) is None  # no host, no count
     (tmp_path / fifo.QUEUED_NAME).write_bytes(b"-1 or anything")
     assert fifo.read_queued(str(tmp_path)) is None
+
+
+def test_delayed_jobs_are_queued_when_due_and_not_while_their_worker_has_them() -> None:
+    queue, later = jobqueue.JobQueue(), jobqueue.Delayed()
+    assert later.next_due() == float("inf") and not later
+    later.add("b", 20.0)
+    later.add("a", 10.0)
+    later.add("c", 30.0)
+    assert later.next_due() == 10.0
+    queue.know("a")  # its worker has not yet reported the attempt's end
+    assert later.take_due(25.0, queue) == ["b"]
+    queue.forget("a")
+    assert later.take_due(25.0, queue) == ["a"]
+    assert "c" in later and len(later) == 1 and later.next_due() == 30.0

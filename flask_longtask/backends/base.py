@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import pickle
+import threading
 import time
 import typing as t
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
     from ..task import Task
+
+_log = logging.getLogger(__name__)
 
 
 class _Missing:
@@ -345,6 +349,25 @@ class Backend(abc.ABC):
         Raise if the job cannot be queued (broker down, queue full): the core then removes the
         job's records and re-raises, so nothing is left half-submitted.
         """
+
+    def enqueue_after(self, request: JobRequest, delay: float) -> None:
+        """Run the job again ``delay`` seconds from now: a retry (its records say "queued" again,
+        its claim is gone). Called by the process that ran the failed attempt.
+
+        The default starts a timer in this process that calls :meth:`enqueue`: if the process
+        exits first, the retry is lost until something queues the job again. Backends with a
+        durable queue override it (the pool keeps the delay in its host and finds it again in
+        storage; Celery sends the task with a countdown).
+        """
+        timer = threading.Timer(delay, self._enqueue_later, (request,))
+        timer.daemon = True
+        timer.start()
+
+    def _enqueue_later(self, request: JobRequest) -> None:
+        try:
+            self.enqueue(request)
+        except Exception:  # (a timer thread: nobody to raise to)
+            _log.exception("Could not queue job %s again for its retry.", request.job_id)
 
     def queue_length(self) -> int | None:
         """How many jobs wait to start, or ``None`` if this backend cannot tell cheaply.

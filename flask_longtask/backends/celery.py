@@ -294,6 +294,12 @@ class CeleryBackend(Backend):
         # job's outcome is in our records (and not asking for one saves a SUBSCRIBE per submit).
         self.celery.send_task(RUN_TASK, args=[request.job_id], task_id=request.job_id, ignore_result=True)
 
+    def enqueue_after(self, request: JobRequest, delay: float) -> None:
+        # Celery's own countdown: the broker holds the retry, whoever sent it may exit.
+        self.celery.send_task(
+            RUN_TASK, args=[request.job_id], task_id=request.job_id, ignore_result=True, countdown=delay
+        )
+
     def terminate(self, job_id: str, grace: float) -> None:
         timer = threading.Timer(grace, self._force_stop, args=(job_id,))
         timer.daemon = True

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import os
 import sqlite3
 import threading
@@ -209,3 +210,22 @@ def _close_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_at_exit)
+
+
+_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+
+
+def storage_call(method: _F) -> _F:
+    """A storage call of the backend: a database found corrupted is closed, to be reopened by
+    the next call, and reported once a minute at most (the backend's ``_unreadable``)."""
+
+    @functools.wraps(method)
+    def guarded(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            raise self._unreadable(exc) from exc
+
+    return t.cast(_F, guarded)

@@ -37,7 +37,7 @@ import multiprocess  # the package checks it is installed, with a clear message,
 import multiprocess.util
 
 from . import fifo, recovery, waiting, wire
-from .jobqueue import JobQueue
+from .jobqueue import Delayed, JobQueue
 from .workers import Worker, close, spawn
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -101,6 +101,8 @@ class PoolHost:
         self.mutex = threading.RLock()
         self.workers: list[Worker] = []
         self.queue = JobQueue()
+        #: Retries waiting out their backoff, queued when due.
+        self.later = Delayed()
         #: Jobs pushed locally while the dispatcher held the mutex (push_local never waits).
         self.inbox: collections.deque[str] = collections.deque()
         self.stopping = threading.Event()
@@ -346,11 +348,19 @@ class PoolHost:
         timeout = TICK
         if self.kills:
             timeout = max(0.0, min(timeout, min(self.kills.values()) - time.time()))
+        if self.later:
+            timeout = max(0.0, min(timeout, self.later.next_due() - time.time()))
         if (self.queue or self._started) and len(self.workers) < self.size:
             timeout = max(0.0, min(timeout, self.next_spawn - now))
         ready = self._poll(timeout)
         try:
             self._handle_ready(ready)
+            if self.later and self.later.next_due() <= time.time():
+                with self.mutex:
+                    for job_id in self.later.take_due(time.time(), self.queue):
+                        self.queue.push(job_id)
+                    self._dispatch()
+                    self.publish()
             if now >= self._next_rescan:  # (it takes the mutex only for what it changes)
                 first = self._next_rescan == 0.0
                 self._next_rescan = now + self.backend.cleanup_interval
@@ -392,6 +402,8 @@ class PoolHost:
         for message in messages:
             if isinstance(message, wire.Queued):
                 self.queue.push(message.job_id)
+            elif isinstance(message, wire.Later):
+                self.later.add(message.job_id, message.due)
             elif isinstance(message, wire.Kill):
                 self.kills[message.job_id] = message.deadline
             else:

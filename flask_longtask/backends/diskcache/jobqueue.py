@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 
 
 class JobQueue:
@@ -66,3 +67,32 @@ class JobQueue:
     def forget(self, job_id: str) -> None:
         """The job is over here (ended, or lost)."""
         self._known.pop(job_id, None)
+
+
+class Delayed:
+    """Jobs to queue later (retries waiting out their backoff): job id -> when (epoch). Not
+    thread-safe: the host's mutex guards it."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._due
+
+    def add(self, job_id: str, due: float) -> None:
+        self._due[job_id] = due
+
+    def next_due(self) -> float:
+        """When the first is due (epoch), ``inf`` when none waits."""
+        return min(self._due.values(), default=math.inf)
+
+    def take_due(self, now: float, queue: JobQueue) -> list[str]:
+        """The jobs due by ``now``, earliest first, taken out; not one the queue still knows (its
+        worker has not yet reported the failed attempt's end: it is taken once it has)."""
+        due = sorted((when, job_id) for job_id, when in self._due.items() if when <= now and job_id not in queue)
+        for _, job_id in due:
+            del self._due[job_id]
+        return [job_id for _, job_id in due]

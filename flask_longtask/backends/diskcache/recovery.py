@@ -146,10 +146,20 @@ def run_kills(host: PoolHost) -> None:
             del host.kills[job_id]
             # It may have ended the job just now, and gone on to one sent ahead.
             host.read_messages(worker)
-            if worker.job_id != job_id:
+            if worker.job_id != job_id or not _still_cancelled(host, job_id):
                 continue
             worker.process.kill()
             reap(host, worker, "it was stopped by force after cancellation", killed=job_id)
+
+
+def _still_cancelled(host: PoolHost, job_id: str) -> bool:
+    """Whether the job's cancel flag is still up. A job retried after its time limit runs its
+    next attempt under the same id, with the flag taken down: the forced stop asked for the
+    attempt before is not for this one. ``True`` when it cannot be read (stop it)."""
+    try:
+        return host.backend.get(keys.cancel(job_id)) is not MISSING
+    except Exception:
+        return True
 
 
 def rescan(host: PoolHost, *, first: bool = False) -> None:
@@ -157,7 +167,8 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
     previous host was running (claimed, never ended). Later (every ``cleanup_interval``), queue
     the unclaimed jobs older than :data:`RESCAN_AGE` that are not in the queue or on a worker: a
     message lost on the way, a submit whose process died between its writes and its message, a
-    job a storage error left behind.
+    job a storage error left behind. A retry still waiting out its backoff (``retry_at`` in its
+    record) is put aside until then instead.
 
     Storage is read without the host's mutex (a directory of many finished jobs takes a while);
     only the changes take it.
@@ -166,6 +177,7 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
     claims = set(backend.scan(keys.claim("")))
     unclaimed: list[tuple[float, str]] = []
     abandoned: list[str] = []
+    later: list[tuple[str, float]] = []
     now = time.time()
     for key in backend.scan(keys.JOB_PREFIX):
         job_id = keys.job_id(key)
@@ -176,16 +188,26 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
         if record is MISSING or record["status"] not in _ACTIVE:
             continue
         if not is_claimed and record["status"] == JobStatus.QUEUED.value:
-            if first or now - record["created"] > RESCAN_AGE:
+            retry_at = record.get("retry_at")
+            if isinstance(retry_at, (int, float)) and retry_at > now:
+                later.append((job_id, float(retry_at)))  # a retry waiting out its backoff
+            elif first or now - record["created"] > RESCAN_AGE:
                 unclaimed.append((record["created"], job_id))
         elif first:
             abandoned.append(job_id)
     with host.mutex:
         busy = {job_id for worker in host.workers for job_id in (worker.job_id, *worker.ahead)}
+        for job_id, due in later:
+            if job_id not in busy and job_id not in host.queue and job_id not in host.later:
+                host.later.add(job_id, due)
         for job_id in abandoned:  # claimed by a worker of the dead host, which never ended it
             if job_id not in busy and job_id not in host.queue:
                 lost(host, job_id, "the process hosting the worker pool died")
-        found = [job_id for _, job_id in sorted(unclaimed) if job_id not in busy and not host.queue.waiting(job_id)]
+        found = [
+            job_id
+            for _, job_id in sorted(unclaimed)
+            if job_id not in busy and not host.queue.waiting(job_id) and job_id not in host.later
+        ]
         for job_id in found:
             if job_id in host.queue:  # known, but left behind by a storage error: in its place
                 host.queue.requeue(job_id)

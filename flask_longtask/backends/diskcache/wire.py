@@ -24,9 +24,10 @@ From a worker to the host:
 
 **The FIFO** ``pool.fifo``, from any process on the host to the host: one ASCII line per
 message, written atomically (at most ``PIPE_BUF`` bytes), or left in the mailbox in storage
-when the FIFO is full: :class:`Queued` (``q <id>``), :class:`Kill` (``k <id> <deadline>``),
-:class:`Ended` (``e <id>``). Lines are untrusted (any process that can write the directory
-can write them): :func:`decode_line` validates each and returns ``None`` for anything else.
+when the FIFO is full: :class:`Queued` (``q <id>``), :class:`Later` (``l <id> <due>``),
+:class:`Kill` (``k <id> <deadline>``), :class:`Ended` (``e <id>``). Lines are untrusted (any
+process that can write the directory can write them): :func:`decode_line` validates each and
+returns ``None`` for anything else.
 """
 
 from __future__ import annotations
@@ -207,6 +208,17 @@ class Queued:
 
 
 @dataclass(frozen=True)
+class Later:
+    """Queue this job at ``due`` (epoch seconds): a retry, after its backoff."""
+
+    job_id: str
+    due: float
+
+    def encode(self) -> bytes:
+        return f"l {self.job_id} {self.due:.3f}\n".encode("ascii")
+
+
+@dataclass(frozen=True)
 class Kill:
     """End this job by force if it still runs at ``deadline`` (epoch seconds)."""
 
@@ -227,7 +239,7 @@ class Ended:
         return f"e {self.job_id}\n".encode("ascii")
 
 
-Line = Queued | Kill | Ended
+Line = Queued | Later | Kill | Ended
 
 
 def _job_id(text: str) -> str | None:
@@ -243,10 +255,12 @@ def decode_line(line: bytes) -> Line | None:
         return Queued(job_id)
     if parts[0] == "e" and len(parts) == 2:
         return Ended(job_id)
-    if parts[0] == "k" and len(parts) == 3:
+    if parts[0] in ("k", "l") and len(parts) == 3:
         try:
-            deadline = float(parts[2])
+            when = float(parts[2])
         except ValueError:
             return None
-        return Kill(job_id, deadline) if math.isfinite(deadline) else None
+        if not math.isfinite(when):
+            return None
+        return Kill(job_id, when) if parts[0] == "k" else Later(job_id, when)
     return None
