@@ -75,3 +75,12 @@ def limited_stubborn(path: str) -> None:
         f.write(str(os.getpid()))
     while True:
         time.sleep(0.05)  # the job's work
+
+
+@longtask.task
+def stubborn(path: str) -> None:
+    """Writes its pid, then never looks at its cancel flag: only a forced stop ends it."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)  # the job's work
