@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import typing as t
 from pathlib import Path
 
@@ -28,7 +29,10 @@ from tests.helpers import wait_for
 from tests.services import ROOT
 
 celery = pytest.importorskip("celery")
-from tests import test_celery  # noqa: E402 - after the skip
+from flask_longtask.backends import _celery_watchdog as watchdog  # noqa: E402 - after the skip
+from flask_longtask.backends.celery import RUN_TASK  # noqa: E402
+from flask_longtask.store import keys  # noqa: E402
+from tests import test_celery  # noqa: E402
 
 # The real redis-server and Celery worker of tests/test_celery.py (one of each for this module).
 redis_url = test_celery.redis_url
@@ -179,6 +183,13 @@ def test_celery_cli_cancel_stops_a_job_that_ignores_its_flag(
     cancel_with_cli("tests.celery_app:app", job.id, celery_env(redis_url))
     assert_stopped_by_force(job, pid, CELERY_GRACE)
     assert roundtrip.submit("still works").result(timeout=30) == "still works"
+    # Its deadline does not stay behind: a watchdog's sweep drops the entries of ended jobs.
+    backend = celery_client.extensions["longtask"].backend
+    wait_for(
+        lambda: backend.redis.zscore(watchdog.deadlines_key(backend.prefix), job.id) is None,
+        watchdog.SWEEP + 10,
+        "the job's deadline to be dropped",
+    )
 
 
 @pytest.mark.xdist_group("celery")
@@ -192,3 +203,59 @@ def test_celery_script_that_cancels_and_exits_stops_the_job(
     pid = started(pid_file)
     run([sys.executable, "-c", CELERY_SCRIPT, job.id], celery_env(redis_url))
     assert_stopped_by_force(job, pid, CELERY_GRACE)
+
+
+@pytest.mark.xdist_group("celery")
+def test_the_watchdog_keeps_only_deadlines_of_jobs_that_run(redis_url: str) -> None:
+    """What the watchdog reads back from Redis is validated, and the set of deadlines stays
+    bounded: a sweep drops malformed entries and those of jobs that are over (or gone), and each
+    new deadline drops entries older than KEEP or absurdly far ahead."""
+    backend = test_celery._clean_backend(redis_url)
+    try:
+        key = watchdog.deadlines_key(backend.prefix)
+        now = time.time()
+        running, ended, gone, garbled, ahead, stale = (f"{n:032x}" for n in range(1, 7))
+        for job_id in (running, ahead, stale):
+            backend.set(keys.job(job_id), {"id": job_id, "status": "running"})
+        backend.set(keys.job(ended), {"id": ended, "status": "succeeded"})
+        backend.redis.set(backend.prefix + keys.job(garbled), b"\x80not json")
+        backend.redis.zadd(
+            key,
+            {
+                running: now - 1,  # runs on no worker here: its own worker's watchdog stops it
+                ended: now - 1,
+                gone: now - 1,
+                garbled: now - 1,
+                "not a job id": now - 1,
+                "A" * 32: now - 1,  # (job ids are lowercase)
+                "\u00e9".encode() * 16: now - 1,
+                ahead: float("inf"),  # not due: a sweep does not see it
+                stale: now - watchdog.KEEP - 60,  # on a worker that cannot stop it, for a day
+            },
+        )
+        # A watchdog that runs no job of these (it is not in a worker): only its sweep acts.
+        watchdog.Watchdog(backend, "nobody@nowhere", RUN_TASK).check()
+        left = {m.decode() for m in backend.redis.zrange(key, 0, -1)}
+        assert left == {running, ahead, stale}
+
+        new = f"{7:032x}"
+        backend.terminate(new, 0.5)
+        assert {m.decode() for m in backend.redis.zrange(key, 0, -1)} == {running, new}
+        assert 0 < backend.redis.ttl(key) <= watchdog.KEEP + 1
+
+        with pytest.raises(ValueError, match="Not a job id"):
+            backend.terminate("../" + "0" * 29, 0.5)
+        for grace in (-1.0, float("nan"), float("inf"), "1", True):
+            with pytest.raises(ValueError, match="finite number of seconds"):
+                backend.terminate(new, grace)  # type: ignore[arg-type]
+    finally:
+        backend.close()
+
+
+def test_what_the_watchdog_reads_is_validated() -> None:
+    assert watchdog.job_id_of(b"0123456789abcdef0123456789abcdef") == "0123456789abcdef0123456789abcdef"
+    for bad in (b"0123456789ABCDEF0123456789ABCDEF", b"\xff" * 32, "0" * 31, "0" * 33, None, 42):
+        assert watchdog.job_id_of(bad) is None
+    assert watchdog.deadline_of(b"1.5") == 1.5 and watchdog.deadline_of(2) == 2.0
+    for bad in (float("inf"), float("-inf"), float("nan"), b"inf", b"x", None, True, [1.0]):
+        assert watchdog.deadline_of(bad) is None
