@@ -308,7 +308,7 @@ class CeleryBackend(Backend):
         :raises ValueError: ``job_id`` is not a job id, or ``grace`` not a finite number >= 0.
         """
         if watchdog.job_id_of(job_id) is None:
-            raise ValueError(f"Not a job id (32 hex digits): {job_id!r}.")
+            raise ValueError(f"Not a job id (32 lowercase hex digits): {job_id!r}.")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < math.inf:
             raise ValueError(f"The grace of a forced stop must be a finite number of seconds >= 0, not {grace!r}.")
         self._flush()
