@@ -8,7 +8,7 @@ import time
 from celery import Celery
 from flask import Flask, current_app
 
-from flask_longtask import LongTask, current_job
+from flask_longtask import LongTask, TimeLimitExceeded, current_job
 from flask_longtask.backends.celery import CeleryBackend
 
 REDIS_URL = os.environ.get("LONGTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -89,4 +89,28 @@ def flaky(counter: str, failures: int) -> int:
         f.write(str(n))
     if n <= failures:
         raise ConnectionError(f"attempt {n} fails")
+    return n
+
+
+@longtask.task
+def stubborn(path: str) -> None:
+    """Writes its pid, then never looks at its cancel flag: only a forced stop ends it."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)  # the job's work
+
+
+@longtask.task(time_limit=0.5, retries=1, retry_backoff=0.05, retry_on=TimeLimitExceeded)
+def stubborn_once(counter: str) -> int:
+    """Its first attempt ignores its time limit until stopped by force; the second returns."""
+    try:
+        with open(counter) as f:
+            n = int(f.read()) + 1
+    except FileNotFoundError:
+        n = 1
+    with open(counter, "w") as f:
+        f.write(str(n))
+    while n == 1:
+        time.sleep(0.05)  # the job's work
     return n

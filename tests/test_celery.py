@@ -316,3 +316,13 @@ def test_a_failing_attempt_is_retried_with_celerys_countdown(app, tmp_path):
     worse = flaky.submit(str(tmp_path / "m"), 5)
     with pytest.raises(JobFailedError, match="^ConnectionError: attempt 3 fails"):
         worse.result(timeout=30)
+
+
+def test_an_attempt_stopped_by_force_at_its_time_limit_is_retried(app, tmp_path):
+    # Stopped by this worker's watchdog (a revoke), then sent again under the same task id,
+    # which the worker must not drop as revoked; the watchdog must not stop the next attempt.
+    from tests.celery_app import stubborn_once
+
+    job = stubborn_once.submit(str(tmp_path / "n"))
+    assert job.result(timeout=30) == 2
+    assert job.attempt == 2

@@ -383,6 +383,11 @@ class Backend(abc.ABC):
         has already claimed. A backend that can stop work (processes, Celery) ends it and then
         calls :func:`flask_longtask.worker.mark_lost` so the job is recorded as cancelled. The
         default does nothing: cancellation is cooperative.
+
+        The deadline must outlive the caller, which may exit as soon as this returns (``flask
+        longtask cancel``, a script) or be the job's own process (its time limit): hand it to
+        the side that runs the job (the diskcache pool's host, a Celery worker's watchdog), not
+        to a timer of the caller's.
         """
 
     @classmethod

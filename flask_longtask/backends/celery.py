@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import typing as t
@@ -16,8 +17,8 @@ try:
 except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
-from ..store import keys
 from ..worker import execute, mark_lost
+from . import _celery_watchdog as watchdog
 from . import _json
 from .base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 
@@ -70,12 +71,13 @@ class CeleryBackend(Backend):
         if serializer not in ("json", "pickle"):
             raise ValueError(f"serializer must be 'json' or 'pickle', not {serializer!r}.")
         self.serializer = serializer
-        self._timers: set[threading.Timer] = set()
         self._local = threading.local()
         self._delete_if = self.redis.register_script(_DELETE_IF)
         self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
-        self._timers_lock = threading.Lock()
         self._blocking_wait = True
+        #: The watchdog of forced stops, in the main process of a Celery worker (see _on_worker_ready).
+        self._watchdog: watchdog.Watchdog | None = None
+        self._watchdog_lock = threading.Lock()
         _register(celery_app, self)
 
     def __repr__(self) -> str:
@@ -301,22 +303,38 @@ class CeleryBackend(Backend):
         )
 
     def terminate(self, job_id: str, grace: float) -> None:
-        timer = threading.Timer(grace, self._force_stop, args=(job_id,))
-        timer.daemon = True
-        with self._timers_lock:
-            self._timers.add(timer)
-        timer.start()
+        """Have job ``job_id`` stopped by force if it still runs ``grace`` seconds from now.
 
-    def _force_stop(self, job_id: str) -> None:
-        with self._timers_lock:
-            self._timers.discard(threading.current_thread())
-        record = self.get(keys.job(job_id))
-        if record is MISSING or record["status"] not in ("queued", "running"):
-            return  # ended meanwhile (a claimed job may still read "queued": see JobStore.read_record)
-        # Prefork (the default pool) kills the process running it; the worker's main process
-        # then reports the task revoked and we record the job as cancelled (see _on_revoked).
-        # Pools that cannot terminate (solo, threads, gevent) ignore this: cancel is cooperative.
-        self.celery.control.revoke(job_id, terminate=True, signal="SIGKILL")
+        The deadline is written to Redis and this returns: the worker running the job enforces
+        it (its watchdog: see :mod:`~flask_longtask.backends._celery_watchdog`), so the caller
+        may exit at once, and may be the job's own pool process (its time limit). Pools that
+        cannot terminate a task (solo, threads, gevent, eventlet) run no watchdog: there the
+        cancel stays cooperative.
+
+        :raises ValueError: ``job_id`` is not a job id, or ``grace`` not a finite number >= 0.
+        """
+        if watchdog.job_id_of(job_id) is None:
+            raise ValueError(f"Not a job id (32 lowercase hex digits): {job_id!r}.")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < math.inf:
+            raise ValueError(f"The grace of a forced stop must be a finite number of seconds >= 0, not {grace!r}.")
+        self._flush()
+        watchdog.schedule(self, job_id, time.time() + grace)
+
+    def start_watchdog(self, hostname: str) -> None:
+        """Start enforcing the forced stops of the jobs this process's Celery worker runs, once
+        (the worker's ``worker_ready`` signal calls this, in its main process, for the prefork
+        pool; again after a reconnection, which starts nothing new)."""
+        with self._watchdog_lock:
+            if self._watchdog is None or not self._watchdog.running:
+                self._watchdog = watchdog.Watchdog(self, hostname, RUN_TASK)
+                self._watchdog.start()
+                _log.info("Flask-LongTask: %s stops cancelled jobs by force past their grace.", hostname)
+
+    def stop_watchdog(self) -> None:
+        with self._watchdog_lock:
+            dog, self._watchdog = self._watchdog, None
+        if dog is not None:
+            dog.stop()
 
     def run_worker(self, workers: int | None = None) -> None:
         """Run a Celery worker for this backend's Celery app in this process (``flask longtask
@@ -327,10 +345,7 @@ class CeleryBackend(Backend):
         self.celery.worker_main(argv)
 
     def close(self) -> None:
-        with self._timers_lock:
-            timers, self._timers = self._timers, set()
-        for timer in timers:
-            timer.cancel()
+        self.stop_watchdog()
         self.redis.close()
 
 
@@ -419,6 +434,12 @@ def _on_revoked(
 ) -> None:
     backend = _backend_for(sender)
     if backend is not None and request is not None and terminated:
+        # This worker remembers the id as revoked and would drop its next message: a retry after
+        # the job's time limit is sent under the same id (our records, not Celery's memory, say
+        # whether a job may run).
+        from celery.worker import state
+
+        state.revoked.discard(request.id)
         mark_lost(backend, request.id, f"its Celery task was terminated (signal {signum})")
 
 
@@ -432,8 +453,46 @@ def _on_failure(
         mark_lost(backend, task_id, f"{type(exception).__name__}: {exception}")
 
 
-# Both run in the Celery worker's main process, which sees its pool processes die or be killed.
+def _backend_of(sender: t.Any) -> CeleryBackend | None:
+    """The backend serving the Celery app of a worker's signal (its consumer, or the worker)."""
+    app = getattr(sender, "app", None)
+    return _by_celery.get(app) if isinstance(app, Celery) else None
+
+
+def _on_worker_ready(sender: t.Any = None, **kw: t.Any) -> None:
+    # In the worker's main process, once its pool runs (its pool processes were forked before:
+    # they have no watchdog thread). The pool must be able to stop a running task: prefork.
+    backend = _backend_of(sender)
+    if backend is None:
+        return
+    from celery.concurrency.prefork import TaskPool as Prefork
+
+    hostname = getattr(sender, "hostname", None)
+    if not isinstance(getattr(sender, "pool", None), Prefork) or not isinstance(hostname, str):
+        _log.info(
+            "Flask-LongTask: this Celery worker's pool cannot stop a running task; cancelling a"
+            " job that ignores its flag waits for it to return (use --pool=prefork to stop it)."
+        )
+        return
+    if not backend.celery.conf.worker_enable_remote_control:
+        _log.warning(
+            "Flask-LongTask: this Celery worker runs without remote control, so it cannot be told to"
+            " stop a task: cancelling a job that ignores its flag waits for it to return."
+        )
+        return
+    backend.start_watchdog(hostname)
+
+
+def _on_worker_shutdown(sender: t.Any = None, **kw: t.Any) -> None:
+    backend = _backend_of(sender)
+    if backend is not None:
+        backend.stop_watchdog()
+
+
+# All run in the Celery worker's main process, which sees its pool processes die or be killed.
 celery_signals.task_revoked.connect(_on_revoked, weak=False)
 celery_signals.task_failure.connect(_on_failure, weak=False)
+celery_signals.worker_ready.connect(_on_worker_ready, weak=False)
+celery_signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
 
 __all__ = ["RUN_TASK", "CeleryBackend"]
