@@ -77,9 +77,8 @@ def limited_stubborn(path: str) -> None:
         time.sleep(0.05)  # the job's work
 
 
-@longtask.task(retries=2, retry_backoff=0.05, retry_on=ConnectionError)
-def flaky(counter: str, failures: int) -> int:
-    """Fails its first ``failures`` attempts, then returns the attempt's number."""
+def _count(counter: str) -> int:
+    """Add one to the number in file ``counter`` (the attempts of a job) and return it."""
     try:
         with open(counter) as f:
             n = int(f.read()) + 1
@@ -87,6 +86,13 @@ def flaky(counter: str, failures: int) -> int:
         n = 1
     with open(counter, "w") as f:
         f.write(str(n))
+    return n
+
+
+@longtask.task(retries=2, retry_backoff=0.05, retry_on=ConnectionError)
+def flaky(counter: str, failures: int) -> int:
+    """Fails its first ``failures`` attempts, then returns the attempt's number."""
+    n = _count(counter)
     if n <= failures:
         raise ConnectionError(f"attempt {n} fails")
     return n
@@ -104,13 +110,7 @@ def stubborn(path: str) -> None:
 @longtask.task(time_limit=0.5, retries=1, retry_backoff=0.05, retry_on=TimeLimitExceeded)
 def stubborn_once(counter: str) -> int:
     """Its first attempt ignores its time limit until stopped by force; the second returns."""
-    try:
-        with open(counter) as f:
-            n = int(f.read()) + 1
-    except FileNotFoundError:
-        n = 1
-    with open(counter, "w") as f:
-        f.write(str(n))
+    n = _count(counter)
     while n == 1:
         time.sleep(0.05)  # the job's work
     return n
