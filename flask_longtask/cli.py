@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError
 from .job import JobStatus
-from .store import attempt_of, keys
+from .store import attempt_of, keys, retries_of
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
@@ -84,9 +84,7 @@ def _seconds(value: t.Any) -> str:
 
 def _attempts(record: dict[str, t.Any]) -> str:
     """``"2/4"``: the attempt that runs (or ran last) of those its task allows."""
-    retries = record.get("retries", 0)
-    retries = retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
-    return f"{attempt_of(record)}/{1 + retries}"
+    return f"{attempt_of(record)}/{1 + retries_of(record)}"
 
 
 @longtask_cli.command("jobs")

@@ -26,7 +26,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, session, s
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError, QueueFullError
 from .job import JobStatus
-from .store import attempt_of, keys
+from .store import attempt_of, keys, retries_of
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import LongTask
@@ -59,11 +59,6 @@ def _number(value: t.Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _count(value: t.Any) -> int:
-    """A count (0 or more) from a stored record, 0 for whatever else storage holds."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _jsonable(value: t.Any) -> tuple[t.Any, bool]:
@@ -181,7 +176,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             "finished_at": _iso(record.get("finished")),
             "time_limit": _number(record.get("time_limit")),
             "attempt": attempt_of(record),
-            "retries": _count(record.get("retries")),
+            "retries": retries_of(record),
             "url": url_for(".job", job_id=job_id),
         }
         if record["status"] == JobStatus.SUCCEEDED.value:

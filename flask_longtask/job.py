@@ -120,15 +120,25 @@ class Job(t.Generic[R]):
     @property
     def retries(self) -> int:
         """How many more attempts its task allowed after a failed one, when it was submitted."""
-        retries = self._record().get("retries", 0)
-        return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
+        from .store import retries_of
+
+        return retries_of(self._record())
+
+    @property
+    def last_error(self) -> dict[str, str] | None:
+        """The error of the attempt before, for a job that was retried (``{type, message,
+        traceback}``); ``None`` before any retry."""
+        error = self._record().get("last_error")
+        return error if isinstance(error, dict) else None
 
     @property
     def time_limit(self) -> float | None:
         """Seconds it may run once started (its task's ``time_limit``, or
         ``LONGTASK_TIME_LIMIT`` when it was submitted); ``None``: no limit."""
         limit = self._record().get("time_limit")
-        return float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < math.inf:
+            return float(limit)
+        return None
 
     @property
     def created_at(self) -> datetime:

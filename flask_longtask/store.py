@@ -173,7 +173,12 @@ def time_limit_value(value: t.Any, where: str) -> float | None:
         raise TypeError(f"{where} must be a number of seconds or None, not {value!r}.")
     if not value > 0:  # (NaN too)
         raise ValueError(f"{where} must be more than 0 seconds (None: no limit), not {value!r}.")
-    return None if value == math.inf else float(value)
+    if value == math.inf:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{where} is too large: {value!r}.") from None
 
 
 def time_limit_error(limit: t.Any) -> dict[str, str]:
@@ -190,10 +195,21 @@ def attempt_of(record: t.Mapping[str, t.Any]) -> int:
     return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
 
 
+#: Seconds a retry waits at most, however many attempts came before (Celery's default too).
+RETRY_BACKOFF_MAX = 600.0
+
+
+def retries_of(record: t.Mapping[str, t.Any]) -> int:
+    """How many more attempts a job's record says its task allowed (0 for anything else)."""
+    retries = record.get("retries", 0)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
+
+
 def retry_delay(backoff: float, attempt: int) -> float:
     """Seconds before attempt ``attempt + 1`` after attempt ``attempt`` failed: ``backoff`` times
-    2**(attempt-1), give or take 25% (so that jobs that failed together do not retry together)."""
-    return float(backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25))
+    2**(attempt-1), at most :data:`RETRY_BACKOFF_MAX`, give or take 25% (so that jobs that
+    failed together do not retry together)."""
+    return min(backoff * 2.0 ** min(attempt - 1, 64), RETRY_BACKOFF_MAX) * random.uniform(0.75, 1.25)
 
 
 def _is_time_limit(flag: t.Any) -> bool:
@@ -313,6 +329,12 @@ class JobStore:
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return self.backend.get(keys.cancel(job_id)) is not MISSING
+
+    def _cancelled_by_someone(self, job_id: str) -> bool:
+        """Whether a cancel was asked for: a time limit's mark is not one (the job may be
+        retried, and stays the one in flight for its memo key)."""
+        flag = self.backend.get(keys.cancel(job_id))
+        return flag is not MISSING and not _is_time_limit(flag)
 
     # -- transitions ----------------------------------------------------------------------------
 
@@ -497,13 +519,16 @@ class JobStore:
         else:
             self.backend.terminate(job_id, self.cancel_grace)
 
-    def exceed_time_limit(self, job_id: str, limit: float) -> None:
+    def exceed_time_limit(self, job_id: str, limit: float) -> bool:
         """The running job passed its time limit (its own ticker calls this): raise its cancel
         flag, marked as the time limit's, and have the backend stop it by force after the grace
-        (it then ends failed, ``TimeLimitExceeded``, see :meth:`mark_lost`)."""
+        (it then ends failed, ``TimeLimitExceeded``, see :meth:`mark_lost`). ``False`` when a
+        cancel came first: its flag stays as it is (the job ends cancelled, never retried)."""
         flag = {"at": time.time(), "reason": "time_limit", "limit": limit}
-        self.backend.set(keys.cancel(job_id), flag, self.result_expire)
+        if not self.backend.add(keys.cancel(job_id), flag, self.result_expire):
+            return False
         self.backend.terminate(job_id, self.cancel_grace)
+        return True
 
     def retry(
         self, record: dict[str, t.Any], error: dict[str, str], delay: float, *, app: Flask | None, limited: bool
@@ -536,16 +561,18 @@ class JobStore:
             ("delete", keys.alive(job_id), None, None),
             ("delete", keys.end(job_id), None, None),
         ]
+        unless: str | None = keys.cancel(job_id)
         if limited:
             flag = self.backend.get(keys.cancel(job_id))
-            if _is_time_limit(flag):
+            if _is_time_limit(flag):  # (a cancel that replaced the mark wins: unless stays)
                 writes.append(("delete_if", keys.cancel(job_id), flag, None))
+                unless = None
         done = self.backend.add_then_write(
             keys.end(job_id),
             now,
             self.result_expire,
             writes,
-            unless=None if limited else keys.cancel(job_id),
+            unless=unless,
             otherwise=self._end_writes(record, JobStatus.CANCELLED),
         )
         if done is None:
@@ -570,8 +597,13 @@ class JobStore:
 
         task = registered_task(record.get("task"))
         attempt = attempt_of(record)
-        if task is None or TimeLimitExceeded not in task.retry_on or attempt > task.retries:
+        if task is None or TimeLimitExceeded not in task.retry_on or attempt > retries_of(record):
             return False
+        if app is None:  # (Celery's main process: the job's app, for the job_retrying signal)
+            try:
+                app = task.longtask._app_for(str(record.get("app")))
+            except LookupError:
+                app = None
         delay = retry_delay(task.retry_backoff, attempt)
         if not self.retry(record, time_limit_error(record.get("time_limit")), delay, app=app, limited=True):
             return False
@@ -650,7 +682,7 @@ class JobStore:
             record = self._inflight_record(memo_key, other)
             if record is not None and (
                 record["status"] == JobStatus.SUCCEEDED.value
-                or (record["status"] in _ACTIVE and not self.is_cancel_requested(other))
+                or (record["status"] in _ACTIVE and not self._cancelled_by_someone(other))
             ):
                 return self.job(other)
             # A job that is being cancelled, or a leftover from one that ended without

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import math
 import os
 import sys
 import typing as t
@@ -110,13 +109,17 @@ class Task(t.Generic[P, R]):
 
 
 def _count(value: t.Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{where} must be a whole number, 0 or more, not {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where} must be a whole number, 0 or more, not {value!r}.")
+    if not 0 <= value <= 1000:
+        raise ValueError(f"{where} must be a whole number from 0 to 1000, not {value!r}.")
     return value
 
 
 def _seconds(value: t.Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where} must be a number of seconds, 0 or more, not {value!r}.")
+    if not 0 <= value < 1e9:  # (NaN, infinity and absurd values too)
         raise ValueError(f"{where} must be a number of seconds, 0 or more, not {value!r}.")
     return float(value)
 

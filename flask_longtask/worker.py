@@ -24,7 +24,7 @@ from . import signals
 from .backends.base import MISSING, Backend, JobRequest
 from .exceptions import TimeLimitExceeded
 from .job import JobStatus
-from .store import JobStore, attempt_of, error_record, keys, retry_delay, time_limit_error
+from .store import JobStore, attempt_of, error_record, keys, retries_of, retry_delay, time_limit_error
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -147,15 +147,15 @@ class JobContext:
         store = t.cast(JobStore, self._store)
         job_id = t.cast(str, self.id)
         self._flush()
-        if now >= self._limit_at and not self._limited:
+        if now >= self._limit_at and not self._limited and not self._cancelled:
             # Not once the job has returned (see _close), and the flag is stored before the job
             # can see it: a job that returns at once, and is retried, then finds the flag to
-            # take down.
+            # take down. A cancel that came first stays a cancel.
             with self._lock:
                 if not self._closed:
-                    self._limited = True
+                    self._limit_at = math.inf
                     try:
-                        store.exceed_time_limit(job_id, t.cast(float, self._limit))
+                        self._limited = store.exceed_time_limit(job_id, t.cast(float, self._limit))
                     finally:
                         self._cancelled = True
         if not self._cancelled:
@@ -474,10 +474,10 @@ def _retry(
     past its time limit and ``retry_on`` names ``TimeLimitExceeded``; it was not cancelled; and
     the task allows another attempt."""
     attempt = attempt_of(record)
-    if attempt > task.retries:
+    if attempt > retries_of(record):  # (what its task allowed when it was submitted)
         return None
     if ctx._limited:
-        retried = TimeLimitExceeded in task.retry_on
+        retried = TimeLimitExceeded in task.retry_on and (failure is None or isinstance(failure, Exception))
     else:
         retried = (
             not ctx._cancelled
@@ -509,9 +509,14 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
         error = time_limit_error(ctx._limit) if ctx._limited else error_record(t.cast(BaseException, failure))
         retried = store.retry(record, error, delay, app=app, limited=ctx._limited)
         if retried:
-            store.backend.enqueue_after(JobRequest(record["id"], task.name, task, app), delay)
-            return JobStatus.QUEUED
-        ended = None if retried is None else JobStatus.CANCELLED
+            try:
+                store.backend.enqueue_after(JobRequest(record["id"], task.name, task, app), delay)
+                return JobStatus.QUEUED
+            except Exception:  # (the broker is away): nothing would run it again, so it ends here
+                _log.exception("Job %s could not be queued for its retry; it fails.", record["id"])
+                ended = store.finish(record, JobStatus.FAILED, app=app, error=error)
+        else:
+            ended = None if retried is None else JobStatus.CANCELLED
     elif ctx._limited:
         ended = store.finish(record, JobStatus.FAILED, app=app, error=time_limit_error(ctx._limit))
     elif ctx._cancelled:

@@ -294,13 +294,15 @@ def flaky_slowly(counter: str) -> int:
 
 
 @longtask.task(time_limit=0.3, retries=1, retry_backoff=0.05, retry_on=(ConnectionError, TimeLimitExceeded))
-def slow_then_quick(counter: str, stubborn: bool) -> int:
+def slow_then_quick(counter: str, stubborn: bool, second: float = 0.0) -> int:
     """Its first attempt runs past its time limit (waiting for the flag, or, ``stubborn``,
-    ignoring it until stopped by force); the second returns at once."""
+    ignoring it until stopped by force); the second works ``second`` seconds and returns."""
     n = _count(counter)
     deadline = time.monotonic() + 60
     while n == 1 and (stubborn or not current_job.is_cancel_requested) and time.monotonic() < deadline:
         time.sleep(0.01)  # the job's work
+    if n > 1:
+        time.sleep(second)  # the job's work
     return n
 
 

@@ -35,6 +35,7 @@ def test_messages_to_a_worker_decode_as_they_were_sent(message: object) -> None:
         wire.Done(ID),
         wire.Done(ID, {keys.job(ID): {"status": "succeeded"}, keys.result(ID): b"42"}, (ID[::-1], True)),
         wire.Done(ID, None, (ID[::-1], False)),
+        wire.Done(ID, None, None, True),
         wire.GiveBack((ID, ID[::-1])),
         wire.Failing("the worker could not store the job's outcome: OSError: disk full"),
     ],
@@ -236,13 +237,14 @@ def test_the_queue_length_is_read_as_the_host_wrote_it(tmp_path: Path) -> None:
 
 def test_delayed_jobs_are_queued_when_due_and_not_while_their_worker_has_them() -> None:
     queue, later = jobqueue.JobQueue(), jobqueue.Delayed()
-    assert later.next_due() == float("inf") and not later
+    assert later.next_due(queue) == float("inf") and not later
     later.add("b", 20.0)
     later.add("a", 10.0)
     later.add("c", 30.0)
-    assert later.next_due() == 10.0
+    assert later.next_due(queue) == 10.0
     queue.know("a")  # its worker has not yet reported the attempt's end
+    assert later.next_due(queue) == 20.0  # (the host wakes for it at the "done" instead)
     assert later.take_due(25.0, queue) == ["b"]
     queue.forget("a")
     assert later.take_due(25.0, queue) == ["a"]
-    assert "c" in later and len(later) == 1 and later.next_due() == 30.0
+    assert "c" in later and len(later) == 1 and later.next_due(queue) == 30.0

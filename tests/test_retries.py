@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_longtask import JobFailedError, JobStatus, LongTask, signals
+from flask_longtask import JobFailedError, JobStatus, LongTask, TimeLimitExceeded, signals
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests import diskcache_jobs as jobs
 from tests.helpers import wait_for
@@ -89,7 +89,9 @@ def test_between_attempts_it_is_queued_and_a_cancel_ends_it(tmp_path: Path) -> N
 
 def test_a_time_limited_attempt_is_retried_when_retry_on_names_it(pool: DiskcacheBackend, tmp_path: Path) -> None:
     counter = tmp_path / "n"
-    job = jobs.slow_then_quick.submit(str(counter), False)
+    # Its second attempt (within its own limit) runs past the forced stop's deadline asked for
+    # the first: that stop was for the attempt before, and must not reach this one.
+    job = jobs.slow_then_quick.submit(str(counter), False, 0.25)
     assert job.result(timeout=30) == 2
     assert job.attempt == 2
 
@@ -99,6 +101,24 @@ def test_an_attempt_stopped_by_force_at_its_limit_is_retried_too(pool: Diskcache
     job = jobs.slow_then_quick.submit(str(counter), True)  # ignores its flag: killed at limit + grace
     assert job.result(timeout=30) == 2
     assert job.attempt == 2
+    assert job.last_error is not None and job.last_error["type"] == "TimeLimitExceeded"
+
+
+def test_a_waiter_does_not_spin_while_a_retry_waits_out_its_backoff(
+    pool: DiskcacheBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In the host's process a waiter is woken by ends; a retried attempt's "done" is no end.
+    reads = []
+    get_many = DiskcacheBackend.get_many
+
+    def counted(self: DiskcacheBackend, keys: t.Any) -> t.Any:
+        reads.append(1)
+        return get_many(self, keys)
+
+    monkeypatch.setattr(DiskcacheBackend, "get_many", counted)
+    job = jobs.flaky_slowly.submit(str(tmp_path / "n"))  # about a second between its attempts
+    assert job.result(timeout=30) == 2
+    assert len(reads) < 200  # (it polls every 50 ms at most: about 20 reads a second)
 
 
 def test_a_time_limited_attempt_is_not_retried_by_default(pool: DiskcacheBackend, tmp_path: Path) -> None:
@@ -122,8 +142,11 @@ def test_a_retry_waiting_out_its_backoff_survives_a_new_host(tmp_path: Path) -> 
     try:
         with pool_app(second).app_context():
             again = jobs.longtask.get_job(job.id)
+            retry_at = t.cast(float, second.get(f"job:{job.id}")["retry_at"])
             assert again.result(timeout=30) == 2
             assert again.attempt == 2
+            # The new host waited out the backoff the first one had started.
+            assert again.started_at is not None and again.started_at.timestamp() >= retry_at
     finally:
         second.close()
 
@@ -158,6 +181,28 @@ def test_thread_backend_retries_and_signals_each_retry(app: Flask, longtask: Lon
         assert "ATTEMPT" in out.output and " 3/4 " in line
 
 
+def test_a_cancel_before_the_time_limit_stays_a_cancel(app: Flask, longtask: LongTask) -> None:
+    # It looks at its flag only after its time limit has passed: the limit must not replace
+    # the cancel (which would fail it TimeLimitExceeded, and retry it).
+    runs = []
+    cancelled = threading.Event()
+
+    @longtask.task(time_limit=0.3, retries=1, retry_backoff=0.01, retry_on=TimeLimitExceeded)
+    def busy() -> str:
+        runs.append(1)
+        cancelled.wait(30)
+        time.sleep(0.6)  # the job's work, past its limit, ignoring the flag meanwhile
+        return "done"
+
+    with app.app_context():
+        job = busy.submit()
+        wait_for(lambda: runs, 30, "the job to start")
+        job.cancel()
+        cancelled.set()
+        assert job.wait(timeout=30) is JobStatus.CANCELLED
+        assert len(runs) == 1 and job.attempt == 1
+
+
 def test_a_task_without_retries_is_tried_once(app: Flask, longtask: LongTask) -> None:
     @longtask.task
     def boom() -> None:
@@ -173,7 +218,9 @@ def test_a_task_without_retries_is_tried_once(app: Flask, longtask: LongTask) ->
     ("options", "error", "match"),
     [
         ({"retries": -1}, ValueError, "retries .* whole number"),
-        ({"retries": 1.5}, ValueError, "retries .* whole number"),
+        ({"retries": 1.5}, TypeError, "retries .* whole number"),
+        ({"retries": 1001}, ValueError, "retries .* from 0 to 1000"),
+        ({"retry_backoff": "1"}, TypeError, "retry_backoff .* seconds"),
         ({"retry_backoff": -1}, ValueError, "retry_backoff .* seconds"),
         ({"retry_backoff": float("inf")}, ValueError, "retry_backoff .* seconds"),
         ({"retry_on": (ValueError, "x")}, TypeError, "retry_on .* exception class"),

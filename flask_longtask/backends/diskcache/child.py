@@ -21,6 +21,7 @@ import typing as t
 from flask import appcontext_popped, appcontext_tearing_down, current_app
 
 from ... import signals
+from ...job import JobStatus
 from ...store import JobStore, keys
 from ...worker import Handoff, _ticker, claim_value, execute, is_runnable
 from ..base import MISSING
@@ -210,7 +211,7 @@ class Child:
             if go is None:
                 self.since = time.monotonic()
             try:
-                execute(backend, job_id, handoff=handoff)
+                again = execute(backend, job_id, handoff=handoff) is JobStatus.QUEUED
             except Exception as exc:  # pragma: no cover - tested by test_full_disk_in_a_worker_...: a
                 # process whose file writes fail cannot save coverage data either.
                 # Storage failed under the job (disk full, directory gone): this process cannot
@@ -239,7 +240,7 @@ class Child:
                     )
                 ahead = (next_id, runs)
             end, self._end = self._end, None
-            self.send(wire.Done(job_id, end, ahead))
+            self.send(wire.Done(job_id, end, ahead, again))
 
 
 def _ends_are_quick() -> bool:

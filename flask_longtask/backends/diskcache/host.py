@@ -349,13 +349,13 @@ class PoolHost:
         if self.kills:
             timeout = max(0.0, min(timeout, min(self.kills.values()) - time.time()))
         if self.later:
-            timeout = max(0.0, min(timeout, self.later.next_due() - time.time()))
+            timeout = max(0.0, min(timeout, self.later.next_due(self.queue) - time.time()))
         if (self.queue or self._started) and len(self.workers) < self.size:
             timeout = max(0.0, min(timeout, self.next_spawn - now))
         ready = self._poll(timeout)
         try:
             self._handle_ready(ready)
-            if self.later and self.later.next_due() <= time.time():
+            if self.later and self.later.next_due(self.queue) <= time.time():
                 with self.mutex:
                     for job_id in self.later.take_due(time.time(), self.queue):
                         self.queue.push(job_id)
@@ -495,8 +495,9 @@ class PoolHost:
             self.kills.pop(job_id, None)
             self.requeued.discard(job_id)
             # Last: a waiter woken here may submit its next job at once, to this idle worker.
-            self.ends.add(job_id, values, size)
-        return None if job_id is None else wire.Done(job_id, values, message.ahead)
+            if not message.again:  # (a retry is no end: its waiters wait on, without spinning)
+                self.ends.add(job_id, values, size)
+        return None if job_id is None else wire.Done(job_id, values, message.ahead, message.again)
 
     def drain(self, worker: Worker) -> None:
         """Handle what a dead worker sent before it died (its pipe keeps it): its last "done"

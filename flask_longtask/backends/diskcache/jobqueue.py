@@ -85,9 +85,10 @@ class Delayed:
     def add(self, job_id: str, due: float) -> None:
         self._due[job_id] = due
 
-    def next_due(self) -> float:
-        """When the first is due (epoch), ``inf`` when none waits."""
-        return min(self._due.values(), default=math.inf)
+    def next_due(self, queue: JobQueue) -> float:
+        """When the first is due (epoch) of those the queue does not know, ``inf`` when none
+        waits (a job the queue knows is taken after its worker's "done", which wakes the host)."""
+        return min((when for job_id, when in self._due.items() if job_id not in queue), default=math.inf)
 
     def take_due(self, now: float, queue: JobQueue) -> list[str]:
         """The jobs due by ``now``, earliest first, taken out; not one the queue still knows (its

@@ -56,7 +56,11 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
     if worker.job_id is not None:
         job_id = worker.job_id
         host.kills.pop(job_id, None)
-        if (
+        if job_id in host.later:
+            # Its attempt failed and it was queued for a retry before the worker died: the retry
+            # stands (it is queued when due, now that the queue forgets it).
+            host.queue.forget(job_id)
+        elif (
             (how is None or moved)
             and worker.reason is None
             and not worker.preclaimed

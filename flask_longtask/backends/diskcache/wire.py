@@ -100,19 +100,21 @@ END_INLINE = 16 * 1024
 class Done:
     """Done with ``job_id``. ``values``: what its end wrote (``{key: value}``), or ``None``
     (ended elsewhere, or too large to send). ``ahead``: ``(next job id, whether it runs it)``
-    for a job sent ahead that it claimed, or tried to, as it ended this one."""
+    for a job sent ahead that it claimed, or tried to, as it ended this one. ``again``: the
+    attempt failed and the job was queued to run again (a retry): not an end."""
 
     job_id: str
     values: dict[str, t.Any] | None = None
     ahead: tuple[str, bool] | None = None
+    again: bool = False
 
     def encode(self) -> bytes:
         values = self.values
         if values is not None and sum(len(v) for v in values.values() if isinstance(v, bytes)) >= END_INLINE:
             values = None  # (a large result is not even pickled to see that it is)
-        data = b"E" + pickle.dumps((self.job_id, values, self.ahead), _PROTOCOL)
+        data = b"E" + pickle.dumps((self.job_id, values, self.ahead, self.again), _PROTOCOL)
         if len(data) > END_INLINE:
-            data = b"E" + pickle.dumps((self.job_id, None, self.ahead), _PROTOCOL)
+            data = b"E" + pickle.dumps((self.job_id, None, self.ahead, self.again), _PROTOCOL)
         return data
 
 
@@ -146,10 +148,10 @@ def decode_from_worker(data: bytes) -> Done | GiveBack | Failing:
         return GiveBack(tuple(raw.decode() for raw in data[1:].split()))
     if kind == b"E":
         try:
-            job_id, values, ahead = pickle.loads(data[1:])
+            job_id, values, ahead, again = pickle.loads(data[1:])
         except Exception as exc:
             raise ValueError(f"a pool worker's done message could not be read: {exc}") from exc
-        return Done(job_id, values, None if ahead is None else (ahead[0], bool(ahead[1])))
+        return Done(job_id, values, None if ahead is None else (ahead[0], bool(ahead[1])), bool(again))
     raise ValueError(f"unknown message from a pool worker: {data[:16]!r}")
 
 
