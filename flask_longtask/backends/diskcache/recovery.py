@@ -11,7 +11,7 @@ import time
 import typing as t
 
 from ...job import JobStatus
-from ...store import keys
+from ...store import RETRY_BACKOFF_MAX, keys
 from ...worker import owner_pid
 from ..base import MISSING
 from .workers import exit_reason
@@ -194,7 +194,9 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
         if not is_claimed and record["status"] == JobStatus.QUEUED.value:
             retry_at = record.get("retry_at")
             if isinstance(retry_at, (int, float)) and retry_at > now:
-                later.append((job_id, float(retry_at)))  # a retry waiting out its backoff
+                # A retry waiting out its backoff (never longer than a backoff can be: a record
+                # rewritten to park a job for ever is not believed).
+                later.append((job_id, min(float(retry_at), now + RETRY_BACKOFF_MAX * 1.25)))
             elif first or now - record["created"] > RESCAN_AGE:
                 unclaimed.append((record["created"], job_id))
         elif first:
