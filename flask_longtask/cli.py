@@ -10,10 +10,11 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .attempts import attempt_of, retries_of
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError
 from .job import JobStatus
-from .store import attempt_of, keys, retries_of
+from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State

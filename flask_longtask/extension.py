@@ -10,13 +10,14 @@ import weakref
 from flask import Blueprint, Flask, current_app, has_app_context
 
 from . import memo, signals
+from .attempts import time_limit_value
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
 from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
 from .job import Job
-from .store import JobStore, time_limit_value
+from .store import JobStore
 from .task import Task
 
 P = t.ParamSpec("P")

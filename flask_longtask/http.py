@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app, jsonify, request, session, stream_with_context, url_for
 
+from .attempts import attempt_of, retries_of
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError, QueueFullError
 from .job import JobStatus
-from .store import attempt_of, keys, retries_of
+from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import LongTask

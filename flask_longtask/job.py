@@ -8,6 +8,7 @@ import time
 import typing as t
 from datetime import datetime, timezone
 
+from .attempts import attempt_of, retries_of
 from .backends.base import MISSING
 from .exceptions import JobCancelledError, JobFailedError, JobNotFoundError, JobTimeoutError
 
@@ -113,15 +114,11 @@ class Job(t.Generic[R]):
     def attempt(self) -> int:
         """Which attempt runs, or ran last: 1 for the first; a retried job counts on (its task's
         ``retries``)."""
-        from .store import attempt_of
-
         return attempt_of(self._record())
 
     @property
     def retries(self) -> int:
         """How many more attempts its task allowed after a failed one, when it was submitted."""
-        from .store import retries_of
-
         return retries_of(self._record())
 
     @property

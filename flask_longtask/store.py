@@ -1,11 +1,10 @@
-"""Job records over a backend's storage: the one copy of the job semantics, and of the key
-schema (:data:`keys`) every other module asks for the name of a key."""
+"""Job records over a backend's storage: the one copy of the job semantics. The key schema
+(:data:`keys`, from :mod:`flask_longtask.keys`) and a job's attempts (its time limit and
+retries, :mod:`flask_longtask.attempts`) are re-read here, for one import."""
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 import traceback
 import typing as t
@@ -13,10 +12,20 @@ import typing as t
 from flask import current_app, has_app_context
 
 from . import signals
+from .attempts import (
+    attempt_of,
+    is_time_limit,
+    retries_of,
+    retry_delay,
+    time_limit_error,
+    time_limit_value,
+)
 from .backends.base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from .config import DEFAULT_CONFIG
 from .exceptions import JobNotFoundError
 from .job import Job, JobStatus
+from .keys import Keys as Keys  # (the key schema, re-exported: flask_longtask.store.keys)
+from .keys import keys as keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -32,124 +41,6 @@ INFLIGHT_WAIT = 5.0
 _STALE_END = 5.0
 
 
-class Keys:
-    """The key schema: every key the core stores (a backend may prefix them), spelled here only.
-
-    ===================  =================================================================
-    ``job:<id>``         the record: id, task, app, status, timestamps, error, memo key
-    ``request:<id>``     what the worker needs: task name, app name, serialised arguments
-    ``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
-    ``result:<id>``      the serialised return value of a succeeded job
-    ``cancel:<id>``      present once cancellation was requested
-    ``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
-                         out of "queued": a worker (the job reads "running" from then on) or
-                         ``"cancel"``
-    ``end:<id>``         taken atomically by whoever moves the job to its final status
-    ``alive:<id>``       heartbeat of a running job; expires when its worker is gone
-    ``inflight:<key>``   the queued or running job of a memo key (single-flight)
-    ``memo:<key>``       the succeeded job whose result answers a memo key
-    ``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
-    ``access:<id>:<h>``  the HTTP API: a caller (``<h>``, a digest of who) may read job ``<id>``
-    ``idem:<h>``         the HTTP API: the job an ``Idempotency-Key`` made (``<h>``, its digest)
-    ===================  =================================================================
-
-    A package built on Flask-LongTask keeps its own keys under its own name (the Dash adapter's
-    start with ``dash-adapter:``).
-
-    >>> keys.job("abc"), keys.job_id("job:abc")
-    ('job:abc', 'abc')
-    """
-
-    #: What every job record's key starts with: ``backend.scan(keys.JOB_PREFIX)`` lists jobs.
-    JOB_PREFIX: t.Final = "job:"
-
-    @staticmethod
-    def job(job_id: str) -> str:
-        return f"job:{job_id}"
-
-    @staticmethod
-    def request(job_id: str) -> str:
-        return f"request:{job_id}"
-
-    @staticmethod
-    def progress(job_id: str) -> str:
-        return f"progress:{job_id}"
-
-    @staticmethod
-    def result(job_id: str) -> str:
-        return f"result:{job_id}"
-
-    @staticmethod
-    def cancel(job_id: str) -> str:
-        return f"cancel:{job_id}"
-
-    @staticmethod
-    def claim(job_id: str) -> str:
-        return f"claim:{job_id}"
-
-    @staticmethod
-    def end(job_id: str) -> str:
-        return f"end:{job_id}"
-
-    @staticmethod
-    def alive(job_id: str) -> str:
-        return f"alive:{job_id}"
-
-    @staticmethod
-    def inflight(memo_key: str) -> str:
-        return f"inflight:{memo_key}"
-
-    @staticmethod
-    def memo(memo_key: str) -> str:
-        return f"memo:{memo_key}"
-
-    @staticmethod
-    def memo_gen(task_name: str) -> str:
-        """The generation of one task's memos; ``""``: of every task's."""
-        return f"memo-gen:{task_name}"
-
-    @staticmethod
-    def access(job_id: str, digest: str) -> str:
-        return f"access:{job_id}:{digest}"
-
-    @staticmethod
-    def idempotency(digest: str) -> str:
-        return f"idem:{digest}"
-
-    @classmethod
-    def of_job(cls, job_id: str) -> list[str]:
-        """Every per-job key (``flask longtask purge`` deletes them)."""
-        return [
-            cls.job(job_id),
-            cls.request(job_id),
-            cls.progress(job_id),
-            cls.result(job_id),
-            cls.cancel(job_id),
-            cls.claim(job_id),
-            cls.end(job_id),
-            cls.alive(job_id),
-        ]
-
-    @classmethod
-    def to_run(cls, job_id: str) -> list[str]:
-        """What a worker reads as it claims a job: its record, its request and its cancel flag."""
-        return [cls.job(job_id), cls.request(job_id), cls.cancel(job_id)]
-
-    @classmethod
-    def job_id(cls, key: str) -> str:
-        """The job id in a job record's key (as :meth:`Backend.scan` yields them).
-
-        :raises ValueError: ``key`` is not a job record's key.
-        """
-        if not key.startswith(cls.JOB_PREFIX):
-            raise ValueError(f"{key!r} is not a job record's key (it does not start with {cls.JOB_PREFIX!r}).")
-        return key[len(cls.JOB_PREFIX) :]
-
-
-#: The key schema (:class:`Keys`): ``keys.job(job_id)``, ``keys.of_job(job_id)`` ...
-keys: t.Final = Keys
-
-
 def _app_or_current(app: Flask | None) -> Flask | None:
     if app is None and has_app_context():
         return t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
@@ -158,64 +49,6 @@ def _app_or_current(app: Flask | None) -> Flask | None:
 
 def _setting(value: float | None, name: str) -> float:
     return float(DEFAULT_CONFIG[name] if value is None else value)
-
-
-def time_limit_value(value: t.Any, where: str) -> float | None:
-    """A time limit as stored: seconds (a positive number), or ``None`` for none (``None`` or
-    ``math.inf`` given). ``where`` names the setting in the error.
-
-    :raises TypeError: not a number.
-    :raises ValueError: zero, negative or NaN.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{where} must be a number of seconds or None, not {value!r}.")
-    if not value > 0:  # (NaN too)
-        raise ValueError(f"{where} must be more than 0 seconds (None: no limit), not {value!r}.")
-    if value == math.inf:
-        return None
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError(f"{where} is too large: {value!r}.") from None
-
-
-def time_limit_error(limit: t.Any) -> dict[str, str]:
-    """The error a job that ran past its time limit ends with (``TimeLimitExceeded``);
-    ``limit`` as read from its record (anything but a number is not shown)."""
-    seconds = f" of {limit:g} seconds" if isinstance(limit, (int, float)) and not isinstance(limit, bool) else ""
-    return {"type": "TimeLimitExceeded", "message": f"The job ran past its time limit{seconds}.", "traceback": ""}
-
-
-def attempt_of(record: t.Mapping[str, t.Any]) -> int:
-    """The attempt a job's record says runs (or ran last): 1 for the first, whatever storage
-    holds that is not a positive whole number."""
-    attempt = record.get("attempt", 1)
-    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
-
-
-#: Seconds a retry waits at most, however many attempts came before (Celery's default too).
-RETRY_BACKOFF_MAX = 600.0
-
-
-def retries_of(record: t.Mapping[str, t.Any]) -> int:
-    """How many more attempts a job's record says its task allowed (0 for anything else)."""
-    retries = record.get("retries", 0)
-    return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
-
-
-def retry_delay(backoff: float, attempt: int) -> float:
-    """Seconds before attempt ``attempt + 1`` after attempt ``attempt`` failed: ``backoff`` times
-    2**(attempt-1), at most :data:`RETRY_BACKOFF_MAX`, give or take 25% (so that jobs that
-    failed together do not retry together)."""
-    return min(backoff * 2.0 ** min(attempt - 1, 64), RETRY_BACKOFF_MAX) * random.uniform(0.75, 1.25)
-
-
-def _is_time_limit(flag: t.Any) -> bool:
-    """Whether a job's cancel flag, as read back from storage, was raised by its time limit
-    (anything else, a float included, is a cancel)."""
-    return isinstance(flag, dict) and flag.get("reason") == "time_limit"
 
 
 def error_record(exc: BaseException, *, message: str | None = None) -> dict[str, str]:
@@ -334,7 +167,7 @@ class JobStore:
         """Whether a cancel was asked for: a time limit's mark is not one (the job may be
         retried, and stays the one in flight for its memo key)."""
         flag = self.backend.get(keys.cancel(job_id))
-        return flag is not MISSING and not _is_time_limit(flag)
+        return flag is not MISSING and not is_time_limit(flag)
 
     # -- transitions ----------------------------------------------------------------------------
 
@@ -564,7 +397,7 @@ class JobStore:
         unless: str | None = keys.cancel(job_id)
         if limited:
             flag = self.backend.get(keys.cancel(job_id))
-            if _is_time_limit(flag):  # (a cancel that replaced the mark wins: unless stays)
+            if is_time_limit(flag):  # (a cancel that replaced the mark wins: unless stays)
                 writes.append(("delete_if", keys.cancel(job_id), flag, None))
                 unless = None
         done = self.backend.add_then_write(
@@ -621,7 +454,7 @@ class JobStore:
             return False
         if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
             record = {**record, "started": claim["at"]}  # it ran from its claim
-        limited = _is_time_limit(flag)  # stopped by force at its time limit: that is its end
+        limited = is_time_limit(flag)  # stopped by force at its time limit: that is its end
         if limited and self._retry_time_limit(record, app):
             return True
         error: dict[str, str] | None = (

@@ -9,7 +9,7 @@ import os
 import sys
 import typing as t
 
-from .store import time_limit_value
+from .attempts import time_limit_value
 from .worker import run_inline
 
 if t.TYPE_CHECKING:  # pragma: no cover

@@ -21,10 +21,11 @@ import typing as t
 from dataclasses import dataclass
 
 from . import signals
+from .attempts import attempt_of, retries_of, retry_delay, time_limit_error
 from .backends.base import MISSING, Backend, JobRequest
 from .exceptions import TimeLimitExceeded
 from .job import JobStatus
-from .store import JobStore, attempt_of, error_record, keys, retries_of, retry_delay, time_limit_error
+from .store import JobStore, error_record, keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask

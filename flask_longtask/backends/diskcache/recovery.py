@@ -10,8 +10,9 @@ import logging
 import time
 import typing as t
 
+from ...attempts import RETRY_BACKOFF_MAX
 from ...job import JobStatus
-from ...store import RETRY_BACKOFF_MAX, keys
+from ...store import keys
 from ...worker import owner_pid
 from ..base import MISSING
 from .workers import exit_reason

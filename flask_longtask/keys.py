@@ -1,0 +1,124 @@
+"""The key schema: the name of every key the core stores, spelled here only (``store``,
+``cli``, ``http``, the backends and the tests ask :data:`keys`)."""
+
+from __future__ import annotations
+
+import typing as t
+
+
+class Keys:
+    """The key schema: every key the core stores (a backend may prefix them), spelled here only.
+
+    ===================  =================================================================
+    ``job:<id>``         the record: id, task, app, status, timestamps, error, memo key
+    ``request:<id>``     what the worker needs: task name, app name, serialised arguments
+    ``progress:<id>``    ``{"seq": n, "value": bytes}``, the latest progress value
+    ``result:<id>``      the serialised return value of a succeeded job
+    ``cancel:<id>``      present once cancellation was requested
+    ``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
+                         out of "queued": a worker (the job reads "running" from then on) or
+                         ``"cancel"``
+    ``end:<id>``         taken atomically by whoever moves the job to its final status
+    ``alive:<id>``       heartbeat of a running job; expires when its worker is gone
+    ``inflight:<key>``   the queued or running job of a memo key (single-flight)
+    ``memo:<key>``       the succeeded job whose result answers a memo key
+    ``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
+    ``access:<id>:<h>``  the HTTP API: a caller (``<h>``, a digest of who) may read job ``<id>``
+    ``idem:<h>``         the HTTP API: the job an ``Idempotency-Key`` made (``<h>``, its digest)
+    ===================  =================================================================
+
+    A package built on Flask-LongTask keeps its own keys under its own name (the Dash adapter's
+    start with ``dash-adapter:``).
+
+    >>> keys.job("abc"), keys.job_id("job:abc")
+    ('job:abc', 'abc')
+    """
+
+    #: What every job record's key starts with: ``backend.scan(keys.JOB_PREFIX)`` lists jobs.
+    JOB_PREFIX: t.Final = "job:"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        return f"job:{job_id}"
+
+    @staticmethod
+    def request(job_id: str) -> str:
+        return f"request:{job_id}"
+
+    @staticmethod
+    def progress(job_id: str) -> str:
+        return f"progress:{job_id}"
+
+    @staticmethod
+    def result(job_id: str) -> str:
+        return f"result:{job_id}"
+
+    @staticmethod
+    def cancel(job_id: str) -> str:
+        return f"cancel:{job_id}"
+
+    @staticmethod
+    def claim(job_id: str) -> str:
+        return f"claim:{job_id}"
+
+    @staticmethod
+    def end(job_id: str) -> str:
+        return f"end:{job_id}"
+
+    @staticmethod
+    def alive(job_id: str) -> str:
+        return f"alive:{job_id}"
+
+    @staticmethod
+    def inflight(memo_key: str) -> str:
+        return f"inflight:{memo_key}"
+
+    @staticmethod
+    def memo(memo_key: str) -> str:
+        return f"memo:{memo_key}"
+
+    @staticmethod
+    def memo_gen(task_name: str) -> str:
+        """The generation of one task's memos; ``""``: of every task's."""
+        return f"memo-gen:{task_name}"
+
+    @staticmethod
+    def access(job_id: str, digest: str) -> str:
+        return f"access:{job_id}:{digest}"
+
+    @staticmethod
+    def idempotency(digest: str) -> str:
+        return f"idem:{digest}"
+
+    @classmethod
+    def of_job(cls, job_id: str) -> list[str]:
+        """Every per-job key (``flask longtask purge`` deletes them)."""
+        return [
+            cls.job(job_id),
+            cls.request(job_id),
+            cls.progress(job_id),
+            cls.result(job_id),
+            cls.cancel(job_id),
+            cls.claim(job_id),
+            cls.end(job_id),
+            cls.alive(job_id),
+        ]
+
+    @classmethod
+    def to_run(cls, job_id: str) -> list[str]:
+        """What a worker reads as it claims a job: its record, its request and its cancel flag."""
+        return [cls.job(job_id), cls.request(job_id), cls.cancel(job_id)]
+
+    @classmethod
+    def job_id(cls, key: str) -> str:
+        """The job id in a job record's key (as :meth:`Backend.scan` yields them).
+
+        :raises ValueError: ``key`` is not a job record's key.
+        """
+        if not key.startswith(cls.JOB_PREFIX):
+            raise ValueError(f"{key!r} is not a job record's key (it does not start with {cls.JOB_PREFIX!r}).")
+        return key[len(cls.JOB_PREFIX) :]
+
+
+#: The key schema (:class:`Keys`): ``keys.job(job_id)``, ``keys.of_job(job_id)`` ...
+keys: t.Final = Keys
