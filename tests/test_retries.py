@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_longtask import JobFailedError, JobStatus, LongTask, TimeLimitExceeded, signals
+from flask_longtask import JobFailedError, JobStatus, LongTask, TimeLimitExceeded, current_job, signals
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests import diskcache_jobs as jobs
 from tests.helpers import wait_for
@@ -201,6 +201,31 @@ def test_a_cancel_before_the_time_limit_stays_a_cancel(app: Flask, longtask: Lon
         cancelled.set()
         assert job.wait(timeout=30) is JobStatus.CANCELLED
         assert len(runs) == 1 and job.attempt == 1
+
+
+def test_a_memoized_job_past_its_limit_stays_the_one_in_flight(app: Flask, longtask: LongTask) -> None:
+    # Its time limit raised its cancel flag, but it will be retried: a submit of the same
+    # arguments meanwhile joins it instead of starting a second job.
+    flagged, release = threading.Event(), threading.Event()
+    runs = []
+
+    @longtask.task(cache_by=[], time_limit=0.2, retries=1, retry_backoff=0.01, retry_on=TimeLimitExceeded)
+    def report(n: int) -> int:
+        runs.append(n)
+        if len(runs) == 1:
+            while not current_job.is_cancel_requested:
+                release.wait(0.01)  # the job's work, until its limit
+            flagged.set()
+            release.wait(30)
+        return len(runs)
+
+    with app.app_context():
+        job = report.submit(7)
+        assert flagged.wait(30)
+        assert report.submit(7) == job
+        release.set()
+        assert job.result(timeout=30) == 2
+        assert runs == [7, 7]
 
 
 def test_a_task_without_retries_is_tried_once(app: Flask, longtask: LongTask) -> None:
