@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import typing as t
+from pathlib import Path
 
 
 def wait_for(condition: t.Callable[[], t.Any], timeout: float = 10.0, what: str = "condition") -> t.Any:
@@ -18,3 +19,12 @@ def wait_for(condition: t.Callable[[], t.Any], timeout: float = 10.0, what: str 
             raise AssertionError(f"Timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

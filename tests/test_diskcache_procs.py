@@ -21,19 +21,10 @@ from flask_longtask import JobStatus
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from flask_longtask.store import keys
 from tests import diskcache_jobs as jobs
-from tests.helpers import wait_for
+from tests.helpers import alive, wait_for
 from tests.services import ROOT, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for an init that does not reap counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def parent_of(pid: int) -> int:

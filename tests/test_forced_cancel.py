@@ -25,7 +25,7 @@ from flask import Flask
 from flask_longtask import JobStatus
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests import diskcache_jobs as jobs
-from tests.helpers import wait_for
+from tests.helpers import alive, wait_for
 from tests.services import ROOT
 
 celery = pytest.importorskip("celery")
@@ -65,15 +65,6 @@ CELERY_SCRIPT = textwrap.dedent(
         longtask.get_job(sys.argv[1]).cancel()
     """
 )
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run(argv: list[str], env: dict[str, str]) -> str:
