@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import functools
 import logging
 import os
 import pickle
@@ -29,7 +28,8 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from . import child, fifo, handoff, host, waiting, wire
-from .connections import Cache, is_corruption
+from .connections import Cache
+from .connections import storage as _storage
 from .host import LOCK_NAME, TICK, PoolHost
 from .table import Table
 from .workers import WorkerView
@@ -45,24 +45,6 @@ _instances: weakref.WeakSet[DiskcacheBackend] = weakref.WeakSet()
 #: worker sends its "done" after the job's end signals and app-context teardown (user code,
 #: which may be slow), and an end may come by another way (a lost worker) that wakes nobody.
 RECHECK = 0.05
-
-_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
-
-
-def _storage(method: _F) -> _F:
-    """A storage call: a database found corrupted is closed, to be reopened by the next call,
-    and reported once a minute at most (see :meth:`DiskcacheBackend._unreadable`)."""
-
-    @functools.wraps(method)
-    def guarded(self: DiskcacheBackend, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
-            if not is_corruption(exc):
-                raise
-            raise self._unreadable(exc) from exc
-
-    return t.cast(_F, guarded)
 
 
 def _setting(app: Flask, name: str) -> t.Any:
