@@ -146,6 +146,7 @@ class Elastic:
         no job ahead.)"""
         self._marked = True
         shares = []
+        first: list[tuple[Worker, bool]] = []  # (looked at for the first time, and sleeping)
         for worker in host.workers:
             if now - worker.started < STARTING:
                 continue  # (it imports the app: its first interval says nothing of its job)
@@ -154,14 +155,23 @@ class Elastic:
                 continue
             used, sleeping = read
             worker.mark, mark = (used, now), worker.mark
-            if mark is not None and now > mark[1]:
-                share = (used - mark[0]) / (now - mark[1])
-            elif now - worker.started >= SETTLED:  # the first look: what its job does right now
-                share = 0.0 if sleeping else 1.0
-            else:  # (a young worker may be waiting for a lock as it starts: measured next tick)
+            if mark is None or now <= mark[1]:
+                # The first look: what its job does right now; but a young worker may be waiting
+                # for a lock as it starts, and is measured at the next tick.
+                if now - worker.started >= SETTLED:
+                    first.append((worker, sleeping))
                 continue
+            share = (used - mark[0]) / (now - mark[1])
             worker.waiting = share < WAITING_BELOW
             shares.append(share)
+        # A job that burns CPU sleeps for moments too (its end, a lock): a sleeping worker counts
+        # as waiting at the first look only when every worker looked at for the first time
+        # sleeps; else it is measured at the next tick, and a running one counts as burning.
+        everyone = all(sleeping for _, sleeping in first)
+        for worker, sleeping in first:
+            if sleeping == everyone:
+                worker.waiting = sleeping
+                shares.append(0.0 if sleeping else 1.0)
         room = self.max_size - len(host.workers)
         unknown = len(host.workers) - len(shares)
         count = growth(shares, unknown=unknown, cpus=CPUS, room=room, queued=host.queued()) if room > 0 else 0
