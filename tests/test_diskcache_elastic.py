@@ -79,11 +79,13 @@ def test_the_ceiling_and_the_growth_rule() -> None:
     assert elastic.ceiling(64, None) == 64  # never below the workers kept warm
     assert elastic.ceiling(2, 3) == 3
     waiting, burning = 0.01, 0.97
-    # Every worker waits: as many again (or up to the free CPUs), within the queue and the room.
-    assert elastic.growth([waiting, waiting], unknown=0, cpus=2, room=10, queued=10) == 2
-    assert elastic.growth([waiting] * 4, unknown=2, cpus=2, room=10, queued=10) == 4
+    # Every worker judged, and waiting: one for each job waiting, within the room.
+    assert elastic.growth([waiting, waiting], unknown=0, cpus=2, room=10, queued=7) == 7
     assert elastic.growth([waiting] * 4, unknown=0, cpus=2, room=1, queued=10) == 1
-    assert elastic.growth([waiting] * 4, unknown=0, cpus=2, room=10, queued=3) == 3
+    # Some too new to be judged: as many again as wait (or up to the free CPUs).
+    assert elastic.growth([waiting] * 4, unknown=2, cpus=2, room=10, queued=10) == 4
+    assert elastic.growth([waiting] * 4, unknown=2, cpus=2, room=10, queued=3) == 3
+    assert elastic.growth([waiting, burning], unknown=0, cpus=4, room=10, queued=10) == 3
     # Burning workers fill the CPUs: none, however many wait.
     assert elastic.growth([burning, burning, waiting], unknown=0, cpus=2, room=10, queued=10) == 0
     # A pool smaller than the CPUs grows to them with work that burns CPU; not past them.

@@ -6,11 +6,12 @@ asks of the CPU (:func:`demand`: ``/proc/<pid>/schedstat`` and ``/proc/<pid>/sta
 it with the previous tick's reading. A worker that used less than :data:`WAITING_BELOW` of a CPU
 meanwhile is *waiting* (its job sleeps, or blocks in I/O); one that used more is *burning*. (At
 the first look, a settled worker is judged by whether its main thread sleeps at that moment.)
-The pool then starts more workers (:func:`growth`): as many as are waiting, or up to the CPUs
-that no burning or unjudged worker may be using, within the ceiling and the jobs waiting; never
-one while the burning workers fill the CPUs, so CPU-bound work is not spread over more processes
-than CPUs. A worker judged waiting is sent no job ahead (:data:`~.host.AHEAD`): the queued job
-stays in the queue, for the next free worker or the one being started.
+The pool then starts more workers (:func:`growth`): one per job waiting when every worker waits;
+else as many as are waiting, or up to the CPUs that no burning or unjudged worker may be using;
+within the ceiling; never one while the burning workers fill the CPUs, so CPU-bound work is not
+spread over more processes than CPUs. A worker judged waiting is sent no job ahead
+(:data:`~.host.AHEAD`): the queued job stays in the queue, for the next free worker or the one
+being started.
 
 A worker above ``workers`` that has had no job for ``worker_idle`` seconds is *retired*: under the
 host's mutex, while it has nothing sent ahead, nothing in its pipe and no waiter reading it, the
@@ -34,13 +35,17 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 _log = logging.getLogger(__name__)
 
-#: A worker whose job used less than this share of one CPU over the last tick is waiting.
-WAITING_BELOW = 0.5
+#: A worker whose job used less than this share of one CPU over the last tick is waiting. (The
+#: workers of a flood of no-op jobs use 0.6-0.7 each on 2 CPUs, waiting for SQLite's lock and the
+#: host: more of them would not help; a job that sleeps or waits on the network, a few hundredths.)
+WAITING_BELOW = 0.3
 #: Seconds after its start before a worker's CPU is read: it is importing the app meanwhile.
 STARTING = 0.2
 #: Seconds after its start from which a worker is judged at the first look by what its job does
 #: at that moment (sleeping or not), rather than two ticks later by its CPU in between.
 SETTLED = 1.0
+#: Seconds a job has run before a first look may judge its worker waiting because it sleeps.
+FIRST_LOOK = 0.05
 #: Seconds a retired worker has to exit before it is killed (it has no job: it exits at once).
 RETIRE_WAIT = 1.0
 #: Clock ticks per second of ``/proc/<pid>/stat``'s ``utime`` and ``stime``.
@@ -91,14 +96,17 @@ def growth(shares: t.Sequence[float], *, unknown: int, cpus: int, room: int, que
     (each in CPUs), how many busy workers are too new to be judged (``unknown``), the ``cpus``
     this process may use, the ``room`` under the ceiling and the jobs ``queued``.
 
-    None while the burning workers fill the CPUs, or none is judged yet. Else as many as are
-    waiting (the waiting part doubles each tick: their jobs are presumed like the queued ones), or
-    as many as fill the CPUs that neither the burning nor the unknown workers may be using (a
-    pool smaller than the CPUs grows to them with work that burns CPU), whichever is more."""
+    None while the burning workers fill the CPUs, or none is judged yet. When every worker is
+    judged and waits, one for each job waiting: the CPUs are idle, and the jobs are presumed like
+    the running ones. Else as many as are waiting (the waiting part doubles each tick), or as many
+    as fill the CPUs that neither the burning nor the unknown workers may be using (a pool smaller
+    than the CPUs grows to them with work that burns CPU), whichever is more; within the ceiling."""
     burning = sum(share >= WAITING_BELOW for share in shares)
     waiting = len(shares) - burning
     if not shares or burning >= cpus or room <= 0 or queued <= 0:
         return 0
+    if burning == 0 and unknown == 0:
+        return min(room, queued)
     return min(room, queued, max(waiting, cpus - burning - unknown))
 
 
@@ -156,9 +164,10 @@ class Elastic:
             used, sleeping = read
             worker.mark, mark = (used, now), worker.mark
             if mark is None or now <= mark[1]:
-                # The first look: what its job does right now; but a young worker may be waiting
-                # for a lock as it starts, and is measured at the next tick.
-                if now - worker.started >= SETTLED:
+                # The first look: what its job does right now. Not for a young worker (it may be
+                # waiting for a lock as it starts), nor a sleeping one whose job has just started
+                # (it may be writing its claim): those are measured at the next tick.
+                if now - worker.started >= SETTLED and not (sleeping and now - worker.given < FIRST_LOOK):
                     first.append((worker, sleeping))
                 continue
             share = (used - mark[0]) / (now - mark[1])
