@@ -61,12 +61,12 @@ class DiskcacheBackend(Backend):
     processes: the first to use the backend wins an ``flock`` on the directory, and when it dies
     another takes over, fails the jobs that were running there ("worker lost") and runs the jobs
     still queued. Worker processes are started from a clean server process (no lock of a threaded
-    server is ever inherited) and reused; the rest wait in FIFO order (a job sent ahead to a busy
-    worker whose job then runs long is given back within a tick of
-    ``LONGTASK_PROGRESS_INTERVAL``; see the backends documentation). ``workers`` are kept warm;
-    while every one is busy with a job that waits (sleeps, I/O) and more are queued, the pool grows,
-    up to ``max_workers`` and never past the CPUs with jobs that burn CPU; the extra workers exit
-    after ``worker_idle`` seconds without a job (see :mod:`.elastic`).
+    server is ever inherited) and reused; ``workers`` are kept warm. While every one is busy with a
+    job that waits (sleeps, I/O) and more are queued, the pool grows, up to ``max_workers``, never
+    past the CPUs with jobs that burn CPU; the extra workers exit after ``worker_idle`` seconds
+    without a job (see :mod:`.elastic`). Jobs no worker runs wait in FIFO order (a job sent ahead
+    to a busy worker whose job then runs long is given back within a tick of
+    ``LONGTASK_PROGRESS_INTERVAL``; see the backends documentation).
     A job that ignores cancellation is ended by stopping its process after
     ``LONGTASK_CANCEL_GRACE`` seconds; a worker that dies fails its job, saying how, and is
     replaced. POSIX only (``flock`` and a named pipe).
