@@ -263,6 +263,8 @@ class PoolHost:
             self.wake()
             return
         try:
+            while self.inbox:  # (jobs left to the dispatcher were submitted first: they go first)
+                self.queue.push(self.inbox.popleft())
             self.queue.push(job_id)
             self.dispatch_idle()
             # No idle worker: the next one to be done takes it (whoever reads its "done" gives
