@@ -315,3 +315,20 @@ def slow_once(counter: str) -> int:
     while not current_job.is_cancel_requested and time.monotonic() < deadline:
         time.sleep(0.01)  # the job's work
     return n
+
+
+@longtask.task
+def nap(seconds: float) -> int:
+    """Waits, as a job blocked in I/O does (the elastic pool grows for it); its worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@longtask.task
+def burn(seconds: float) -> int:
+    """Burns ``seconds`` of its own CPU time, however crowded the machine (the elastic pool does
+    not grow past the CPUs for it); its worker's pid."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        sum(range(1000))
+    return os.getpid()

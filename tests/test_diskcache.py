@@ -62,7 +62,7 @@ def make_app(backend: DiskcacheBackend, **config: t.Any) -> Flask:
 
 @pytest.fixture
 def backend(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=2)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=2, max_workers=2)
     yield backend
     pids = host_pids(backend)
     backend.close()
@@ -91,7 +91,7 @@ def test_jobs_run_in_a_persistent_pool(app: Flask, backend: DiskcacheBackend) ->
 
 
 def test_jobs_start_in_fifo_order(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with make_app(backend).app_context():
             log = tmp_path / "log"
@@ -148,7 +148,7 @@ def test_crashed_worker_fails_its_job_and_is_replaced(
 @pytest.fixture
 def one_worker_pool(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
     """A backend hosting a pool of one worker, up, in an app context."""
-    backend = DiskcacheBackend(tmp_path / "lt1", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt1", workers=1, max_workers=1)
     try:
         with make_app(backend).app_context():
             assert jobs.noop.submit().result(timeout=30) is None  # the pool is up
@@ -219,7 +219,7 @@ def test_jobs_sent_ahead_behind_a_long_job_run_on_a_free_worker_in_order(
 def test_a_job_sent_ahead_when_the_pool_shuts_down_runs_on_the_next_host(tmp_path: Path) -> None:
     # The pool closes while a job waits in a busy worker's pipe: the job it ran fails "worker
     # lost"; the one sent ahead never started, so it stays queued, unclaimed, for the next host.
-    first = DiskcacheBackend(tmp_path / "lt", workers=1)
+    first = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with make_app(first).app_context():
             holder = jobs.hold_jobs_ahead.submit(1, str(tmp_path / "never"))
@@ -230,7 +230,7 @@ def test_a_job_sent_ahead_when_the_pool_shuts_down_runs_on_the_next_host(tmp_pat
             wait_for(lambda: ahead_of(first) == [ahead.id], 30, "the job to be sent ahead")
     finally:
         first.close()
-    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with make_app(second).app_context():
             assert jobs.longtask.get_job(ahead.id).result(timeout=30) == 42
@@ -541,7 +541,7 @@ def test_closures_travel_as_arguments(app: Flask) -> None:
 
 
 def test_missing_directory_is_created(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "not" / "there" / "yet", workers=1)
+    backend = DiskcacheBackend(tmp_path / "not" / "there" / "yet", workers=1, max_workers=1)
     try:
         with make_app(backend).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2
@@ -553,7 +553,7 @@ def test_corrupted_directory_is_a_clear_error(tmp_path: Path) -> None:
     directory = tmp_path / "lt"
     directory.mkdir()
     (directory / "cache.db").write_bytes(b"this is not an SQLite database" * 100)
-    backend = DiskcacheBackend(directory, workers=1)
+    backend = DiskcacheBackend(directory, workers=1, max_workers=1)
     try:
         with pytest.raises(RuntimeError, match="cannot open its directory") as info:
             backend.get(keys.job("x"))
@@ -564,7 +564,7 @@ def test_corrupted_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_expired_entries_are_swept(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, cleanup_interval=0.1)
     try:
         for n in range(200):
             backend.set(f"progress:{n}", b"x" * 100, expire=0.2)
@@ -578,8 +578,8 @@ def test_expired_entries_are_swept(tmp_path: Path) -> None:
 
 def test_another_process_takes_over_when_the_host_closes(tmp_path: Path) -> None:
     # Two backends on one directory behave like two web processes: separate flocks.
-    first = DiskcacheBackend(tmp_path / "lt", workers=1)
-    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    first = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         app1, app2 = make_app(first), make_app(second)
         with app1.app_context():
@@ -624,7 +624,7 @@ def test_cli_jobs_cancel_purge(app: Flask, tmp_path: Path) -> None:
 
 
 def test_queue_length_is_seen_by_every_process(tmp_path: Path) -> None:
-    host = DiskcacheBackend(tmp_path / "lt", workers=1)
+    host = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     other = DiskcacheBackend(tmp_path / "lt", embedded=False)
     try:
         assert other.queue_length() is None  # nobody hosts the pool yet

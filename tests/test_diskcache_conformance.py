@@ -14,6 +14,6 @@ from flask_longtask.testing import BackendConformance
 class TestDiskcacheConformance(BackendConformance):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
-        backend = DiskcacheBackend(tmp_path / "lt", workers=2)
+        backend = DiskcacheBackend(tmp_path / "lt", workers=2, max_workers=2)
         yield backend
         backend.close()

@@ -89,7 +89,7 @@ def test_host_death_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> N
             assert running.status is JobStatus.RUNNING  # nobody has noticed yet
 
             # "The app starts again": a process that may host the pool opens the directory.
-            restarted = DiskcacheBackend(directory, workers=1)
+            restarted = DiskcacheBackend(directory, workers=1, max_workers=1)
             app2 = Flask("tests.restarted")
             jobs.longtask.init_app(app2, backend=restarted)
             try:

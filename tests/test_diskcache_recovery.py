@@ -52,7 +52,7 @@ def test_a_lost_job_whose_end_cannot_be_written_yet_is_ended_once_it_can(
     # The disk is full when the pool sees a worker die: the job's end cannot be written. The pool
     # keeps the job and writes its end once the disk has room again (it once forgot it: the job
     # read "queued" or "running" until a restart).
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     app = make_app(backend, LONGTASK_HEARTBEAT_TIMEOUT=3600)  # no reader ends it on its own
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
     caplog.set_level(logging.ERROR, logger="flask_longtask")
@@ -77,8 +77,8 @@ def test_a_queued_job_the_host_was_never_told_of_runs(tmp_path: Path, monkeypatc
     # A process stores a job and dies before it tells the host (or its message is lost): the
     # host's periodic rescan finds the job and runs it.
     monkeypatch.setattr(recovery, "RESCAN_AGE", 0.2)
-    pool = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
-    silent = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    pool = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, cleanup_interval=0.3)
+    silent = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, embedded=False)
     monkeypatch.setattr(silent, "enqueue", lambda request: None)  # the message that never came
     try:
         with make_app(pool).app_context():  # (once it ran a job, its first look for jobs is over)
@@ -97,8 +97,8 @@ def host_and_standby(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> t.Iterator[tuple[DiskcacheBackend, DiskcacheBackend]]:
     """Two backends of one directory: the first hosts its pool, the second stands by."""
-    first = DiskcacheBackend(tmp_path / "lt", workers=1)
-    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    first = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     caplog.set_level(logging.WARNING, logger="flask_longtask")
     try:
         first.cache  # noqa: B018
@@ -135,7 +135,7 @@ def test_a_database_corrupted_at_runtime_fails_clearly_and_recovers_once_removed
     import time
 
     directory = tmp_path / "lt"
-    backend = DiskcacheBackend(directory, workers=1)
+    backend = DiskcacheBackend(directory, workers=1, max_workers=1)
     app = make_app(backend)
     caplog.set_level(logging.WARNING, logger="flask_longtask")
     try:
@@ -160,7 +160,7 @@ def test_a_database_corrupted_at_runtime_fails_clearly_and_recovers_once_removed
             job = wait_for(lambda: _submitted(jobs.add, 2, 3), 30, "a submit to succeed again")
             assert job.result(timeout=30) == 5
         # A pool serves the new directory, for the other processes too (through its FIFO).
-        other = DiskcacheBackend(directory, workers=1, embedded=False)
+        other = DiskcacheBackend(directory, workers=1, max_workers=1, embedded=False)
         try:
             with make_app(other).app_context():
                 assert jobs.add.submit(3, 4).result(timeout=30) == 7
@@ -206,7 +206,7 @@ def test_a_storage_failure_that_repeats_is_logged_again_with_a_count(
 ) -> None:
     monkeypatch.setattr(host, "LOG_EVERY", 0.05)  # "a minute", for the test
     directory = tmp_path / "lt"
-    backend = DiskcacheBackend(directory, workers=1, embedded=False)
+    backend = DiskcacheBackend(directory, workers=1, max_workers=1, embedded=False)
     caplog.set_level(logging.ERROR, logger="flask_longtask")
     try:
         backend.set("k", 1)
@@ -232,8 +232,8 @@ def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
     # it came through the queue); that read fails once. The job sent ahead to that worker still
     # runs, and the worker's own job still ends.
     monkeypatch.setattr(recovery, "RESCAN_AGE", 0.2)
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1, cleanup_interval=0.3)
-    submitter = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)  # through the queue
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, cleanup_interval=0.3)
+    submitter = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, embedded=False)  # through the queue
     gate = tmp_path / "gate"
     try:
         with make_app(backend).app_context():
@@ -261,7 +261,7 @@ def test_a_storage_error_while_a_dead_worker_is_reaped_leaves_no_job_behind(
 
 
 def test_an_idle_worker_that_dies_is_replaced(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with make_app(backend).app_context():
             assert jobs.noop.submit().result(timeout=30) is None
@@ -278,8 +278,8 @@ def test_an_idle_worker_that_dies_is_replaced(tmp_path: Path) -> None:
 def test_a_forced_stop_of_a_job_the_pool_does_not_run_is_dropped(tmp_path: Path) -> None:
     # Any local process can ask the host to stop a job by force (the FIFO): one it does not run
     # stops nothing, and the pool goes on.
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
-    other = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
+    other = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, embedded=False)
     try:
         with make_app(backend).app_context():
             assert jobs.noop.submit().result(timeout=30) is None

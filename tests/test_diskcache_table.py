@@ -41,7 +41,7 @@ def value_files(directory: Path) -> set[Path]:
 
 @pytest.fixture
 def backend(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1, embedded=False)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1, embedded=False)
     yield backend
     backend.close()
 
@@ -220,7 +220,7 @@ def gated(tmp_path: Path, pools: list[PoolHost]) -> t.Iterator[tuple[DiskcacheBa
     """A pool (hosted here) running one job that ends when the test creates its gate file."""
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             gate = tmp_path / "gate"
@@ -255,7 +255,7 @@ def test_a_waiter_in_the_host_is_handed_what_the_end_wrote(
     process reads nothing. A result too large for that is read from storage."""
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     get_many = host.get_many
     reads = spy(monkeypatch, host, "get_many", lambda keys: list(keys))
     value = b"x" * (wire.END_INLINE + 1) if outcome == "large" else b"small"
@@ -296,7 +296,7 @@ def test_a_wait_in_the_host_reads_nothing_while_its_pool_follows_the_job(
     from flask_longtask.exceptions import JobNotFoundError
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     reads: list[list[str]] = []
     get_many = host.get_many
     monkeypatch.setattr(host, "get_many", lambda keys: reads.append(list(keys)) or get_many(keys))
@@ -334,7 +334,7 @@ def test_a_wait_in_the_host_reads_first_for_a_queued_job_that_has_ended(tmp_path
     skips it): no worker's "done" will answer for it, so a wait in the host reads first."""
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             gate = tmp_path / "gate"
@@ -358,7 +358,7 @@ def test_the_ends_kept_for_waiters_in_the_host_stay_bounded(tmp_path: Path, monk
 
     monkeypatch.setattr(waiting, "END_VALUES_BYTES", 20_000)
     monkeypatch.setattr(waiting, "END_VALUES_FRESH", 60.0)  # however long the 30 jobs take
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             done = [jobs.echo.submit(b"x" * 2000) for _ in range(30)]
@@ -430,7 +430,7 @@ def test_every_waiter_of_a_job_is_woken_when_it_ends(gated: tuple[DiskcacheBacke
 def test_a_waiter_learns_at_once_that_the_worker_it_reads_died(tmp_path: Path) -> None:
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             pid_file = tmp_path / "pid"
@@ -507,7 +507,7 @@ def test_a_waiter_in_the_host_sees_the_end_before_the_worker_is_done(tmp_path: P
     back a waiter in the host, which reads the stored end meanwhile."""
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     release = tmp_path / "release"
     try:
         with make_app(host).app_context():
@@ -560,7 +560,7 @@ def test_the_pool_serves_a_web_process_with_over_1024_descriptors(tmp_path: Path
     filler = [os.open(os.devnull, os.O_RDONLY)]
     while filler[-1] < 1100:  # every free descriptor below, too
         filler.append(os.open(os.devnull, os.O_RDONLY))
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             submitted = [jobs.add.submit(n, 1) for n in range(3)]  # nobody waits in this process
@@ -584,7 +584,7 @@ def test_the_pool_works_without_epoll(tmp_path: Path, monkeypatch: pytest.Monkey
     spied_select.epoll = lambda *args: epolls.append(args) or select.epoll(*args)
     monkeypatch.setattr(pool_module, "select", spied_select)
     watched = spy(monkeypatch, PoolHost, "unwatch", lambda pool, worker: worker)  # once a waiter read a pipe
-    host = DiskcacheBackend(tmp_path / "pool", workers=2)
+    host = DiskcacheBackend(tmp_path / "pool", workers=2, max_workers=2)
     try:
         with make_app(host).app_context():
             assert [jobs.add.submit(n, 1).result(timeout=30) for n in range(5)] == [1, 2, 3, 4, 5]
@@ -699,7 +699,7 @@ from tests import diskcache_jobs as jobs
 from tests.helpers import wait_for
 
 app = Flask("exit_test")
-jobs.longtask.init_app(app, backend=DiskcacheBackend(sys.argv[1], workers=1))
+jobs.longtask.init_app(app, backend=DiskcacheBackend(sys.argv[1], workers=1, max_workers=1))
 with app.app_context():
     job = jobs.wait_for_file.submit(sys.argv[2])
     wait_for(lambda: job.status.value == "running", 30, "the job to start")
@@ -749,7 +749,7 @@ def test_a_job_its_worker_never_claimed_runs_on_another(tmp_path: Path) -> None:
 
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     client = DiskcacheBackend(tmp_path / "pool", embedded=False)  # as in another web process
     try:
         with make_app(host).app_context():
@@ -781,7 +781,7 @@ def test_a_job_submitted_in_the_host_is_claimed_for_an_idle_worker(tmp_path: Pat
 
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     try:
         with make_app(host).app_context():
             assert jobs.add.submit(1, 1).result(timeout=30) == 2
@@ -817,7 +817,7 @@ def test_a_job_whose_records_fail_to_be_stored_after_the_hand_over_never_runs(
 
     from tests import diskcache_jobs as jobs
 
-    host = DiskcacheBackend(tmp_path / "pool", workers=1)
+    host = DiskcacheBackend(tmp_path / "pool", workers=1, max_workers=1)
     log = tmp_path / "log"
     try:
         with make_app(host).app_context():

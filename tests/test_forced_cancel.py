@@ -104,7 +104,7 @@ def pool_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def pool_app(pool_dir: Path) -> t.Iterator[Flask]:
     """This process hosts the pool (as a web process does by default); cancels come from others."""
-    backend = DiskcacheBackend(pool_dir, workers=1)
+    backend = DiskcacheBackend(pool_dir, workers=1, max_workers=1)
     app = Flask("tests.test_forced_cancel")
     app.config.update(TESTING=True, LONGTASK_PROGRESS_INTERVAL=0.01)
     jobs.longtask.init_app(app, backend=backend)

@@ -36,7 +36,7 @@ def pool_app(backend: DiskcacheBackend) -> Flask:
 
 @pytest.fixture
 def pool(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=2)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=2, max_workers=2)
     with pool_app(backend).app_context():
         yield backend
     backend.close()
@@ -67,7 +67,7 @@ def test_an_error_not_in_retry_on_is_not_retried(pool: DiskcacheBackend, tmp_pat
 
 
 def test_between_attempts_it_is_queued_and_a_cancel_ends_it(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with pool_app(backend).app_context():
             counter = tmp_path / "n"
@@ -130,7 +130,7 @@ def test_a_time_limited_attempt_is_not_retried_by_default(pool: DiskcacheBackend
 
 
 def test_a_retry_waiting_out_its_backoff_survives_a_new_host(tmp_path: Path) -> None:
-    first = DiskcacheBackend(tmp_path / "lt", workers=1)
+    first = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     counter = tmp_path / "n"
     try:
         with pool_app(first).app_context():
@@ -138,7 +138,7 @@ def test_a_retry_waiting_out_its_backoff_survives_a_new_host(tmp_path: Path) -> 
             wait_for(lambda: attempts(counter) == 1 and job.status is JobStatus.QUEUED, 30, "the first attempt to fail")
     finally:
         first.close()
-    second = DiskcacheBackend(tmp_path / "lt", workers=1)
+    second = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     try:
         with pool_app(second).app_context():
             again = jobs.longtask.get_job(job.id)

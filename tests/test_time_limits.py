@@ -32,7 +32,7 @@ def exists(pid: int) -> bool:
 
 @pytest.fixture
 def pool(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=2)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=2, max_workers=2)
     yield backend
     backend.close()
 
@@ -84,7 +84,7 @@ def test_a_job_that_ignores_its_limit_is_stopped_by_force_and_fails_time_limited
 
 
 def test_time_in_the_queue_does_not_count(tmp_path: Path) -> None:
-    backend = DiskcacheBackend(tmp_path / "lt", workers=1)
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
     app = Flask("tests.test_time_limits")
     app.config.update(TESTING=True, LONGTASK_CANCEL_GRACE=GRACE, LONGTASK_TIME_LIMIT=LIMIT)
     jobs.longtask.init_app(app, backend=backend)

@@ -19,6 +19,7 @@ app.config.update(
     LONGTASK_BACKEND="diskcache",
     LONGTASK_DISKCACHE_DIR=os.environ["LONGTASK_DISKCACHE_DIR"],
     LONGTASK_WORKERS=int(os.environ.get("LONGTASK_WORKERS", "2")),
+    LONGTASK_MAX_WORKERS=int(os.environ.get("LONGTASK_WORKERS", "2")),  # (a fixed pool)
     LONGTASK_EMBEDDED_WORKER=os.environ.get("LONGTASK_EMBEDDED_WORKER", "1") == "1",
     LONGTASK_CANCEL_GRACE=0.2,
 )

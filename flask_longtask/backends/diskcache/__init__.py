@@ -57,12 +57,15 @@ class DiskcacheBackend(Backend):
 
     The default backend. Every process that opens the same directory on the same host -- the
     workers of gunicorn, the Flask reloader, ``flask longtask`` commands -- shares the same
-    jobs, progress, results and memo cache. Exactly one of them hosts the pool of ``workers``
+    jobs, progress, results and memo cache. Exactly one of them hosts the pool of worker
     processes: the first to use the backend wins an ``flock`` on the directory, and when it dies
     another takes over, fails the jobs that were running there ("worker lost") and runs the jobs
-    still queued. Worker processes are started once (``spawn``: no lock of a threaded server is
-    ever inherited) and reused; at most ``workers`` jobs run at once, the rest wait in FIFO order
-    (a job sent ahead to a busy worker whose job then runs long is given back within a tick of
+    still queued. Worker processes are started from a clean server process (no lock of a threaded
+    server is ever inherited) and reused; ``workers`` are kept warm. While every one is busy with a
+    job that waits (sleeps, I/O) and more are queued, the pool grows, up to ``max_workers``, never
+    past the CPUs with jobs that burn CPU; the extra workers exit after ``worker_idle`` seconds
+    without a job (see :mod:`.elastic`). Jobs no worker runs wait in FIFO order (a job sent ahead
+    to a busy worker whose job then runs long is given back within a tick of
     ``LONGTASK_PROGRESS_INTERVAL``; see the backends documentation).
     A job that ignores cancellation is ended by stopping its process after
     ``LONGTASK_CANCEL_GRACE`` seconds; a worker that dies fails its job, saying how, and is
@@ -77,7 +80,9 @@ class DiskcacheBackend(Backend):
 
     :param directory: the diskcache directory; created if missing. ``from_app`` uses
         ``LONGTASK_DISKCACHE_DIR``, by default ``<instance folder>/longtask``.
-    :param workers: the pool's size when this process hosts it (default: the CPU count).
+    :param workers: the workers kept warm when this process hosts the pool (default: the CPU count).
+    :param max_workers: the ceiling of the pool (default: four per CPU, and never below ``workers``).
+    :param worker_idle: seconds after which a worker above ``workers`` exits without a job.
     :param embedded: whether this process may host the pool. ``False`` for web processes when
         ``flask longtask worker`` runs the pool (``LONGTASK_EMBEDDED_WORKER = False``).
     :param cleanup_interval: seconds between sweeps of expired records by the pool host.
@@ -93,18 +98,23 @@ class DiskcacheBackend(Backend):
         directory: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         *,
+        max_workers: int | None = None,
+        worker_idle: float = 60.0,
         embedded: bool = True,
         cleanup_interval: float = 60.0,
         start_method: str = "forkserver",
     ) -> None:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
+        if workers and max_workers and max_workers < workers:
+            raise ValueError(f"max_workers ({max_workers}) must be at least workers ({workers}).")
         if directory is None:
             import tempfile
 
             directory = os.path.join(tempfile.gettempdir(), "flask-longtask")
         self.directory = os.path.abspath(os.fspath(directory))
         self.workers = workers or os.cpu_count() or 1
+        self.max_workers, self.worker_idle = max_workers, worker_idle
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
@@ -132,6 +142,8 @@ class DiskcacheBackend(Backend):
         return cls(
             directory,
             workers=_setting(app, "LONGTASK_WORKERS"),
+            max_workers=_setting(app, "LONGTASK_MAX_WORKERS"),
+            worker_idle=float(_setting(app, "LONGTASK_WORKER_IDLE")),
             embedded=bool(_setting(app, "LONGTASK_EMBEDDED_WORKER")),
         )
 

@@ -36,7 +36,7 @@ import multiprocess  # the package checks it is installed, with a clear message,
 # dispatcher thread, then reap the workers -- runs first instead of racing with it.
 import multiprocess.util
 
-from . import fifo, recovery, waiting, wire
+from . import elastic, fifo, recovery, waiting, wire
 from .jobqueue import Delayed, JobQueue
 from .workers import Worker, close, spawn
 
@@ -80,7 +80,9 @@ class PoolHost:
         self.backend = backend
         #: Called (in the dispatcher thread) once it has stopped after :meth:`step_down`.
         self._on_step_down = on_step_down
+        #: How many workers are kept warm; the pool grows past them up to a ceiling (.elastic).
         self.size = size
+        self.elastic = elastic.Elastic(size, elastic.ceiling(size, backend.max_workers), backend.worker_idle)
         self._lock_fd = lock_fd
         self._ctx = multiprocess.get_context(backend.start_method)
         if backend.start_method == "forkserver":
@@ -135,8 +137,6 @@ class PoolHost:
         self.next_spawn = self._next_mail = 0.0
         self._next_rescan = 0.0  # the first loop recovers what a previous host left behind
         self._next_cleanup = now + backend.cleanup_interval
-        #: Every worker pid this host started (tests use it to prove none outlives the pool).
-        self.pids: list[int] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -228,6 +228,7 @@ class PoolHost:
                     recovery.left_behind(self, worker)
                     close(worker.conn)
                     worker.process.close()
+                self.elastic.shutdown()
             self.ends.announce()
         finally:
             self._release()
@@ -347,7 +348,7 @@ class PoolHost:
 
     def _step(self) -> None:
         now = time.monotonic()
-        timeout = TICK
+        timeout = max(0.0, min(TICK, self._next_mail - now))  # (a tick every TICK, however woken)
         if self.kills:
             timeout = max(0.0, min(timeout, min(self.kills.values()) - time.time()))
         if self.later:
@@ -387,7 +388,8 @@ class PoolHost:
                 if worker.sentinel in ready:
                     recovery.reap(self, worker, None)
             now = time.monotonic()
-            if now >= self._next_mail:
+            ticked = now >= self._next_mail
+            if ticked:
                 self._next_mail = now + TICK
                 self._handle_lines(self.backend.maintain())
                 if self.unrecorded:
@@ -398,6 +400,8 @@ class PoolHost:
                 self._next_cleanup = now + self.backend.cleanup_interval
                 self.backend.cleanup()
             self._dispatch()
+            if ticked and self.elastic.tick(self, now):  # (after the dispatch: a worker just done is busy again)
+                self.dispatch_idle()
             self.publish()
 
     def _handle_lines(self, messages: list[wire.Line]) -> None:
@@ -514,10 +518,12 @@ class PoolHost:
             self._started = True
         if self._started:
             while len(self.workers) < self.size and time.monotonic() >= self.next_spawn:
-                worker = spawn(self._ctx, self.backend.directory)
-                self.workers.append(worker)
-                self.pids.append(worker.pid)
+                self.add_worker()
         self.dispatch_idle()
+
+    def add_worker(self) -> None:
+        """Start one more worker (the pool's minimum, a replacement, or growth: .elastic)."""
+        self.workers.append(spawn(self._ctx, self.backend.directory))
 
     def dispatch_idle(self) -> None:
         """The next queued jobs to idle workers; then, while jobs remain, ahead to busy ones."""
@@ -535,7 +541,8 @@ class PoolHost:
                 if (
                     worker.job_id is not None
                     and len(worker.ahead) < depth
-                    and not (worker.handing or worker.gave_back or worker.reason is not None)
+                    # (Nor to one whose job was judged waiting: it runs a while; see .elastic.)
+                    and not (worker.handing or worker.gave_back or worker.waiting or worker.reason is not None)
                     and worker.job_id not in self.kills  # (to be stopped by force: it would be too)
                 ):
                     job_id = self._send_next(worker)

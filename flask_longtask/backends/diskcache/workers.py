@@ -6,6 +6,7 @@ import collections
 import logging
 import select
 import signal
+import time
 import typing as t
 from dataclasses import dataclass
 
@@ -26,13 +27,17 @@ class Worker:
         "gave_back",
         "given",
         "handing",
+        "idle_since",
         "job_id",
         "lifeline",
+        "mark",
         "pid",
         "preclaimed",
         "process",
         "reason",
         "sentinel",
+        "started",
+        "waiting",
         "watched",
     )
 
@@ -66,6 +71,14 @@ class Worker:
         self.watched = False
         #: Whether its pipe reached end-of-file (it died; the dispatcher reaps it).
         self.eof = False
+        #: The CPU it had asked for (seconds), and when (monotonic), at the last tick during which
+        #: every worker was busy; whether its job was judged waiting then (see :mod:`.elastic`).
+        self.mark: tuple[float, float] | None = None
+        self.waiting: bool | None = None
+        #: When it was started (monotonic).
+        self.started = time.monotonic()
+        #: Since when (monotonic) the host has seen it idle, while the pool is above its minimum.
+        self.idle_since: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -90,7 +103,7 @@ class Worker:
         self.process.close()
 
     def view(self) -> WorkerView:
-        return WorkerView(self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched)
+        return WorkerView(self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched, self.waiting)
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,9 @@ class WorkerView:
     gave_back: bool
     #: Whether a thread waiting for its job in the host's process reads its pipe.
     watched: bool
+    #: Whether its job was judged waiting (not burning CPU) at the last tick during which every
+    #: worker was busy and jobs were queued; ``None`` when not judged (see :mod:`.elastic`).
+    waiting: bool | None = None
 
 
 def spawn(ctx: t.Any, directory: str) -> Worker:
