@@ -38,8 +38,14 @@ def _quiet_backend() -> _State:
 
 
 @longtask_cli.command("worker")
-@click.option("--workers", "-w", type=int, default=None, help="Pool size (default: LONGTASK_WORKERS or CPUs).")
-def worker_command(workers: int | None) -> None:
+@click.option("--workers", "-w", type=int, default=None, help="Workers kept warm (default: LONGTASK_WORKERS or CPUs).")
+@click.option(
+    "--max-workers",
+    type=int,
+    default=None,
+    help="The pool's ceiling while jobs wait (default: LONGTASK_MAX_WORKERS or 4 per CPU; diskcache only).",
+)
+def worker_command(workers: int | None, max_workers: int | None) -> None:
     """Run the backend's workers in this process until interrupted.
 
     On diskcache: the worker pool, for deployments where web processes should not host it
@@ -49,6 +55,11 @@ def worker_command(workers: int | None) -> None:
     backend = _state().backend
     run_worker = getattr(backend, "run_worker", None)
     if run_worker is not None:  # a backend with workers of its own kind (Celery)
+        if max_workers:
+            raise click.UsageError(
+                f"--max-workers sizes the diskcache backend's pool; {type(backend).__name__}'s workers"
+                " size their own pool (Celery: run 'celery worker --autoscale=MAX,MIN')."
+            )
         run_worker(workers or current_app.config.get("LONGTASK_WORKERS"))
         return
     run_pool = getattr(backend, "run_pool", None)
@@ -58,12 +69,14 @@ def worker_command(workers: int | None) -> None:
         )
     if workers:
         backend.workers = workers  # type: ignore[attr-defined]
+    if max_workers:
+        backend.max_workers = max_workers  # type: ignore[attr-defined]
 
     def stop(signum: int, frame: t.Any) -> None:
         backend.stop_pool()  # type: ignore[attr-defined]
 
     signal.signal(signal.SIGTERM, stop)
-    click.echo(f"Worker pool for {getattr(backend, 'directory', backend)!s}: {backend.workers} workers.")  # type: ignore[attr-defined]
+    click.echo(f"Worker pool for {getattr(backend, 'directory', backend)!s}: {backend.pool_size()}.")  # type: ignore[attr-defined]
     try:
         run_pool()
     except KeyboardInterrupt:

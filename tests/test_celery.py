@@ -195,6 +195,17 @@ def test_configured_by_longtask_keys(redis_url):
     backend.close()
 
 
+def test_the_worker_command_leaves_the_pools_size_to_celery(redis_url):
+    app = Flask(__name__)
+    app.config.update(LONGTASK_BACKEND="celery", LONGTASK_CELERY_BROKER_URL=redis_url)
+    LongTask(app)
+    try:
+        result = app.test_cli_runner().invoke(args=["longtask", "worker", "--max-workers", "4"])
+        assert result.exit_code != 0 and "celery worker --autoscale=MAX,MIN" in result.output
+    finally:
+        app.extensions["longtask"].backend.close()
+
+
 def test_a_worker_waits_for_a_record_sent_with_its_message(redis_url, monkeypatch):
     """Submit sends the job's record and its task message at once; a worker that gets the
     message first waits for the record, and gives up (runs nothing) if it never comes."""

@@ -116,7 +116,8 @@ def test_flask_longtask_worker_serves_web_processes_that_host_no_pool(tmp_path: 
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker", "--workers", "2"],
+            [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker"]
+            + ["--workers", "2", "--max-workers", "3"],
             cwd=ROOT,
             env=env_for(directory, LONGTASK_EMBEDDED_WORKER="0"),
             stdout=out,
@@ -134,7 +135,8 @@ def test_flask_longtask_worker_serves_web_processes_that_host_no_pool(tmp_path: 
         os.kill(worker.pid, signal.SIGINT)  # Ctrl+C: the pool stops cleanly
         assert worker.wait(30) == 0
         text = log.read_text()
-        assert "Worker pool for" in text and "2 workers" in text and "Traceback" not in text, text
+        assert "Worker pool for" in text and "2 workers, up to 3 while jobs wait" in text, text
+        assert "Traceback" not in text, text
     finally:
         stop(worker)
         web_backend.close()

@@ -27,7 +27,7 @@ from ...config import DEFAULT_CONFIG
 from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
-from . import child, fifo, handoff, host, waiting, wire
+from . import child, elastic, fifo, handoff, host, waiting, wire
 from .connections import Cache
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -64,12 +64,9 @@ class DiskcacheBackend(Backend):
     server is ever inherited) and reused; ``workers`` are kept warm. While every one is busy with a
     job that waits (sleeps, I/O) and more are queued, the pool grows, up to ``max_workers``, never
     past the CPUs with jobs that burn CPU; the extra workers exit after ``worker_idle`` seconds
-    without a job (see :mod:`.elastic`). Jobs no worker runs wait in FIFO order (a job sent ahead
-    to a busy worker whose job then runs long is given back within a tick of
-    ``LONGTASK_PROGRESS_INTERVAL``; see the backends documentation).
-    A job that ignores cancellation is ended by stopping its process after
-    ``LONGTASK_CANCEL_GRACE`` seconds; a worker that dies fails its job, saying how, and is
-    replaced. POSIX only (``flock`` and a named pipe).
+    without a job (see :mod:`.elastic`). Jobs no worker runs wait in FIFO order. A job that
+    ignores cancellation is ended by stopping its process after ``LONGTASK_CANCEL_GRACE``
+    seconds; a worker that dies fails its job, saying how, and is replaced. POSIX only.
 
     >>> import tempfile
     >>> backend = DiskcacheBackend(tempfile.mkdtemp(), workers=2)
@@ -106,8 +103,8 @@ class DiskcacheBackend(Backend):
     ) -> None:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
-        if workers and max_workers and max_workers < workers:
-            raise ValueError(f"max_workers ({max_workers}) must be at least workers ({workers}).")
+        if (workers and max_workers and max_workers < workers) or (max_workers or 1) < 1 or worker_idle < 0:
+            raise ValueError(f"Needs 1 <= workers <= max_workers, worker_idle >= 0: {workers}, {max_workers}.")
         if directory is None:
             import tempfile
 
@@ -134,7 +131,12 @@ class DiskcacheBackend(Backend):
         _instances.add(self)
 
     def __repr__(self) -> str:
-        return f"<DiskcacheBackend {self.directory!r} workers={self.workers}>"
+        return f"<DiskcacheBackend {self.directory!r}: {self.pool_size()}>"
+
+    def pool_size(self) -> str:
+        """The pool's size in words: the workers kept warm, and its ceiling if it may grow."""
+        top = elastic.ceiling(self.workers, self.max_workers)
+        return f"{self.workers} workers" + (f", up to {top} while jobs wait" if top > self.workers else "")
 
     @classmethod
     def from_app(cls, app: Flask) -> DiskcacheBackend:
@@ -521,7 +523,7 @@ class DiskcacheBackend(Backend):
                     pool.shutdown()  # (closes the lock's descriptor)
                     raise
             self._host = pool
-        _log.info("Process %s hosts the worker pool of %s (%d workers).", os.getpid(), self.directory, self.workers)
+        _log.info("Process %s hosts the worker pool of %s (%s).", os.getpid(), self.directory, self.pool_size())
         return True
 
     def run_pool(self) -> None:
