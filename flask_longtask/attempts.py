@@ -43,6 +43,9 @@ def attempt_of(record: t.Mapping[str, t.Any]) -> int:
     return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 1
 
 
+#: The most retries a task may allow: a job runs ``1 + MAX_RETRIES`` attempts at most.
+MAX_RETRIES = 1000
+
 #: Seconds a retry waits at most, however many attempts came before (Celery's default too).
 RETRY_BACKOFF_MAX = 600.0
 

@@ -10,7 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .attempts import attempt_of, retries_of
+from .attempts import MAX_RETRIES, attempt_of, retries_of
 from .backends.base import MISSING
 from .exceptions import JobNotFoundError
 from .job import JobStatus
@@ -160,7 +160,8 @@ def purge_command() -> None:
         if record is MISSING or record["status"] not in finished:
             continue
         job_id = keys.job_id(key)
-        for name in keys.of_job(job_id):
+        # One end claim per attempt it ran (as many as a task may allow, whatever storage says).
+        for name in keys.of_job(job_id, min(attempt_of(record), 1 + MAX_RETRIES)):
             backend.delete(name)
         backend.forget(job_id)
         if record.get("memo_key"):  # the memo entry, if it still names this job

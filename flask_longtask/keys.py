@@ -18,7 +18,9 @@ class Keys:
     ``claim:<id>``       ``{"by": owner, "at": time}``, taken atomically by whoever moves the job
                          out of "queued": a worker (the job reads "running" from then on) or
                          ``"cancel"``
-    ``end:<id>``         taken atomically by whoever moves the job to its final status
+    ``end:<id>``         taken atomically by whoever ends the job's attempt: moves the job to
+                         its final status, or queues it for its next attempt (a retry);
+                         ``end:<id>:<n>`` for attempt ``n`` from 2 on
     ``alive:<id>``       heartbeat of a running job; expires when its worker is gone
     ``inflight:<key>``   the queued or running job of a memo key (single-flight)
     ``memo:<key>``       the succeeded job whose result answers a memo key
@@ -62,8 +64,14 @@ class Keys:
         return f"claim:{job_id}"
 
     @staticmethod
-    def end(job_id: str) -> str:
-        return f"end:{job_id}"
+    def end(job_id: str, attempt: int = 1) -> str:
+        """The end claim of one attempt of a job: each attempt is ended once, by whoever adds
+        it first, and a retry ends an attempt too (the next one has its own).
+
+        >>> keys.end("abc"), keys.end("abc", 1), keys.end("abc", 3)
+        ('end:abc', 'end:abc', 'end:abc:3')
+        """
+        return f"end:{job_id}" if attempt <= 1 else f"end:{job_id}:{attempt}"
 
     @staticmethod
     def alive(job_id: str) -> str:
@@ -91,8 +99,13 @@ class Keys:
         return f"idem:{digest}"
 
     @classmethod
-    def of_job(cls, job_id: str) -> list[str]:
-        """Every per-job key (``flask longtask purge`` deletes them)."""
+    def of_job(cls, job_id: str, attempts: int = 1) -> list[str]:
+        """Every per-job key of a job that ran ``attempts`` attempts (its record's ``attempt``:
+        one end claim each); ``flask longtask purge`` deletes them.
+
+        >>> keys.of_job("abc", attempts=2)[-3:]
+        ['end:abc', 'end:abc:2', 'alive:abc']
+        """
         return [
             cls.job(job_id),
             cls.request(job_id),
@@ -100,7 +113,7 @@ class Keys:
             cls.result(job_id),
             cls.cancel(job_id),
             cls.claim(job_id),
-            cls.end(job_id),
+            *(cls.end(job_id, n) for n in range(1, attempts + 1)),
             cls.alive(job_id),
         ]
 

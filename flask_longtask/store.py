@@ -139,7 +139,8 @@ class JobStore:
             and alive is MISSING
             and time.time() - (record["started"] or 0.0) > self.heartbeat_timeout
         ):
-            self.mark_lost(job_id, f"its worker sent no heartbeat for {self.heartbeat_timeout:g} seconds")
+            how = f"its worker sent no heartbeat for {self.heartbeat_timeout:g} seconds"
+            self.mark_lost(job_id, how, attempt=attempt_of(record))
             record = self.backend.get(keys.job(job_id))
             if record is MISSING:  # pragma: no cover - expired in between
                 raise JobNotFoundError(job_id)
@@ -271,22 +272,23 @@ class JobStore:
         unless_cancelled: bool = False,
     ) -> JobStatus | None:
         """Move a job to its final status, once; return that status, or ``None`` if the job had
-        already been ended by someone else.
+        already been ended by someone else, or its attempt by a retry (``record`` was read before
+        it: the job is queued for its next attempt, which is not ended here).
 
         With ``unless_cancelled``, a job whose cancellation was requested ends "cancelled"
         instead; the check is atomic with the end (a worker ends a job that returned this way).
         Sends the matching signal with ``app`` (default: the current app, if any) as sender.
 
-        The end claim, the result, the record, the memo entry and the release of single-flight
-        are written in one step (:meth:`Backend.end_job`): a reader that sees the status can
-        always read the value.
+        The end claim (of the attempt ``record`` says runs), the result, the record, the memo
+        entry and the release of single-flight are written in one step (:meth:`Backend.end_job`):
+        a reader that sees the status can always read the value.
         """
         job_id = record["id"]
         done = self.backend.end_job(
             JobEnd(
                 job_id,
                 status.value,
-                keys.end(job_id),
+                keys.end(job_id, attempt_of(record)),
                 time.time(),
                 self.result_expire,
                 self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire),
@@ -348,7 +350,11 @@ class JobStore:
         self.backend.set(keys.cancel(job_id), time.time(), self.result_expire)
         if self.claim(job_id, "cancel"):
             # Nobody runs it, and now nobody will: a worker's claim fails and it skips the job.
-            self.finish(record, JobStatus.CANCELLED, app=app)
+            # Its record is read again: the attempt read above may have been retried since (the
+            # job was running then), and the attempt to end is the one queued now.
+            record = self.backend.get(keys.job(job_id))
+            if record is not MISSING and record["status"] in _ACTIVE:
+                self.finish(record, JobStatus.CANCELLED, app=app)
         else:
             self.backend.terminate(job_id, self.cancel_grace)
 
@@ -371,11 +377,14 @@ class JobStore:
         its arguments and its single-flight key stay. The caller then has the backend run it
         (:meth:`Backend.enqueue_after`).
 
-        One atomic step, guarded by the end claim (added, then removed in the same step): a job
-        somebody else ended stays ended (``None``), and a job whose cancel flag is set ends
-        cancelled instead (``False``). ``limited``: the attempt ran past its time limit, whose
-        mark on the cancel flag is then taken down (a cancel made meanwhile replaces the mark,
-        stays, and ends the next attempt before it starts).
+        One atomic step that takes the failed attempt's end claim (``record``'s attempt), and
+        keeps it: that attempt is over, and whoever read it before (a reader that found it lost,
+        a second reader retrying it too) cannot end it, or retry it, again; the next attempt
+        ends with its own claim. An attempt somebody else ended (or retried) stays so
+        (``None``: queue nothing), and a job whose cancel flag is set ends cancelled instead
+        (``False``). ``limited``: the attempt ran past its time limit, whose mark on the cancel
+        flag is then taken down (a cancel made meanwhile replaces the mark, stays, and ends the
+        next attempt before it starts).
         """
         job_id = record["id"]
         attempt = attempt_of(record) + 1
@@ -392,7 +401,6 @@ class JobStore:
             ("set", keys.job(job_id), queued, None),
             ("delete", keys.claim(job_id), None, None),
             ("delete", keys.alive(job_id), None, None),
-            ("delete", keys.end(job_id), None, None),
         ]
         unless: str | None = keys.cancel(job_id)
         if limited:
@@ -401,9 +409,9 @@ class JobStore:
                 writes.append(("delete_if", keys.cancel(job_id), flag, None))
                 unless = None
         done = self.backend.add_then_write(
-            keys.end(job_id),
+            keys.end(job_id, attempt - 1),
             now,
-            self.result_expire,
+            self.claim_expire,  # (like a claim: as long as the job may live on)
             writes,
             unless=unless,
             otherwise=self._end_writes(record, JobStatus.CANCELLED),
@@ -443,14 +451,19 @@ class JobStore:
         self.backend.enqueue_after(JobRequest(record["id"], task.name, task, t.cast("Flask", app)), delay)
         return True
 
-    def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None) -> bool:
-        """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed".
+    def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None, attempt: int | None = None) -> bool:
+        """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed"
+        (or, stopped by force at its time limit, retry it if its task says so).
 
         Backends call this when they see a worker process die; readers call it when a running
-        job's heartbeat expires. Returns whether this call ended the job.
+        job's heartbeat expires, with the ``attempt`` they saw running: a job that has moved on
+        to a later attempt since (retried, by its worker or by another reader) is not lost.
+        Returns whether this call ended (or retried) the job.
         """
         record, claim, flag = self.backend.get_many([keys.job(job_id), keys.claim(job_id), keys.cancel(job_id)])
         if record is MISSING or record["status"] not in _ACTIVE:
+            return False
+        if attempt is not None and attempt_of(record) != attempt:
             return False
         if record.get("started") is None and isinstance(claim, dict) and claim["by"] != "cancel":
             record = {**record, "started": claim["at"]}  # it ran from its claim
@@ -473,15 +486,20 @@ class JobStore:
             status, error = JobStatus.CANCELLED, None
         else:
             status = JobStatus.FAILED
-        # Someone took the end claim but the record still says active: on a backend whose
-        # end_job() is not atomic (a custom one with the default, on a store without
-        # transactions), the process ending the job died half-way through. Its worker is gone, so
-        # once the claim is a few seconds old, write the end ourselves.
-        claimed = self.backend.get(keys.end(job_id))
+        # Someone took the end claim of the attempt the record says runs, but the record still says
+        # active: on a backend whose end_job() is not atomic (a custom one with the default, on a
+        # store without transactions), the process ending the job died half-way through. Its
+        # worker is gone, so once the claim is a few seconds old, write the end ourselves. (The
+        # record is read again after the claim: a retry takes the claim of the attempt it ends
+        # and moves the record on to the next attempt in one step; that attempt is not lost.)
         record = self.backend.get(keys.job(job_id))
-        if isinstance(claimed, float) and time.time() - claimed > _STALE_END and record is not MISSING:
-            if record["status"] in _ACTIVE:
-                self.backend.write_all(self._end_writes(record, status, error=error))
+        if record is MISSING or (attempt is not None and attempt_of(record) != attempt):
+            return False
+        claimed = self.backend.get(keys.end(job_id, attempt_of(record)))
+        again = self.backend.get(keys.job(job_id))
+        if isinstance(claimed, float) and time.time() - claimed > _STALE_END and again is not MISSING:
+            if again["status"] in _ACTIVE and attempt_of(again) == attempt_of(record):
+                self.backend.write_all(self._end_writes(again, status, error=error))
                 self._signal_end(job_id, status, app, error=error)
                 return True
         return False

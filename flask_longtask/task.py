@@ -9,7 +9,7 @@ import os
 import sys
 import typing as t
 
-from .attempts import time_limit_value
+from .attempts import MAX_RETRIES, time_limit_value
 from .worker import run_inline
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -111,8 +111,8 @@ class Task(t.Generic[P, R]):
 def _count(value: t.Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{where} must be a whole number, 0 or more, not {value!r}.")
-    if not 0 <= value <= 1000:
-        raise ValueError(f"{where} must be a whole number from 0 to 1000, not {value!r}.")
+    if not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"{where} must be a whole number from 0 to {MAX_RETRIES}, not {value!r}.")
     return value
 
 

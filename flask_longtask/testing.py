@@ -266,9 +266,6 @@ class BackendConformance:
         backend.set("conf:cancel", 1)
         assert backend.add_then_write("conf:end2", 1, None, writes, unless="conf:cancel", otherwise=otherwise) is False
         assert backend.get("conf:rec") == {"status": "cancelled"}
-        # The writes may delete the key just added (a retry is guarded by the end claim this way).
-        assert backend.add_then_write("conf:end4", 1, 60, [("delete", "conf:end4", None, None)]) is True
-        assert backend.get("conf:end4") is MISSING
         # Atomic: of many at once, one applies its writes.
         won = _contend(8, lambda i: backend.add_then_write("conf:end3", i, 60, [("set", "conf:by", i, 60)]) is True)
         assert len(won) == 1 and backend.get("conf:by") == backend.get("conf:end3")
@@ -376,6 +373,33 @@ class BackendConformance:
         job = flaky.submit(str(tmp_path / "log"))
         assert job.result(timeout=TIMEOUT) == 2
         assert job.attempt == 2 and job.retries == 1
+
+    def test_a_retried_attempt_is_not_ended_again(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
+        # A retry takes the end claim of the attempt it ends (JobEnd.key and add_then_write's key
+        # name the attempt): whoever read that attempt before cannot retry it again, nor end the
+        # job with it. The next attempt runs, and ends with its own claim.
+        assert echo.submit(0).result(timeout=TIMEOUT) == 0  # (the backend is up)
+        store, log, job_id = app.extensions["longtask"].store, tmp_path / "log", new_job_id()
+        log.write_text("attempt\n")  # the first attempt (claimed below, run by nobody)
+        request = JobRequest(job_id, flaky.name, flaky, app)
+        arguments = {
+            "task": flaky.name,
+            "module": flaky._module,
+            "app": app.import_name,
+            "args": backend.dumps(((str(log),), {})),
+        }
+        backend.write_all(store.new_job(request, arguments, None, announce=lambda: None, retries=1).writes)
+        assert store.claim(job_id, "a conformance worker")
+        attempt_1 = backend.get(keys.job(job_id))
+        error = {"type": "ConnectionError", "message": "the first attempt fails", "traceback": ""}
+        assert store.retry(attempt_1, error, 0.0, app=app, limited=False) is True
+        assert store.retry(attempt_1, error, 0.0, app=app, limited=False) is None
+        assert store.finish(attempt_1, JobStatus.FAILED, app=app, error=error) is None
+        job = store.job(job_id)
+        assert job.status is JobStatus.QUEUED and job.attempt == 2
+        backend.enqueue_after(request, 0.0)
+        assert job.result(timeout=TIMEOUT) == 2
+        assert job.attempt == 2 and _lines(log) == ["attempt", "attempt"]
 
     def test_unserialisable_result_fails_clearly(self, app: Flask) -> None:
         job = bad_result.submit()

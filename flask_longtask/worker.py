@@ -515,7 +515,9 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
                 return JobStatus.QUEUED
             except Exception:  # (the broker is away): nothing would run it again, so it ends here
                 _log.exception("Job %s could not be queued for its retry; it fails.", record["id"])
-                ended = store.finish(record, JobStatus.FAILED, app=app, error=error)
+                # Its next attempt is ended (this one was, by the retry), as the record now says.
+                queued = store.backend.get(keys.job(record["id"]))
+                ended = None if queued is MISSING else store.finish(queued, JobStatus.FAILED, app=app, error=error)
         else:
             ended = None if retried is None else JobStatus.CANCELLED
     elif ctx._limited:

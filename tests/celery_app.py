@@ -8,8 +8,9 @@ import time
 from celery import Celery
 from flask import Flask, current_app
 
-from flask_longtask import LongTask, TimeLimitExceeded, current_job
+from flask_longtask import LongTask, TimeLimitExceeded, current_job, signals
 from flask_longtask.backends.celery import CeleryBackend
+from tests.helpers import log_retrying, retrying_log
 
 REDIS_URL = os.environ.get("LONGTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -89,9 +90,15 @@ def _count(counter: str) -> int:
     return n
 
 
+# Each job_retrying signal of a job that asked (flaky's ``retrying``), sent in this process.
+signals.job_retrying.connect(log_retrying)
+
+
 @longtask.task(retries=2, retry_backoff=0.05, retry_on=ConnectionError)
-def flaky(counter: str, failures: int) -> int:
-    """Fails its first ``failures`` attempts, then returns the attempt's number."""
+def flaky(counter: str, failures: int, retrying: str | None = None) -> int:
+    """Fails its first ``failures`` attempts, then returns the attempt's number. ``retrying``:
+    a file its job_retrying signals are written to."""
+    retrying_log(current_job.id, retrying)
     n = _count(counter)
     if n <= failures:
         raise ConnectionError(f"attempt {n} fails")

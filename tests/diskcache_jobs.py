@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from flask_longtask import LongTask, TimeLimitExceeded, current_job, signals
 from flask_longtask.backends import ThreadBackend
+from tests.helpers import log_retrying, retrying_log
 
 if t.TYPE_CHECKING:
     from flask_longtask.backends.diskcache.child import Child
@@ -274,10 +275,15 @@ def _count(counter: str) -> int:
     return n
 
 
+# Each job_retrying signal of a job that asked (flaky's ``retrying``), sent in this process.
+signals.job_retrying.connect(log_retrying)
+
+
 @longtask.task(retries=2, retry_backoff=0.05, retry_on=(ConnectionError,))
-def flaky(counter: str, failures: int, error: str = "ConnectionError") -> int:
+def flaky(counter: str, failures: int, error: str = "ConnectionError", retrying: str | None = None) -> int:
     """Fails its first ``failures`` attempts with ``error`` (a builtin's name), then returns
-    the attempt's number."""
+    the attempt's number. ``retrying``: a file its job_retrying signals are written to."""
+    retrying_log(current_job.id, retrying)
     n = _count(counter)
     if n <= failures:
         raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[error](f"attempt {n} fails")

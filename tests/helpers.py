@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import typing as t
 from pathlib import Path
@@ -28,3 +29,30 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+#: Where :func:`log_retrying` writes each job's ``job_retrying`` signals, by job id: a task that
+#: wants them seen sets its own (``retrying_log``), in the process that runs it.
+retrying_logs: dict[str, str] = {}
+
+
+def retrying_log(job_id: str | None, path: str | None) -> None:
+    """Have :func:`log_retrying` write the ``job_retrying`` signals of job ``job_id`` to ``path``."""
+    if job_id is not None and path is not None:
+        retrying_logs[job_id] = path
+
+
+def log_retrying(sender: t.Any, job: t.Any, error: dict[str, str], attempt: int, **kwargs: t.Any) -> None:
+    """A ``job_retrying`` receiver for task modules that workers import: it appends
+    ``"<pid> <attempt> <error message>"`` to the file the job's task named, so that a test sees
+    what a worker process sent."""
+    path = retrying_logs.get(job.id)
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {attempt} {error['message']}\n")
+
+
+def retrying_lines(path: Path) -> list[tuple[int, int, str]]:
+    """What :func:`log_retrying` wrote to ``path``: ``(pid, attempt, message)`` per signal."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(int(pid), int(attempt), message) for pid, attempt, message in (line.split(" ", 2) for line in lines)]

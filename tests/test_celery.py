@@ -19,7 +19,7 @@ from flask_longtask.backends.base import MISSING
 from flask_longtask.store import keys
 from flask_longtask.testing import BackendConformance
 
-from .helpers import wait_for
+from .helpers import retrying_lines, wait_for
 from .services import start_celery_worker, start_redis, stop, wait_until
 
 celery = pytest.importorskip("celery")
@@ -327,6 +327,20 @@ def test_a_failing_attempt_is_retried_with_celerys_countdown(app, tmp_path):
     worse = flaky.submit(str(tmp_path / "m"), 5)
     with pytest.raises(JobFailedError, match="^ConnectionError: attempt 3 fails"):
         worse.result(timeout=30)
+
+
+def test_the_celery_worker_that_retries_a_job_sends_job_retrying(app, tmp_path):
+    # Sent by the process that queues the retry: a pool process of the Celery worker, to the
+    # receivers connected there (tests/celery_app.py connects one that writes to the file the
+    # job names).
+    from tests.celery_app import flaky
+
+    log = tmp_path / "retrying"
+    job = flaky.submit(str(tmp_path / "n"), 2, str(log))
+    assert job.result(timeout=30) == 3
+    sent = retrying_lines(log)
+    assert [(attempt, message) for _, attempt, message in sent] == [(2, "attempt 1 fails"), (3, "attempt 2 fails")]
+    assert os.getpid() not in {pid for pid, _, _ in sent}
 
 
 def test_an_attempt_stopped_by_force_at_its_time_limit_is_retried(app, tmp_path):

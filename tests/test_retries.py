@@ -7,6 +7,7 @@ On the pool (real worker processes) and ThreadBackend; Celery's are in ``test_ce
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import typing as t
@@ -18,7 +19,7 @@ from flask import Flask
 from flask_longtask import JobFailedError, JobStatus, LongTask, TimeLimitExceeded, current_job, signals
 from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests import diskcache_jobs as jobs
-from tests.helpers import wait_for
+from tests.helpers import retrying_lines, wait_for
 
 GRACE = 0.2
 
@@ -48,6 +49,17 @@ def test_a_failing_attempt_is_retried_until_it_succeeds(pool: DiskcacheBackend, 
     assert job.attempt == 1 and job.retries == 2
     assert job.result(timeout=30) == 3
     assert job.attempt == 3 and attempts(counter) == 3
+
+
+def test_the_pool_worker_that_retries_a_job_sends_job_retrying(pool: DiskcacheBackend, tmp_path: Path) -> None:
+    # Sent by the process that queues the retry: the worker process, to the receivers connected
+    # there (tests/diskcache_jobs.py connects one that writes to the file the job names).
+    log = tmp_path / "retrying"
+    job = jobs.flaky.submit(str(tmp_path / "n"), 2, retrying=str(log))
+    assert job.result(timeout=30) == 3
+    sent = retrying_lines(log)
+    assert [(attempt, message) for _, attempt, message in sent] == [(2, "attempt 1 fails"), (3, "attempt 2 fails")]
+    assert os.getpid() not in {pid for pid, _, _ in sent}
 
 
 def test_the_last_attempts_error_is_the_jobs(pool: DiskcacheBackend, tmp_path: Path) -> None:

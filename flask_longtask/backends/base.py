@@ -114,14 +114,17 @@ class JobEnd:
     records, and (when the job's runner ends it) the "cancelled" end written instead if its
     cancel flag is set.
 
-    Exactly one process ends a job: whoever adds ``key`` first. With ``unless``, the check of
-    that key (the job's cancel flag) is part of the same atomic step.
+    Exactly one process ends a job's attempt: whoever adds ``key`` first (a retry takes the
+    same key with :meth:`Backend.add_then_write`, and queues the next attempt, which has its
+    own). With ``unless``, the check of that key (the job's cancel flag) is part of the same
+    atomic step.
     """
 
     job_id: str
     #: A :class:`~flask_longtask.JobStatus` value: what ``writes`` end the job as.
     status: str
-    #: The end claim's key (``"end:<id>"``), added atomically.
+    #: The end claim's key, added atomically: of the attempt that ends (``"end:<id>"`` for the
+    #: first, ``"end:<id>:<n>"`` for attempt ``n``); a backend takes it as it comes.
     key: str
     #: The end claim's value: when the job ended (``time.time()``).
     at: float
@@ -248,8 +251,9 @@ class Backend(abc.ABC):
 
         Returns ``None`` if ``key`` was present (nothing written), ``True`` if ``writes`` were
         applied, ``False`` if ``otherwise`` was. The default :meth:`end_job` ends a job this way:
-        the end claim, the check of its cancel flag and its final records in one step. Must be
-        atomic like :meth:`add`; the default does it in one :meth:`batch` (atomic when batches are
+        the end claim, the check of its cancel flag and its final records in one step; a retry
+        ends a failed attempt and queues the next one this way too. Must be atomic like
+        :meth:`add`; the default does it in one :meth:`batch` (atomic when batches are
         transactions, otherwise override it, as the Redis backend does with a script).
         """
         with self.batch():
