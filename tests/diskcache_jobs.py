@@ -121,6 +121,13 @@ def fill_disk() -> str:
 
 
 @longtask.task
+def echo_under_umask(value: t.Any, umask: int) -> t.Any:
+    """Sets its process's umask (the loosest: 0), then returns ``value`` (written by this worker)."""
+    os.umask(umask)
+    return value
+
+
+@longtask.task
 def echo(value: t.Any) -> t.Any:
     return value
 

@@ -7,7 +7,9 @@ import fcntl
 import logging
 import os
 import pickle
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import typing as t
@@ -15,7 +17,7 @@ import weakref
 
 try:
     import dill
-    import diskcache
+    import diskcache  # noqa: F401 - used by .connections and .private; checked here, once
     import multiprocess  # noqa: F401 - used by .host; checked here, once
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -24,11 +26,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from ...config import DEFAULT_CONFIG
+from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
-from . import child, elastic, fifo, handoff, host, waiting, wire
-from .connections import Cache
+from . import child, elastic, fifo, handoff, host, private, waiting, wire
+from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
 from .table import Table
@@ -105,10 +108,10 @@ class DiskcacheBackend(Backend):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
         if (workers and max_workers and max_workers < workers) or (max_workers or 1) < 1 or worker_idle < 0:
             raise ValueError(f"Needs 1 <= workers <= max_workers, worker_idle >= 0: {workers}, {max_workers}.")
+        #: The process that made a private temporary directory for want of one (it removes it).
+        self._made_by = os.getpid() if directory is None else None
         if directory is None:
-            import tempfile
-
-            directory = os.path.join(tempfile.gettempdir(), "flask-longtask")
+            directory = tempfile.mkdtemp(prefix="flask-longtask-")
         self.directory = os.path.abspath(os.fspath(directory))
         self.workers = workers or os.cpu_count() or 1
         self.max_workers, self.worker_idle = max_workers, worker_idle
@@ -124,8 +127,7 @@ class DiskcacheBackend(Backend):
         self._fifo: fifo.FifoClient | None = None
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._warned_no_host = False
-        self._next_log = 0.0  # when a storage failure may be logged again (_unreadable)
-        self._suppressed = 0  # storage failures not logged since the last one that was
+        self._report = ErrorLog(_log, host.LOG_EVERY)  # (storage failures: many a second, at worst)
         self._driving = False  # whether run_pool() hosts the pool in this process
         self._lock_failing = False  # pool.lock could not be opened (logged once: _try_to_host)
         _instances.add(self)
@@ -192,17 +194,19 @@ class DiskcacheBackend(Backend):
         with self._lock:
             if self._cache is None or self._table is None:
                 try:
+                    private.prepare(self.directory)
                     cache = Cache(
                         self.directory,
+                        disk=private.PrivateDisk,
                         eviction_policy="none",  # nothing in it may be evicted for space
                         statistics=False,
                         cull_limit=0,  # expired rows are swept by the pool host, not on each write
                     )
                     try:
-                        disk = diskcache.Disk(
+                        disk = private.PrivateDisk(
                             self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL
                         )
-                        self._table = Table(os.path.join(self.directory, diskcache.core.DBNAME), disk)
+                        self._table = Table(os.path.join(self.directory, private.DATABASE), disk)
                     except BaseException:
                         cache.close()
                         raise
@@ -212,6 +216,8 @@ class DiskcacheBackend(Backend):
                         # Opened anew (see _unreadable) where the directory was removed: the
                         # pool hosted here serves the old one, and takes no job from now on.
                         pool.step_down()
+                except LongTaskError:
+                    raise
                 except Exception as exc:
                     raise self._report(
                         f"DiskcacheBackend cannot open its directory {self.directory!r}: {exc}."
@@ -390,7 +396,7 @@ class DiskcacheBackend(Backend):
 
     def _unreadable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
         """The database was found corrupted: let go of it, so that the next call opens it again
-        (a directory deleted meanwhile is created anew), and say so (:meth:`_report`)."""
+        (a directory deleted meanwhile is created anew), and say so (logged once a minute at most)."""
         self._close_storage()
         pool = self._host
         if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
@@ -400,22 +406,6 @@ class DiskcacheBackend(Backend):
             " opened again at the next call; if it stays unreadable, delete the directory (it is"
             " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
         )
-
-    def _report(self, message: str) -> RuntimeError:
-        """The error of a storage failure, logged once a minute at most, with a count of the
-        failures in between (a busy server meets the same one many times a second)."""
-        with self._lock:
-            now = time.monotonic()
-            log = now >= self._next_log
-            suppressed = self._suppressed
-            if log:
-                self._next_log, self._suppressed = now + host.LOG_EVERY, 0
-            else:
-                self._suppressed += 1
-        if log:
-            more = f" ({suppressed} more since the last one logged)" if suppressed else ""
-            _log.error("%s%s", message, more)
-        return RuntimeError(message)
 
     def _close_storage(self) -> None:
         """Let go of the database, to be opened again by the next call. Other threads may be
@@ -495,7 +485,7 @@ class DiskcacheBackend(Backend):
         return hosted
 
     def _try_host(self, *, start: bool) -> bool:
-        os.makedirs(self.directory, exist_ok=True)
+        private.prepare(self.directory)
         fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -572,6 +562,8 @@ class DiskcacheBackend(Backend):
             self._table.close()
         if self._cache is not None:
             self._cache.close()
+        if self._made_by == os.getpid():  # (a directory of its own, that nobody else may know)
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def _after_fork(self) -> None:
         # A forked child shares our open files but not our threads: it hosts nothing, and must

@@ -24,9 +24,11 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import logging
 import os
 import sqlite3
 import threading
+import time
 import typing as t
 import weakref
 
@@ -230,3 +232,27 @@ def _close_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_at_exit)
+
+
+class ErrorLog:
+    """Make the error of a failure that a busy server may meet many times a second, and log it
+    once every ``every`` seconds at most, with a count of the failures in between."""
+
+    def __init__(self, log: logging.Logger, every: float) -> None:
+        self.log, self.every = log, every
+        self._lock = threading.Lock()
+        self._next = 0.0  # (monotonic) when a failure is logged again
+        self._suppressed = 0  # failures not logged since the last one that was
+
+    def __call__(self, message: str) -> RuntimeError:
+        with self._lock:
+            now = time.monotonic()
+            log, suppressed = now >= self._next, self._suppressed
+            if log:
+                self._next, self._suppressed = now + self.every, 0
+            else:
+                self._suppressed += 1
+        if log:
+            more = f" ({suppressed} more since the last one logged)" if suppressed else ""
+            self.log.error("%s%s", message, more)
+        return RuntimeError(message)
