@@ -8,6 +8,7 @@ from .exceptions import JobNotFoundError as JobNotFoundError
 from .exceptions import JobTimeoutError as JobTimeoutError
 from .exceptions import LongTaskError as LongTaskError
 from .exceptions import QueueFullError as QueueFullError
+from .exceptions import TamperedValueError as TamperedValueError
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded
 from .extension import LongTask as LongTask
 from .job import Job as Job

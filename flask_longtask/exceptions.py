@@ -60,3 +60,9 @@ class QueueFullError(LongTaskError):
         super().__init__(f"{queued} jobs are already queued (LONGTASK_MAX_QUEUED = {limit}); try again later.")
         self.queued = queued
         self.limit = limit
+
+
+class TamperedValueError(LongTaskError):
+    """A value read back from storage failed its signature check: it was not written by this app
+    with its key (another ``LONGTASK_SECRET_KEY`` or ``SECRET_KEY``, or tampering). It was not
+    unpickled."""

@@ -404,14 +404,20 @@ def execute(
         won, (record, request, flag) = backend.claim_and_get(
             keys.claim(job_id), claim, JobStore(backend).claim_expire, keys.to_run(job_id)
         )
+        if isinstance(record, Exception):  # (read leniently: see below)
+            _log.error("Job %s cannot run: its record cannot be read: %s", job_id, record)
         if not won or not is_runnable(record):
             return None  # someone else has it, or it is unknown (expired, purged) or over
         cancelled, go = flag is not MISSING, None
+        if isinstance(flag, Exception):  # (a refused value, returned as its error: see below)
+            request = flag
     else:
         started, record, request = handoff.started, handoff.record, handoff.request
         cancelled, go = handoff.cancelled, handoff.go
     failure: Exception | None = None
     try:
+        if isinstance(request, Exception):  # a backend that reads leniently returns a value it
+            raise request  # refused (TamperedValueError) as its error: the job fails with it
         if request is not None and request is not MISSING:
             task, app = _task_and_app(request, task, app)
     except Exception as exc:
@@ -452,7 +458,7 @@ def execute(
 
 def is_runnable(record: t.Any) -> bool:
     """Whether a job whose record this is, just claimed, is to run: it exists and is queued."""
-    return record is not MISSING and record["status"] == JobStatus.QUEUED.value
+    return isinstance(record, dict) and record.get("status") == JobStatus.QUEUED.value
 
 
 def _task_and_app(

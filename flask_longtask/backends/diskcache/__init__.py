@@ -30,7 +30,7 @@ from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
-from . import child, elastic, fifo, handoff, host, private, waiting, wire
+from . import child, elastic, fifo, handoff, host, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -103,6 +103,7 @@ class DiskcacheBackend(Backend):
         embedded: bool = True,
         cleanup_interval: float = 60.0,
         start_method: str = "forkserver",
+        secret_key: str | bytes | None = None,
     ) -> None:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
@@ -118,6 +119,9 @@ class DiskcacheBackend(Backend):
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
+        #: What the storage's MAC key is derived from (see :mod:`.signed`); ``None`` until an app
+        #: says (``LONGTASK_SECRET_KEY``, ``SECRET_KEY``) or the storage opens (the key file).
+        self.secret_key = secret_key
         self._cache: Cache | None = None
         self._table: Table | None = None
         self._lock = threading.RLock()
@@ -153,6 +157,8 @@ class DiskcacheBackend(Backend):
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)
+        if self.secret_key is None:  # (the first app's, if it has one: every process must agree)
+            self.secret_key = _setting(app, "LONGTASK_SECRET_KEY") or app.config.get("SECRET_KEY")
         if not _setting(app, "LONGTASK_EMBEDDED_WORKER"):
             self.embedded = False  # even for a backend passed in: the app's config says no pool here
 
@@ -195,17 +201,16 @@ class DiskcacheBackend(Backend):
             if self._cache is None or self._table is None:
                 try:
                     private.prepare(self.directory)
+                    disk_class = signed.disk_with(signed.mac_key(self.storage_secret()))
                     cache = Cache(
                         self.directory,
-                        disk=private.PrivateDisk,
+                        disk=disk_class,
                         eviction_policy="none",  # nothing in it may be evicted for space
                         statistics=False,
                         cull_limit=0,  # expired rows are swept by the pool host, not on each write
                     )
                     try:
-                        disk = private.PrivateDisk(
-                            self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL
-                        )
+                        disk = disk_class(self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL)
                         self._table = Table(os.path.join(self.directory, private.DATABASE), disk)
                     except BaseException:
                         cache.close()
@@ -225,6 +230,12 @@ class DiskcacheBackend(Backend):
                         " one), or set LONGTASK_DISKCACHE_DIR to another directory."
                     ) from exc
             return self._cache, self._table
+
+    def storage_secret(self) -> str | bytes:
+        """The secret the storage's MAC key is derived from (the key file's if none was given)."""
+        if self.secret_key is None:
+            self.secret_key = signed.key_file_secret(self.directory)
+        return self.secret_key
 
     @_storage
     def get(self, key: str) -> t.Any:

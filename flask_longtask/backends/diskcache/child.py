@@ -263,7 +263,7 @@ def _watch_lifeline(lifeline: t.Any) -> None:
     os._exit(0)  # the host is gone (or closed the pool): stop now, whatever runs
 
 
-def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
+def worker_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any) -> None:
     """The body of a pool worker process (the target the host starts)."""
     global _current
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
@@ -273,4 +273,4 @@ def worker_main(directory: str, conn: t.Any, lifeline: t.Any) -> None:
 
     child = _current = Child(conn)
     _ticker.hooks.append(child.hand_back)
-    child.run(DiskcacheBackend(directory, embedded=False))
+    child.run(DiskcacheBackend(directory, embedded=False, secret_key=secret))  # (the host's key: its app's)

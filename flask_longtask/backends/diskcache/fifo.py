@@ -12,6 +12,7 @@ import threading
 import time
 import typing as t
 
+from ...exceptions import TamperedValueError
 from . import wire
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +70,11 @@ def read_mailbox(cache: diskcache.Cache) -> list[wire.Line]:
     """The messages left in storage because the FIFO was full, taken out of it."""
     lines: list[bytes] = []
     while True:
-        _, line = cache.pull(prefix=MAILBOX)
+        try:
+            _, line = cache.pull(prefix=MAILBOX)
+        except TamperedValueError as exc:  # (taken out of the mailbox already: the others stay ours)
+            _log.error("Worker pool: %s", exc)
+            continue
         if line is None:
             return _decode(lines)
         lines.append(line)

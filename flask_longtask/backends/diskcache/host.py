@@ -523,7 +523,7 @@ class PoolHost:
 
     def add_worker(self) -> None:
         """Start one more worker (the pool's minimum, a replacement, or growth: .elastic)."""
-        self.workers.append(spawn(self._ctx, self.backend.directory))
+        self.workers.append(spawn(self._ctx, self.backend.directory, self.backend.storage_secret()))
 
     def dispatch_idle(self) -> None:
         """The next queued jobs to idle workers; then, while jobs remain, ahead to busy ones."""

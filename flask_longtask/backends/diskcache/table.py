@@ -26,6 +26,7 @@ import threading
 import time
 import typing as t
 
+from ...exceptions import TamperedValueError
 from ..base import MISSING, Write
 from .connections import Connections, ThreadState
 
@@ -281,11 +282,15 @@ class Table(Connections):
 
     # -- values -----------------------------------------------------------------------------------
 
-    def _fetch(self, mode: int, filename: str | None, value: t.Any) -> t.Any:
+    def _fetch(self, mode: int, filename: str | None, value: t.Any, lenient: bool = False) -> t.Any:
         try:
             return self.disk.fetch(mode, filename, value, False)
         except FileNotFoundError:  # replaced or deleted since the row was read: gone, as in diskcache
             return MISSING
+        except TamperedValueError as exc:
+            if lenient:  # (a job's claim: the job fails with it, rather than the read)
+                return exc
+            raise
 
     def get(self, key: str) -> t.Any:
         row = self._run(
@@ -294,7 +299,9 @@ class Table(Connections):
         ).fetchone()
         return MISSING if row is None else self._fetch(*row)
 
-    def get_many(self, keys: t.Sequence[str]) -> list[t.Any]:
+    def get_many(self, keys: t.Sequence[str], *, lenient: bool = False) -> list[t.Any]:
+        """The values of ``keys`` (``MISSING`` where none); ``lenient``: a value that fails its
+        check (:class:`TamperedValueError`) is returned as that error instead of raised."""
         parts = [_split(key) for key in keys]
         ids = {id_ for id_, _ in parts}
         kinds = {kind for _, kind in parts}
@@ -305,7 +312,7 @@ class Table(Connections):
             f"SELECT id, kind, mode, filename, value FROM longtask WHERE {where} AND {_LIVE}", (*args, time.time())
         ).fetchall()
         found = {(id_, kind): (mode, filename, value) for id_, kind, mode, filename, value in rows}
-        return [self._fetch(*found[part]) if part in found else MISSING for part in parts]
+        return [self._fetch(*found[part], lenient) if part in found else MISSING for part in parts]
 
     def _row(self, key: str, value: t.Any, expire: float | None) -> tuple[t.Any, ...]:
         _, mode, filename, db_value = self.disk.store(value, False, key=key)
@@ -339,7 +346,7 @@ class Table(Connections):
     ) -> tuple[bool, list[t.Any]]:
         # Read first, outside the lock (the claim decides who runs the job; what it reads cannot
         # change under a claim, except the cancel flag, which the running job sees later).
-        values = self.get_many(keys)
+        values = self.get_many(keys, lenient=True)
         row = self._row(key, value, expire)
         added = self._write(_ADD, (*row, time.time())) == 1
         if not added:
@@ -378,7 +385,7 @@ class Table(Connections):
                     then_claim.tried = True
                     then_claim.won = self._run(_ADD, (*claim_row, time.time())).rowcount == 1
                     if then_claim.won:
-                        then_claim.values = self.get_many(then_claim.keys)
+                        then_claim.values = self.get_many(then_claim.keys, lenient=True)
             committed = True
         finally:
             # Remove the files of values that were not written (all of them, if it failed).

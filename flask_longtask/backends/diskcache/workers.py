@@ -125,11 +125,12 @@ class WorkerView:
     waiting: bool | None = None
 
 
-def spawn(ctx: t.Any, directory: str) -> Worker:
-    """Start a worker process for the pool of ``directory``."""
+def spawn(ctx: t.Any, directory: str, secret: str | bytes) -> Worker:
+    """Start a worker process for the pool of ``directory``, whose storage key comes from ``secret``."""
     conn, child_conn = ctx.Pipe()
     life_r, life_w = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=worker_main, args=(directory, child_conn, life_r), name="longtask-worker", daemon=True)
+    args = (directory, secret, child_conn, life_r)
+    process = ctx.Process(target=worker_main, args=args, name="longtask-worker", daemon=True)
     process.start()
     child_conn.close()
     life_r.close()
