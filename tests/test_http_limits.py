@@ -8,6 +8,8 @@ processes (sync, as docs/celery.md used to deploy it, and gthread, as the docs s
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 import time
 import typing as t
@@ -304,3 +306,20 @@ def test_owner_limits_hold_across_gunicorn_processes(tmp_path):
         end_stream(owner, a, stream)  # a is cancelled: its stream and its job slot are free
         wait_for(lambda: (r := open_stream(owner, b)[0]).close() or r.status_code == 200, 10, "the stream slot back")
         submit(owner, base, gate)
+
+
+def test_a_dead_process_gives_its_owner_streams_back(tmp_path):
+    """``kill -9`` of the process that holds an owner's stream: the owner's slot, kept in the
+    store, is refused a while (the dead process never gave it back), then expires by itself."""
+    gate = tmp_path / "never"
+    settings = {"LONGTASK_SSE_MAX_STREAMS_PER_OWNER": "1", "LONGTASK_SSE_TIMEOUT": "2"}
+    with gunicorn(tmp_path, "-k", "gthread", "--threads", "4", **settings) as base:
+        owner = requests.Session()
+        url = submit(owner, base, gate)
+        stream, _ = open_stream(owner, url)
+        assert stream.status_code == 200
+        os.kill(int(stream.headers["X-Pid"]), signal.SIGKILL)
+        stream.close()
+        refused(*open_stream(connection(owner), url), 429)  # (whichever process answers)
+        # Back within the stream's life (2 s) and the slot's margin (10 s), with room to spare.
+        wait_for(lambda: (r := open_stream(connection(owner), url)[0]).close() or r.status_code == 200, 30, "the slot")
