@@ -26,6 +26,15 @@ DEFAULT_CONFIG: t.Final[t.Mapping[str, t.Any]] = {
     "LONGTASK_HTTP_PREFIX": None,
     "LONGTASK_HTTP_MAX_BODY": 1024 * 1024,
     "LONGTASK_SSE_TIMEOUT": 30.0,
+    "LONGTASK_SSE_WINDOW": 600.0,
+    "LONGTASK_SSE_MAX_STREAMS": 8,
+    "LONGTASK_SSE_MAX_STREAMS_PER_OWNER": 4,
+    "LONGTASK_HTTP_MAX_ACTIVE": 8,
+    "LONGTASK_HTTP_ERRORS": None,
     "LONGTASK_MAX_WORKERS": None,
     "LONGTASK_WORKER_IDLE": 60.0,
 }
+
+#: What ``LONGTASK_MAX_QUEUED`` becomes when the HTTP API is registered on an app that left it
+#: ``None``: a queue that anyone who reaches the API can add to must have an end.
+HTTP_MAX_QUEUED: t.Final = 1000

@@ -4,7 +4,9 @@ Nothing is reachable unless the app registers :meth:`LongTask.blueprint
 <flask_longtask.LongTask.blueprint>` (or sets ``LONGTASK_HTTP_PREFIX``), and then only tasks
 marked ``@longtask.task(http=True)`` can be submitted. Jobs belong to whoever submitted them
 (the owner loader; by default a random id in the Flask session): anybody else gets ``404``.
-Bodies are JSON only and nothing from a request is ever unpickled.
+Bodies are JSON only and nothing from a request is ever unpickled. Every error is answered as
+JSON, 500s included, and never with an exception's text outside debug mode. The limits on
+streams and active jobs are in :mod:`flask_longtask.http_limits`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,28 @@ import types
 import typing as t
 from datetime import datetime, timezone
 
-from flask import Blueprint, Response, current_app, jsonify, request, session, stream_with_context, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    got_request_exception,
+    jsonify,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException
 
 from .attempts import attempt_of, retries_of
 from .backends.base import MISSING
+from .config import DEFAULT_CONFIG, HTTP_MAX_QUEUED
 from .exceptions import JobNotFoundError, QueueFullError
+from .http_limits import RETRY_AFTER, LimitReached, Limits, check_settings
 from .job import JobStatus
-from .store import keys
+from .store import error_record, keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import LongTask
@@ -36,6 +53,11 @@ if t.TYPE_CHECKING:  # pragma: no cover
 _ID = re.compile(r"[0-9a-f]{32}")
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 _SESSION_KEY = "_longtask_owner"
+#: The deepest nesting of arrays and objects a request's JSON may have: anything deeper is a
+#: ``400`` (deeper still, Python's parser would run out of stack).
+MAX_DEPTH: t.Final = 64
+_TOO_DEEP = f"The body is nested deeper than {MAX_DEPTH} levels of arrays and objects."
+_ERRORS = ("type", "message", "traceback")
 
 
 class _HTTPError(Exception):
@@ -44,8 +66,8 @@ class _HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify(error={"status": status, "message": message})
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **details: str) -> Response:
+    response = jsonify(error={"status": status, "message": message, **details})
     response.status_code = status
     response.headers.update(headers or {})
     return response
@@ -63,11 +85,78 @@ def _number(value: t.Any) -> float | None:
 
 
 def _jsonable(value: t.Any) -> tuple[t.Any, bool]:
-    """``(value as JSON data, True)``, or ``(None, False)`` when the app's JSON cannot carry it."""
+    """``(value as JSON data, True)``, or ``(None, False)`` when the app's JSON cannot carry it.
+
+    ``NaN`` and the infinities become ``null``, as JavaScript's ``JSON.stringify`` has them:
+    JSON has no such numbers, and a browser's ``JSON.parse`` refuses them.
+    """
     try:
-        return json.loads(current_app.json.dumps(value)), True
+        text = current_app.json.dumps(value)
     except (TypeError, ValueError):
         return None, False
+    return json.loads(text, parse_constant=lambda name: None, parse_float=_finite_or_none), True
+
+
+def _finite_or_none(text: str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    number = float(text)  # "1e999" is a float JSON allows: infinity
+    if not math.isfinite(number):
+        raise _NotFinite(text)
+    return number
+
+
+def _not_a_number(name: str) -> t.NoReturn:
+    raise _NotFinite(name)
+
+
+def _depth(value: t.Any) -> int:
+    """How deep arrays and objects nest in ``value``, counted up to just past :data:`MAX_DEPTH`."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (list, dict)):
+            if depth > MAX_DEPTH:
+                return depth
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(data: bytes) -> t.Any:
+    """A request body as JSON data; ``400`` for anything a browser's ``JSON.parse`` would not
+    give (``NaN``, ``Infinity``, numbers out of range) and for nesting deeper than :data:`MAX_DEPTH`."""
+    try:
+        value = json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
+    except _NotFinite:
+        raise _HTTPError(400, "The body holds NaN, Infinity or a number out of range: JSON has none.") from None
+    except RecursionError:
+        raise _HTTPError(400, _TOO_DEEP) from None
+    except ValueError as exc:
+        raise _HTTPError(400, f"The body is not valid JSON: {exc}.") from None
+    if _depth(value) > MAX_DEPTH:
+        raise _HTTPError(400, _TOO_DEEP)
+    return value
+
+
+def error_detail(config: t.Mapping[str, t.Any], debug: bool) -> str:
+    """How much of a failed job's error the API shows: ``LONGTASK_HTTP_ERRORS``, or by default
+    ``"traceback"`` in debug mode and ``"type"`` otherwise."""
+    value = config.get("LONGTASK_HTTP_ERRORS")
+    if value is None:
+        return "traceback" if debug else "type"
+    if value not in _ERRORS:
+        raise ValueError(
+            f"LONGTASK_HTTP_ERRORS must be 'type', 'message', 'traceback' or None (the default), not {value!r}."
+        )
+    return t.cast(str, value)
 
 
 _JSON_TYPES: dict[t.Any, tuple[type, ...]] = {
@@ -128,6 +217,23 @@ def _describe(annotation: t.Any) -> str:
 def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Blueprint:
     """Build the HTTP API for ``longtask``; see :meth:`LongTask.blueprint`."""
     bp = Blueprint("longtask", __name__, url_prefix=url_prefix)
+    limits = Limits()
+
+    @bp.record_once
+    def check_app(state: BlueprintSetupState) -> None:
+        """Refuse, as the API is registered, an app it could not serve, and give its queue an end."""
+        app = state.app
+        if not app.secret_key and longtask._owner_loader is None:
+            raise RuntimeError(
+                "The Flask-LongTask HTTP API keeps each visitor's jobs apart through the Flask session,"
+                " which needs a secret: set app.config['SECRET_KEY'] before the API is registered"
+                " (by init_app, with LONGTASK_HTTP_PREFIX, or by app.register_blueprint(longtask.blueprint())),"
+                " or say who the caller is with @longtask.owner_loader before then."
+            )
+        check_settings(app.config)
+        error_detail(app.config, app.debug)
+        if app.config.get("LONGTASK_MAX_QUEUED", DEFAULT_CONFIG["LONGTASK_MAX_QUEUED"]) is None:
+            app.config["LONGTASK_MAX_QUEUED"] = HTTP_MAX_QUEUED
 
     def store() -> JobStore:
         return longtask._state().store
@@ -149,7 +255,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         return who
 
     def access_key(job_id: str, who: str) -> str:
-        return keys.access(job_id, hashlib.sha256(who.encode()).hexdigest()[:32])
+        return keys.access(job_id, _digest(who))
 
     def load(job_id: str, who: str) -> dict[str, t.Any]:
         """The job's record, if it exists and ``who`` may see it; otherwise 404, never 403."""
@@ -187,8 +293,11 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
                 out["result_error"] = "The result cannot be sent as JSON."
         elif record["status"] == JobStatus.FAILED.value:
             error = record.get("error") or {}
-            out["error"] = {"type": error.get("type"), "message": error.get("message")}
-            if current_app.debug:
+            detail = error_detail(current_app.config, current_app.debug)
+            out["error"] = {"type": error.get("type")}
+            if detail != "type":
+                out["error"]["message"] = error.get("message")
+            if detail == "traceback":
                 out["error"]["traceback"] = error.get("traceback")
         return out
 
@@ -214,10 +323,7 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             raise _HTTPError(413, f"The body is larger than {limit} bytes.")
         if not data.strip():
             return {}
-        try:
-            body = json.loads(data)
-        except ValueError as exc:
-            raise _HTTPError(400, f"The body is not valid JSON: {exc}.") from None
+        body = parse_json(data)
         if not isinstance(body, dict) or set(body) - {"args", "kwargs"}:
             raise _HTTPError(400, 'The body must be a JSON object {"args": [...], "kwargs": {...}}.')
         return body
@@ -225,6 +331,27 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
     @bp.errorhandler(_HTTPError)
     def http_error(err: _HTTPError) -> Response:
         return _error(err.status, err.message, err.headers)
+
+    @bp.errorhandler(LimitReached)
+    def limit_reached(err: LimitReached) -> Response:
+        return _error(err.status, err.message, {"Retry-After": str(RETRY_AFTER)})
+
+    @bp.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        """Any other error in a view, as JSON: werkzeug's HTTP errors with their status; anything
+        else a ``500`` that says nothing of the exception outside debug mode (it goes to the
+        app's log and its ``got_request_exception`` receivers, as Flask does for a ``500``)."""
+        if isinstance(exc, HTTPException):
+            headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+            return _error(exc.code or 500, exc.description or exc.name, headers)
+        app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        got_request_exception.send(app, _async_wrapper=app.ensure_sync, exception=exc)
+        app.log_exception((type(exc), exc, t.cast(types.TracebackType, exc.__traceback__)))
+        if not app.debug:
+            return _error(500, "Internal server error.")
+        error = error_record(exc)
+        exception = f"{error['type']}: {error['message']}"
+        return _error(500, "Internal server error.", exception=exception, traceback=error["traceback"])
 
     def only(*methods: str) -> None:
         if request.method not in methods:
@@ -264,19 +391,26 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
                 raise _HTTPError(422, "This Idempotency-Key was used with other arguments.")
             return job_response(load(job_id, who), 202)
         try:
-            job = longtask._submit(task, tuple(args), kwargs, owner=who)
-            record = s.read_record(job.id)
-        except QueueFullError as exc:
-            forget(idem_key)
-            raise _HTTPError(503, str(exc), {"Retry-After": "5"}) from None
-        except TypeError as exc:
-            forget(idem_key)
-            raise _HTTPError(400, str(exc)) from None
+            place = limits.reserve_job(s, _digest(who), current_app.config)
         except BaseException:
             forget(idem_key)
             raise
+        try:
+            job = longtask._submit(task, tuple(args), kwargs, owner=who)
+            record = s.read_record(job.id)
+        except BaseException as exc:
+            forget(idem_key)
+            place.cancel()
+            if isinstance(exc, QueueFullError):
+                raise _HTTPError(503, str(exc), {"Retry-After": str(RETRY_AFTER)}) from None
+            if isinstance(exc, TypeError):
+                raise _HTTPError(400, str(exc)) from None
+            raise
         if record.get("owner") != who:  # a memo hit or a joined in-flight job: let them read it
+            place.cancel()  # (and it does not count as theirs)
             s.backend.set(access_key(job.id, who), 1, record.get("expire", s.result_expire))
+        else:
+            place.keep(job.id, s.result_expire)
         if idem_key is not None:
             s.backend.set(idem_key, [job.id, body_hash], s.result_expire)
         return job_response(record, 202)
@@ -321,23 +455,33 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
     @bp.route("/jobs/<job_id>/events", methods=_METHODS)
     def events(job_id: str) -> Response:
         only("GET")
-        load(job_id, owner())
+        who = owner()
+        record = load(job_id, who)
         try:
             last = int(request.headers.get("Last-Event-ID", "0"))
         except ValueError:
             last = 0
-        timeout = float(current_app.config["LONGTASK_SSE_TIMEOUT"])
-        return Response(
+        release: t.Callable[[], None] | None = None
+        if JobStatus(record["status"]).is_finished:  # one event, then the end: no limit applies
+            timeout = 0.0
+        else:
+            threaded = bool(request.environ.get("wsgi.multithread"))
+            timeout, release = limits.admit_stream(store(), _digest(who), record, current_app.config, threaded)
+        response = Response(
             stream_with_context(stream(job_id, last, timeout)),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        if release is not None:
+            response.call_on_close(release)  # the server closes it as the stream ends or breaks
+        return response
 
     def stream(job_id: str, last: int, timeout: float) -> t.Iterator[str]:
         # Progress is "latest value wins", numbered by the worker: an event per stored value the
         # client has not seen, so a reconnect with Last-Event-ID resumes without gaps or repeats.
-        # The stream ends after `timeout` seconds and the browser reconnects: no thread is held
-        # for ever by an idle page.
+        # The stream ends after `timeout` seconds (LONGTASK_SSE_TIMEOUT, or less where the job's
+        # LONGTASK_SSE_WINDOW ends sooner) and the browser reconnects: no thread is held for ever
+        # by an idle page.
         s = store()
         yield "retry: 1000\n\n"
         deadline = time.monotonic() + timeout
@@ -372,6 +516,11 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         raise _HTTPError(404, "Not found.")
 
     return bp
+
+
+def _digest(who: str) -> str:
+    """An owner as it appears in keys."""
+    return hashlib.sha256(who.encode()).hexdigest()[:32]
 
 
 def _event(name: str, event_id: int, data: t.Any) -> str:

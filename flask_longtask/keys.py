@@ -27,6 +27,10 @@ class Keys:
     ``memo-gen:<task>``  a token mixed into memo keys; replaced by ``clear_cache``
     ``access:<id>:<h>``  the HTTP API: a caller (``<h>``, a digest of who) may read job ``<id>``
     ``idem:<h>``         the HTTP API: the job an ``Idempotency-Key`` made (``<h>``, its digest)
+    ``stream:<h>:<n>``   the HTTP API: owner ``<h>`` holds an open stream, its ``n``-th of
+                         ``LONGTASK_SSE_MAX_STREAMS_PER_OWNER``; expires soon after the stream ends
+    ``active:<h>:<n>``   the HTTP API: the ``n``-th of owner ``<h>``'s queued or running jobs (of
+                         ``LONGTASK_HTTP_MAX_ACTIVE``); free once that job has ended
     ===================  =================================================================
 
     A package built on Flask-LongTask keeps its own keys under its own name (the Dash adapter's
@@ -97,6 +101,14 @@ class Keys:
     @staticmethod
     def idempotency(digest: str) -> str:
         return f"idem:{digest}"
+
+    @staticmethod
+    def stream_slot(digest: str, n: int) -> str:
+        return f"stream:{digest}:{n}"
+
+    @staticmethod
+    def active_slot(digest: str, n: int) -> str:
+        return f"active:{digest}:{n}"
 
     @classmethod
     def of_job(cls, job_id: str, attempts: int = 1) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import typing as t
 
 from flask import Flask
 
@@ -56,3 +58,15 @@ def shared(x: int) -> int:
 @longtask.task
 def private() -> str:
     return "never over HTTP"
+
+
+@longtask.task(http=True)
+def echo(value: t.Any) -> t.Any:
+    return value
+
+
+@longtask.task(http=True)
+def not_finite() -> dict[str, t.Any]:
+    """A result and a progress value that hold NaN and infinities, which JSON cannot carry."""
+    current_job.set_progress((math.nan, 1))
+    return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "list": [1.5, math.nan], "ok": 2.0}

@@ -208,6 +208,37 @@ def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> No
             chrome.save_screenshot(str(SCREENSHOTS / "demo-cancelled.png"))
 
 
+def transport(driver: WebDriver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "main").get_attribute("data-transport") or ""
+
+
+@pytest.mark.parametrize("refused", ["at once", "on reconnect"])
+def test_demo_page_polls_when_the_server_refuses_its_stream(chrome: WebDriver, tmp_path: Path, refused: str) -> None:
+    """Past the server's limits on streams the page falls back to polling, and shows the job to its
+    end: refused at once (no stream slot left in the process), or when the browser reconnects
+    after the job's ``LONGTASK_SSE_WINDOW`` (it streamed until then)."""
+    from selenium.webdriver.common.by import By
+
+    if refused == "at once":
+        settings = {"FLASK_LONGTASK_SSE_MAX_STREAMS": "0"}
+    else:  # each stream lasts 0.5 s; after 1.5 s the job is no longer streamed
+        settings = {"FLASK_LONGTASK_SSE_TIMEOUT": "0.5", "FLASK_LONGTASK_SSE_WINDOW": "1.5"}
+    port = free_port()
+    cmd = [sys.executable, "-m", "flask", "--app", str(DEMO), "run", "--port", str(port)]
+    env = {**demo_env(tmp_path, 0.1, "thread"), **settings}
+    with live_server_process(cmd, port, env=env, cwd=ROOT) as url:
+        chrome.get(url)
+        start_job(chrome, 40)
+        if refused == "on reconnect":
+            wait_for(lambda: transport(chrome) == "sse", what="the page to stream first")
+        wait_for(lambda: status_of(chrome) == "succeeded", 30, what="the job to succeed")
+        assert transport(chrome) == "poll"
+        assert progress_value(chrome) == 40
+        assert chrome.find_element(By.ID, "result").text == f"Result: {sum(i * i for i in range(41))}"
+
+
 # -- the README: its quick start runs, its configuration table matches the code ------------------
 
 

@@ -12,8 +12,8 @@ example ``FLASK_DEMO_STEP_SECONDS=0.05``, ``FLASK_LONGTASK_WORKERS=4`` or
 
 The page uses Flask-LongTask's HTTP API (docs/http.md): it submits with ``POST
 /api/tasks/demo.sum_of_squares``, follows the job's Server-Sent Events for a live progress bar
-(polling ``GET /api/jobs/<id>`` if the stream fails) and cancels with ``DELETE``. The app
-itself is the dozen lines below.
+(polling ``GET /api/jobs/<id>`` if the stream fails or the server refuses it) and cancels with
+``DELETE``. The app itself is the dozen lines below.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ app.config.update(
     # Jobs belong to the browser session that started them: the session needs a secret.
     SECRET_KEY=os.environ.get("FLASK_SECRET_KEY") or os.urandom(16).hex(),
     LONGTASK_HTTP_PREFIX="/api",  # the HTTP API, for tasks marked http=True
+    LONGTASK_HTTP_ERRORS="message",  # a failed job's message is for the visitor (never its traceback)
     DEMO_STEP_SECONDS=0.1,  # how long each step of the demo job takes
     DEMO_MAX_STEPS=1000,
 )

@@ -65,7 +65,8 @@ function render(job) {
       showResult(`Result: ${JSON.stringify(job.result)}`);
       break;
     case "failed":
-      showStatus("failed", `Failed: ${job.error.type}: ${job.error.message}`);
+      // The message is there only where the app allows it (LONGTASK_HTTP_ERRORS).
+      showStatus("failed", `Failed: ${job.error.type}${job.error.message ? `: ${job.error.message}` : ""}`);
       break;
     case "cancelled":
       showStatus("cancelled", `Cancelled${steps}`);
@@ -99,8 +100,10 @@ function follow(id) {
   });
   source.onerror = () => {
     // The server ends a stream after LONGTASK_SSE_TIMEOUT and the browser reconnects by
-    // itself; a stream that never worked (a proxy that buffers, say) falls back to polling.
-    if (!heard && source) {
+    // itself. A stream the server refuses (429 or 503: past its limits on streams, or a job
+    // streamed for longer than LONGTASK_SSE_WINDOW) closes the EventSource for good, and one
+    // that never worked (a proxy that buffers, say) is no use: both fall back to polling.
+    if (source && (!heard || source.readyState === EventSource.CLOSED)) {
       source.close();
       source = null;
       poll(id);
