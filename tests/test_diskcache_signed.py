@@ -192,3 +192,26 @@ def test_a_key_file_another_user_could_know_is_refused(tmp_path: Path) -> None:
             other.close()
     finally:
         backend.close()
+
+
+def test_an_http_read_of_a_rewritten_record_is_a_json_500_that_says_nothing(tmp_path: Path) -> None:
+    """The attack of issue 18: an anonymous ``GET /jobs/<id>`` read (unpickled) a rewritten
+    record before it checked the owner."""
+    from tests import http_tasks
+
+    marker = tmp_path / "code-ran"
+    app = http_tasks.make_app()
+    app.config.update(LONGTASK_HTTP_PREFIX="/api")
+    backend = DiskcacheBackend(tmp_path / "lt", embedded=False)  # (nothing runs the job)
+    http_tasks.longtask.init_app(app, backend=backend)
+    try:
+        submitted = app.test_client().post("/api/tasks/tests.http_tasks.add", json={"args": [1, 2]})
+        assert submitted.status_code == 202, submitted.data
+        job_id = submitted.json["id"]
+        rewrite(Path(backend.directory), f"job:{job_id}", 4, pickle.dumps(Planted(marker)))
+        answer = app.test_client().get(f"/api/jobs/{job_id}")  # another client, anonymous
+    finally:
+        backend.close()
+    assert answer.status_code == 500 and answer.mimetype == "application/json"
+    assert b"Tampered" not in answer.data and b"unpickled" not in answer.data and b"Traceback" not in answer.data
+    assert not marker.exists()
