@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from . import signals
 from .attempts import attempt_of, retries_of, retry_delay, time_limit_error
 from .backends.base import MISSING, Backend, JobRequest
-from .exceptions import OutcomeNotStoredError, TimeLimitExceeded
+from .ending import Patience, outcome
+from .exceptions import TimeLimitExceeded
 from .job import JobStatus
 from .store import JobStore, error_record, keys
 
@@ -33,7 +34,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .task import Task
 
 _log = logging.getLogger(__name__)
-_T = t.TypeVar("_T")
 
 
 class JobContext:
@@ -377,61 +377,13 @@ def mark_lost(
     (:meth:`Backend.terminate <flask_longtask.backends.Backend.terminate>`). ``app``: the app the
     job belongs to, when the caller knows it: its settings apply, and the end signal is sent with
     it as sender, in its app context. ``attempt``: only if this attempt still runs. ``error``:
-    what it fails with instead of a ``WorkerLostError`` (an :class:`OutcomeNotStoredError`'s
-    :func:`outcome_not_stored`). Returns whether this call ended the job.
+    what it fails with instead of a ``WorkerLostError`` (an ``OutcomeNotStoredError``'s,
+    :func:`~flask_longtask.ending.outcome_not_stored`). Returns whether this call ended the job.
     """
     if app is None:
         return JobStore(backend).mark_lost(job_id, how, attempt=attempt, error=error)
     with app.app_context():
         return _store_for(backend, app).mark_lost(job_id, how, app=app, attempt=attempt, error=error)
-
-
-def outcome_not_stored(exc: OutcomeNotStoredError) -> dict[str, str]:
-    """The stored error of a job whose worker could not store its outcome."""
-    return {"type": "OutcomeNotStoredError", "message": exc.message, "traceback": ""}
-
-
-class _Patience:
-    """Writes the end of a job that ran: while the backend's storage is away (one of its
-    :attr:`~flask_longtask.backends.Backend.transient_errors`), each write is tried again, with
-    pauses from 50 ms up to 0.5 s, until ``heartbeat_timeout`` seconds have passed since the
-    first failure (readers may take the job for lost after that); then it raises
-    :class:`OutcomeNotStoredError`, and whoever catches it records that once storage is back."""
-
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.errors = store.backend.transient_errors
-        self._deadline: float | None = None
-
-    def __call__(self, write: t.Callable[[], _T], attempt: int, outcome: str) -> _T:
-        """``write()``, tried again while storage is away; ``attempt`` and ``outcome`` (how the
-        job ended, in words) are what the error says if it never gets through."""
-        pause = 0.05
-        while True:
-            try:
-                return write()
-            except self.errors as exc:
-                now = time.monotonic()
-                patience = self.store.heartbeat_timeout
-                if self._deadline is None:
-                    self._deadline = now + patience
-                    _log.warning(
-                        "Job %s could not write its end (%s: %s); trying again for up to %g s.",
-                        self.job_id,
-                        type(exc).__name__,
-                        exc,
-                        patience,
-                    )
-                if now >= self._deadline:
-                    message = (
-                        f"The job ran to its end ({outcome}), but its outcome could not be stored:"
-                        f" {type(exc).__name__}: {exc} (tried for {patience:g} s)."
-                    )
-                    _log.error("Job %s gives its outcome up: %s", self.job_id, message)
-                    raise OutcomeNotStoredError(self.job_id, attempt, message) from exc
-                time.sleep(min(pause, self._deadline - now))
-                pause = min(pause * 2, 0.5)
 
 
 def _store_for(backend: Backend, app: Flask) -> JobStore:
@@ -493,7 +445,7 @@ def execute(
     except Exception as exc:
         plain = JobStore(backend)
         error = error_record(exc)
-        _Patience(plain, job_id)(
+        Patience(plain, job_id)(
             lambda: plain.finish(record, JobStatus.FAILED, app=None, error=error),
             attempt_of(record),
             f"failed: {error['type']}",
@@ -508,7 +460,7 @@ def execute(
     _ticker.add(ctx)
     with app.app_context():
         signals.send(signals.job_started, app, job=store.job(job_id))
-        patiently = _Patience(store, job_id)
+        patiently = Patience(store, job_id)
         if cancelled:
             ended = ctx._close()
             patiently(lambda: store.finish(ended, JobStatus.CANCELLED, app=app), attempt_of(ended), "cancelled")
@@ -562,31 +514,8 @@ def _retry(
     return retry_delay(task.retry_backoff, attempt) if retried else None
 
 
-def _outcome(
-    ctx: JobContext, task: Task[..., t.Any], store: JobStore, failure: BaseException | None, value: t.Any
-) -> tuple[JobStatus, bytes | None, dict[str, str] | None, str]:
-    """How a job that returned (or raised) ends, unless retried: its status, its serialised
-    result, its error, and that in words (for an error that says it could not be stored)."""
-    if ctx._limited:
-        return JobStatus.FAILED, None, time_limit_error(ctx._limit), "failed: TimeLimitExceeded"
-    if ctx._cancelled:
-        return JobStatus.CANCELLED, None, None, "cancelled"
-    if failure is not None:
-        err = error_record(failure)
-        return JobStatus.FAILED, None, err, f"failed: {err['type']}"
-    if ctx._error is not None:
-        err = error_record(ctx._error, message=f"The job's last progress value could not be serialised: {ctx._error}")
-        return JobStatus.FAILED, None, err, "failed: its last progress could not be serialised"
-    try:
-        data = store.backend.dumps(value)
-    except Exception as exc:
-        err = error_record(exc, message=f"The job's result could not be serialised: {exc}")
-        return JobStatus.FAILED, None, err, "failed: its result could not be serialised"
-    return JobStatus.SUCCEEDED, data, None, "succeeded"
-
-
 def _run(
-    ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any, patiently: _Patience
+    ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any, patiently: Patience
 ) -> JobStatus:
     store = t.cast(JobStore, ctx._store)
     token = _current.set(ctx)
@@ -599,7 +528,7 @@ def _run(
     finally:
         _current.reset(token)
         record = ctx._close()
-    # From here on, each write is tried again while storage is away (see _Patience).
+    # From here on, each write is tried again while storage is away (see Patience).
     attempt = attempt_of(record)
     returned = "it returned" if failure is None else f"it raised {type(failure).__name__}"
     patiently(lambda: ctx._flush(final=True), attempt, returned)
@@ -631,7 +560,7 @@ def _run(
         else:
             ended = None if retried is None else JobStatus.CANCELLED
     else:
-        status, result, err, how = _outcome(ctx, task, store, failure, value)
+        status, result, err, how = outcome(ctx, store, failure, value)
         memo_expire = None
         if status is JobStatus.SUCCEEDED:
             memo_expire = task.expire if task.expire is not None else store.result_expire

@@ -126,14 +126,18 @@ def requeue(backend: CeleryBackend, after: float, now: float | None = None) -> l
     pipe = redis.pipeline(transaction=False)
     for job_id, score, new, _ in moves:
         move(keys=[key], args=[job_id, repr(score), "" if new is None else repr(new)], client=pipe)
+    # Those whose move this pass won (another worker's pass may have moved the others first).
+    due = [
+        (job_id, score)
+        for (job_id, score, _, publish), won in zip(moves, pipe.execute(), strict=True)
+        if won and publish
+    ]
     sent = []
-    for (job_id, score, _, publish), moved in zip(moves, pipe.execute(), strict=True):
-        if not (moved and publish):  # (another worker's pass moved it first)
-            continue
+    for n, (job_id, _) in enumerate(due):
         try:
             backend.publish(job_id)
-        except Exception:
-            redis.zadd(key, {job_id: score}, xx=True)  # (the broker is away: due again next pass)
+        except Exception:  # (the broker is away): those not sent are due again at the next pass
+            redis.zadd(key, dict(due[n:]), xx=True)
             raise
         sent.append(job_id)
     if sent:

@@ -19,8 +19,9 @@ except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
 from ..config import DEFAULT_CONFIG
+from ..ending import outcome_not_stored
 from ..exceptions import OutcomeNotStoredError
-from ..worker import execute, outcome_not_stored
+from ..worker import execute
 from . import _celery_recovery as recovery
 from . import _celery_watchdog as watchdog
 from . import _json
