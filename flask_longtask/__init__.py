@@ -7,6 +7,7 @@ from .exceptions import JobFailedError as JobFailedError
 from .exceptions import JobNotFoundError as JobNotFoundError
 from .exceptions import JobTimeoutError as JobTimeoutError
 from .exceptions import LongTaskError as LongTaskError
+from .exceptions import OutcomeNotStoredError as OutcomeNotStoredError
 from .exceptions import QueueFullError as QueueFullError
 from .exceptions import TamperedValueError as TamperedValueError
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded

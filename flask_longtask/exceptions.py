@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing as t
+
 
 class LongTaskError(Exception):
     """Base class of every error about a job."""
@@ -34,6 +36,24 @@ class TimeLimitExceeded(LongTaskError):
     """What a job that ran past its time limit failed with: its ``job.error["type"]`` is
     ``"TimeLimitExceeded"``, and ``job.result()`` raises :class:`JobFailedError` with a message
     that starts with it. Name it in a task's ``retry_on`` to have such a job run again."""
+
+
+class OutcomeNotStoredError(LongTaskError):
+    """A worker ran a job to its end but could not store how it ended: its storage (Redis) was
+    away for longer than the worker's patience (``LONGTASK_HEARTBEAT_TIMEOUT`` seconds). The job
+    ends failed with this type (``job.error["type"] == "OutcomeNotStoredError"``, and a message
+    that says how it had ended and why that was not stored) once the storage answers again,
+    instead of being taken for a lost worker."""
+
+    def __init__(self, job_id: str, attempt: int, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        #: The attempt whose end was not stored (a job retried since is not this one).
+        self.attempt = attempt
+        self.message = message
+
+    def __reduce__(self) -> tuple[t.Any, ...]:  # (crosses processes: a Celery pool's result)
+        return type(self), (self.job_id, self.attempt, self.message)
 
 
 class JobCancelledError(LongTaskError):

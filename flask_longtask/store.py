@@ -451,13 +451,23 @@ class JobStore:
         self.backend.enqueue_after(JobRequest(record["id"], task.name, task, t.cast("Flask", app)), delay)
         return True
 
-    def mark_lost(self, job_id: str, how: str, *, app: Flask | None = None, attempt: int | None = None) -> bool:
+    def mark_lost(
+        self,
+        job_id: str,
+        how: str,
+        *,
+        app: Flask | None = None,
+        attempt: int | None = None,
+        error: dict[str, str] | None = None,
+    ) -> bool:
         """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed"
         (or, stopped by force at its time limit, retry it if its task says so).
 
         Backends call this when they see a worker process die; readers call it when a running
         job's heartbeat expires, with the ``attempt`` they saw running: a job that has moved on
         to a later attempt since (retried, by its worker or by another reader) is not lost.
+        ``error``: what it fails with, when its worker knows better than "it died" (a job whose
+        outcome could not be stored); default a ``WorkerLostError`` that says ``how``.
         Returns whether this call ended (or retried) the job.
         """
         record, claim, flag = self.backend.get_many([keys.job(job_id), keys.claim(job_id), keys.cancel(job_id)])
@@ -470,16 +480,16 @@ class JobStore:
         limited = is_time_limit(flag)  # stopped by force at its time limit: that is its end
         if limited and self._retry_time_limit(record, app):
             return True
-        error: dict[str, str] | None = (
-            time_limit_error(record.get("time_limit"))
-            if limited
-            else {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
-        )
+        lost = error is None
+        if limited:
+            error = time_limit_error(record.get("time_limit"))
+        elif error is None:
+            error = {"type": "WorkerLostError", "message": f"The worker running this job died: {how}.", "traceback": ""}
         ended = self.finish(record, JobStatus.FAILED, app=app, error=error, unless_cancelled=not limited)
         if ended is JobStatus.FAILED and limited:
             _log.warning("Job %s (%s) stopped by force at its time limit.", job_id, record["task"])
         elif ended is JobStatus.FAILED:
-            _log.warning("Job %s (%s) lost: %s", job_id, record["task"], how)
+            _log.warning("Job %s (%s) %s: %s", job_id, record["task"], "lost" if lost else "failed", how)
         if ended is not None:
             return True
         if self.is_cancel_requested(job_id) and not limited:

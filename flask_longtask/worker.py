@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from . import signals
 from .attempts import attempt_of, retries_of, retry_delay, time_limit_error
 from .backends.base import MISSING, Backend, JobRequest
+from .ending import Patience, outcome
 from .exceptions import TimeLimitExceeded
 from .job import JobStatus
 from .store import JobStore, error_record, keys
@@ -74,6 +75,7 @@ class JobContext:
         # The first heartbeat is written at the first tick: the claim stands for one until then.
         self._first_tick = now + (store.progress_interval if store is not None else 0.0)
         self._next_beat = self._first_tick
+        self._quiet_until = 0.0  # (the ticker logs its failing updates once in a while)
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -175,6 +177,8 @@ class _Ticker:
     """
 
     _LINGER = 1.0
+    #: Seconds between two logs of a job's failing updates (each tick fails while Redis is away).
+    _QUIET = 10.0
 
     def __init__(self) -> None:
         self._jobs: set[JobContext] = set()
@@ -228,7 +232,9 @@ class _Ticker:
                 try:
                     ctx._tick(now)
                 except Exception:  # a backend hiccup must not kill the ticker
-                    _log.exception("Progress/heartbeat update of job %s failed.", ctx.id)
+                    if now >= ctx._quiet_until:  # (while storage is away: once per _QUIET seconds)
+                        ctx._quiet_until = now + self._QUIET
+                        _log.exception("Progress/heartbeat update of job %s failed.", ctx.id)
             for hook in self.hooks if jobs else ():
                 try:
                     hook(now)
@@ -355,19 +361,29 @@ class Handoff:
     go: t.Callable[[], bool] | None = None
 
 
-def mark_lost(backend: Backend, job_id: str, how: str, *, app: Flask | None = None) -> bool:
+def mark_lost(
+    backend: Backend,
+    job_id: str,
+    how: str,
+    *,
+    app: Flask | None = None,
+    attempt: int | None = None,
+    error: dict[str, str] | None = None,
+) -> bool:
     """End a claimed job whose worker is gone: "cancelled" if that was asked, else "failed"
     (``how`` says what happened, in its error message).
 
     A backend calls this when it sees a worker process die, or once it has stopped one by force
     (:meth:`Backend.terminate <flask_longtask.backends.Backend.terminate>`). ``app``: the app the
     job belongs to, when the caller knows it: its settings apply, and the end signal is sent with
-    it as sender, in its app context. Returns whether this call ended the job.
+    it as sender, in its app context. ``attempt``: only if this attempt still runs. ``error``:
+    what it fails with instead of a ``WorkerLostError`` (an ``OutcomeNotStoredError``'s,
+    :func:`~flask_longtask.ending.outcome_not_stored`). Returns whether this call ended the job.
     """
     if app is None:
-        return JobStore(backend).mark_lost(job_id, how)
+        return JobStore(backend).mark_lost(job_id, how, attempt=attempt, error=error)
     with app.app_context():
-        return _store_for(backend, app).mark_lost(job_id, how, app=app)
+        return _store_for(backend, app).mark_lost(job_id, how, app=app, attempt=attempt, error=error)
 
 
 def _store_for(backend: Backend, app: Flask) -> JobStore:
@@ -433,7 +449,13 @@ def execute(
             raise LookupError("the job's request record is missing (expired or deleted)")
         task, app = _task_and_app(request, task, app)
     except Exception as exc:
-        JobStore(backend).finish(record, JobStatus.FAILED, app=None, error=error_record(exc))
+        plain = JobStore(backend)
+        error = error_record(exc)
+        Patience(plain, job_id)(
+            lambda: plain.finish(record, JobStatus.FAILED, app=None, error=error),
+            attempt_of(record),
+            f"failed: {error['type']}",
+        )
         return JobStatus.FAILED
 
     store = _store_for(backend, app)
@@ -444,16 +466,19 @@ def execute(
     _ticker.add(ctx)
     with app.app_context():
         signals.send(signals.job_started, app, job=store.job(job_id))
+        patiently = Patience(store, job_id)
         if cancelled:
-            store.finish(ctx._close(), JobStatus.CANCELLED, app=app)
+            ended = ctx._close()
+            patiently(lambda: store.finish(ended, JobStatus.CANCELLED, app=app), attempt_of(ended), "cancelled")
             return JobStatus.CANCELLED
         try:
             args, kwargs = backend.loads(request["args"])
         except Exception as exc:
             err = error_record(exc, message=f"The job's arguments could not be deserialised here: {exc}")
-            store.finish(ctx._close(), JobStatus.FAILED, app=app, error=err)
+            ended = ctx._close()
+            patiently(lambda: store.finish(ended, JobStatus.FAILED, app=app, error=err), attempt_of(ended), "failed")
             return JobStatus.FAILED
-        return _run(ctx, task, app, args, kwargs)
+        return _run(ctx, task, app, args, kwargs, patiently)
 
 
 def is_runnable(record: t.Any) -> bool:
@@ -495,7 +520,9 @@ def _retry(
     return retry_delay(task.retry_backoff, attempt) if retried else None
 
 
-def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any) -> JobStatus:
+def _run(
+    ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwargs: t.Any, patiently: Patience
+) -> JobStatus:
     store = t.cast(JobStore, ctx._store)
     token = _current.set(ctx)
     failure: BaseException | None = None
@@ -507,51 +534,57 @@ def _run(ctx: JobContext, task: Task[..., t.Any], app: Flask, args: t.Any, kwarg
     finally:
         _current.reset(token)
         record = ctx._close()
-        ctx._flush(final=True)
+    # From here on, each write is tried again while storage is away (see Patience).
+    attempt = attempt_of(record)
+    returned = "it returned" if failure is None else f"it raised {type(failure).__name__}"
+    patiently(lambda: ctx._flush(final=True), attempt, returned)
     # Unless it was cancelled: a cancel requested while it ran wins over its outcome, checked
     # atomically with the end.
     ended: JobStatus | None
     delay = _retry(task, record, ctx, failure)
     if delay is not None:
         error = time_limit_error(ctx._limit) if ctx._limited else error_record(t.cast(BaseException, failure))
-        retried = store.retry(record, error, delay, app=app, limited=ctx._limited)
+        retried = patiently(
+            lambda: store.retry(record, error, delay, app=app, limited=ctx._limited), attempt, "to be retried"
+        )
         if retried:
+            request = JobRequest(record["id"], task.name, task, app)
             try:
-                store.backend.enqueue_after(JobRequest(record["id"], task.name, task, app), delay)
+                patiently(lambda: store.backend.enqueue_after(request, delay), attempt + 1, "queued for its retry")
                 return JobStatus.QUEUED
             except Exception:  # (the broker is away): nothing would run it again, so it ends here
                 _log.exception("Job %s could not be queued for its retry; it fails.", record["id"])
                 # Its next attempt is ended (this one was, by the retry), as the record now says.
-                queued = store.backend.get(keys.job(record["id"]))
-                ended = None if queued is MISSING else store.finish(queued, JobStatus.FAILED, app=app, error=error)
+                queued = patiently(lambda: store.backend.get(keys.job(record["id"])), attempt + 1, "failed")
+                ended = (
+                    None
+                    if queued is MISSING
+                    else patiently(
+                        lambda: store.finish(queued, JobStatus.FAILED, app=app, error=error), attempt + 1, "failed"
+                    )
+                )
         else:
             ended = None if retried is None else JobStatus.CANCELLED
-    elif ctx._limited:
-        ended = store.finish(record, JobStatus.FAILED, app=app, error=time_limit_error(ctx._limit))
-    elif ctx._cancelled:
-        ended = store.finish(record, JobStatus.CANCELLED, app=app)
-    elif failure is not None:
-        ended = store.finish(record, JobStatus.FAILED, app=app, error=error_record(failure), unless_cancelled=True)
-    elif ctx._error is not None:
-        err = error_record(ctx._error, message=f"The job's last progress value could not be serialised: {ctx._error}")
-        ended = store.finish(record, JobStatus.FAILED, app=app, error=err, unless_cancelled=True)
     else:
-        try:
-            data = store.backend.dumps(value)
-        except Exception as exc:
-            err = error_record(exc, message=f"The job's result could not be serialised: {exc}")
-            ended = store.finish(record, JobStatus.FAILED, app=app, error=err, unless_cancelled=True)
-        else:
-            expire = task.expire if task.expire is not None else store.result_expire
-            ended = store.finish(
+        status, result, err, how = outcome(ctx, store, failure, value)
+        memo_expire = None
+        if status is JobStatus.SUCCEEDED:
+            memo_expire = task.expire if task.expire is not None else store.result_expire
+        plain = status is JobStatus.CANCELLED or ctx._limited  # (no cancel to check for)
+        ended = patiently(
+            lambda: store.finish(
                 record,
-                JobStatus.SUCCEEDED,
+                status,
                 app=app,
-                result=data,
+                result=result,
                 value=value,
-                memo_expire=expire,
-                unless_cancelled=True,
-            )
+                error=err,
+                memo_expire=memo_expire,
+                unless_cancelled=not plain,
+            ),
+            attempt,
+            how,
+        )
     if ended is None:
         _log.warning("Job %s returned, but it had already been ended (lost?): its outcome was dropped.", record["id"])
     status = ended or JobStatus(store.read_record(record["id"])["status"])

@@ -18,6 +18,9 @@ celery_app = Celery("tests.celery_app", broker=REDIS_URL, backend=REDIS_URL)
 celery_app.conf.broker_connection_retry_on_startup = True
 app = Flask("tests.celery_app")
 app.config.update(WHO="celery-worker-app", LONGTASK_PROGRESS_INTERVAL=0.01)
+# A test's worker may set more: LONGTASK_TEST_CONFIG_LONGTASK_HEARTBEAT_TIMEOUT=4 sets
+# LONGTASK_HEARTBEAT_TIMEOUT = 4 (values are read as JSON).
+app.config.from_prefixed_env("LONGTASK_TEST_CONFIG")
 longtask = LongTask(app, backend=CeleryBackend(celery_app))
 
 
@@ -46,6 +49,14 @@ def wait_for_file(path: str, timeout: float = 60.0) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)  # the job's work: waiting for the test's file
     return path
+
+
+@longtask.task
+def note_then_wait(log: str, gate: str) -> str:
+    """Append the job's id to ``log`` (one line per run), then run until ``gate`` exists."""
+    with open(log, "a") as f:
+        f.write(f"{current_job.id}\n")
+    return wait_for_file.func(gate)
 
 
 @longtask.task
@@ -102,6 +113,15 @@ def flaky(counter: str, failures: int, retrying: str | None = None) -> int:
     n = _count(counter)
     if n <= failures:
         raise ConnectionError(f"attempt {n} fails")
+    return n
+
+
+@longtask.task(retries=1, retry_backoff=3.0, retry_on=ConnectionError)
+def fails_once(counter: str) -> int:
+    """Its first attempt fails; the second, 2.25 to 3.75 s later (Celery's countdown), returns 2."""
+    n = _count(counter)
+    if n == 1:
+        raise ConnectionError("attempt 1 fails")
     return n
 
 

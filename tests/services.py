@@ -57,14 +57,18 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     proc.wait(timeout)
 
 
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(tmp: Path, *, port: int | None = None, durable: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on loopback keeping its files in ``tmp``. ``durable``: with its append-only
+    file (``appendonly yes``), so that a clean stop and a start on the same ``port`` and ``tmp``
+    (see :func:`restart_redis`) find every key again, as a production Redis should."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test installs it)")
-    port = free_port()
-    with open(tmp / "redis.log", "wb") as log:  # the child keeps its own copy of the fd
+    port = port or free_port()
+    persistence = ["--appendonly", "yes"] if durable else ["--appendonly", "no"]
+    with open(tmp / "redis.log", "ab") as log:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(tmp)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -73,17 +77,46 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     import redis
 
     client = redis.Redis.from_url(url)
-    wait_until(client.ping, 20, "redis-server to answer PING")
-    client.close()
+    try:
+        wait_until(client.ping, 20, "redis-server to answer PING")  # (not while it loads its data)
+    finally:
+        client.close()
     return proc, url
 
 
-def start_celery_worker(app_path: str, redis_url: str, log_path: Path, concurrency: int = 2) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LONGTASK_TEST_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+def stop_redis(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Stop a redis-server cleanly (SIGTERM: a durable one writes its append-only file out first)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout)
+
+
+def restart_redis(proc: subprocess.Popen[bytes], tmp: Path, url: str) -> subprocess.Popen[bytes]:
+    """A clean restart of a durable redis-server (:func:`start_redis`): stopped, then started
+    again on the same port with the same files. Returns the new process."""
+    stop_redis(proc)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    return start_redis(tmp, port=port, durable=True)[0]
+
+
+def start_celery_worker(
+    app_path: str,
+    redis_url: str,
+    log_path: Path,
+    concurrency: int = 2,
+    *,
+    prefetch: int = 1,
+    env: t.Mapping[str, str] | None = None,
+    name: str = "w",
+) -> subprocess.Popen[bytes]:
+    """A Celery worker (prefork) for ``app_path``; ``prefetch``: its ``--prefetch-multiplier``;
+    ``env``: more environment variables (tests/celery_app.py reads its app's settings from
+    ``LONGTASK_TEST_CONFIG_*``); ``name``: its node name's start (this process's id follows)."""
+    env = {**os.environ, "LONGTASK_TEST_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), **(env or {})}
     cmd = [
         sys.executable, "-m", "celery", "-A", app_path, "worker", "--pool=prefork",
         f"--concurrency={concurrency}", "--without-heartbeat", "--without-gossip", "--without-mingle",
-        "--prefetch-multiplier=1", "--loglevel=INFO", "-n", f"w{os.getpid()}@%h",
+        f"--prefetch-multiplier={prefetch}", "--loglevel=INFO", "-n", f"{name}{os.getpid()}@%h",
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

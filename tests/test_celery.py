@@ -351,3 +351,86 @@ def test_an_attempt_stopped_by_force_at_its_time_limit_is_retried(app, tmp_path)
     job = stubborn_once.submit(str(tmp_path / "n"))
     assert job.result(timeout=30) == 2
     assert job.attempt == 2
+
+
+def test_a_copy_of_a_retrys_message_does_not_run_it_before_its_time(app, tmp_path):
+    """A retry deletes the failed attempt's claim and waits for Celery's countdown. A copy of
+    the job's message that comes meanwhile (published again after a Redis restart, or handed out
+    again by kombu) is skipped: the second attempt starts when its retry is due, not before."""
+    from tests.celery_app import fails_once
+
+    backend = app.extensions["longtask"].backend
+    store = app.extensions["longtask"].store
+    job = fails_once.submit(str(tmp_path / "n"))
+    wait_for(lambda: job.attempt == 2, 30, "the first attempt to fail")
+    retry_at = store.read_record(job.id)["retry_at"]
+    backend.celery.send_task("flask_longtask.run", args=[job.id], task_id=job.id, ignore_result=True)  # a copy
+    assert job.result(timeout=30) == 2
+    assert job.started_at is not None and job.started_at.timestamp() >= retry_at
+
+
+def test_a_pass_publishes_a_job_left_queued_again_then_less_often(redis_url):
+    """The watchdog's pass (one of every Celery worker's, here with a clock of its own):
+    published again once a job has waited ``after`` seconds unclaimed, by one pass of the
+    several that look at the same time, then after as long as it had waited; a retry not
+    before it is due; a job once claimed, never. (Its messages go to a queue nobody reads.)"""
+    from flask_longtask.backends import _celery_recovery as recovery
+    from tests import celery_app as worker_module
+
+    queue = f"nobody-reads-{uuid.uuid4().hex}"
+    client = celery.Celery("tests.lost", broker=redis_url)
+    client.conf.task_routes = {"flask_longtask.run": {"queue": queue}}
+    backend = CeleryBackend(client, redis_url=redis_url)
+    app = Flask("tests.requeue_pass")
+    worker_module.longtask.init_app(app, backend=backend)
+    store = app.extensions["longtask"].store
+    try:
+        with app.app_context():
+            job = worker_module.roundtrip.submit(1)
+        since = store.read_record(job.id)["created"]
+        sent = lambda: backend.redis.llen(queue)
+        assert sent() == 1
+
+        assert recovery.requeue(backend, 1.0, since + 0.9) == []
+        assert recovery.requeue(backend, 1.0, since + 1.5) == [job.id]
+        assert recovery.requeue(backend, 1.0, since + 1.5) == []  # another worker's pass, at the same time
+        assert recovery.requeue(backend, 1.0, since + 2.9) == []  # due again 1.5 s later
+        assert recovery.requeue(backend, 1.0, since + 3.1) == [job.id]
+        assert sent() == 3
+
+        retry_at = since + 10.0  # queued for a retry, due then
+        backend.set(keys.job(job.id), {**store.read_record(job.id), "retry_at": retry_at})
+        assert recovery.requeue(backend, 1.0, since + 9.0) == []
+        assert recovery.requeue(backend, 1.0, since + 10.9) == []
+        assert recovery.requeue(backend, 1.0, since + 11.1) == [job.id]
+
+        assert store.claim(job.id, "a-worker")
+        assert recovery.requeue(backend, 1.0, since + 1000.0) == []
+        assert backend.redis.zscore(recovery.queued_key(backend.prefix), job.id) is None  # out of the index
+        assert sent() == 4
+    finally:
+        backend.redis.delete(queue)
+        for key in list(backend.scan("")):
+            backend.delete(key)
+        backend.close()
+
+
+@pytest.mark.parametrize("value", [0, -1, "60", True, float("inf"), float("nan")])
+def test_a_bad_requeue_setting_is_refused(redis_url, value):
+    app = Flask(__name__)
+    app.config.update(LONGTASK_CELERY_REQUEUE_AFTER=value)
+    backend = CeleryBackend(celery.Celery("tests.bad", broker=redis_url), redis_url=redis_url)
+    with pytest.raises(ValueError, match="LONGTASK_CELERY_REQUEUE_AFTER"):
+        LongTask(app, backend=backend)
+    backend.close()
+
+
+def test_the_requeue_setting_of_several_apps(redis_url):
+    backend = CeleryBackend(celery.Celery("tests.several", broker=redis_url), redis_url=redis_url)
+    assert backend.requeue_after == 60.0
+    for after in (None, 30, 45, None):
+        app = Flask(__name__)
+        app.config.update(LONGTASK_CELERY_REQUEUE_AFTER=after)
+        LongTask(app, backend=backend)
+    assert backend.requeue_after == 30.0  # the smallest; None only when every app says None
+    backend.close()

@@ -261,6 +261,65 @@ def test_configuration_page_lists_every_key_with_its_default() -> None:
     assert documented == DEFAULT_CONFIG
 
 
+def test_celery_pages_redis_line_serves_other_hosts(tmp_path: Path) -> None:
+    """docs/celery.md's redis-server line, run as written (on a free port, in a scratch
+    directory), serves a client that is not on the loopback interface (this machine's own
+    address: protected mode refuses those without a password) through the URL form the page
+    gives, refuses one without the password, and keeps an append-only file."""
+    import secrets
+    import shutil
+    import socket
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from .services import stop
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/test installs it)")
+    text = (DOCS / "celery.md").read_text()
+    assert "`redis://:<password>@redis.internal:6379/0`" in text
+    lines = {line.strip() for line in text.splitlines() if line.strip().startswith("redis-server ")}
+    assert len(lines) == 1, f"docs/celery.md gives different redis-server lines: {sorted(lines)}"
+    (line,) = lines
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # (no packet is sent: this picks the outgoing address)
+        address = probe.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    port, password = free_port(), secrets.token_hex(8)
+    command = line.replace("--port 6379", f"--port {port}")
+    assert command != line
+    env = {**os.environ, "REDIS_PASSWORD": password}
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = redis.Redis.from_url(f"redis://:{password}@{address}:{port}/0")
+    stranger = redis.Redis(host=address, port=port, retry=Retry(NoBackoff(), 0))  # (refused at once)
+    try:
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:  # (not started yet)
+                return False
+
+        wait_for(answers, 20, "redis-server to answer")
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        with pytest.raises(redis.AuthenticationError):
+            stranger.ping()
+    finally:
+        client.close()
+        stranger.close()
+        stop(proc)
+
+
 def test_cli_page_help_is_what_the_commands_print() -> None:
     from flask import Flask
 

@@ -30,6 +30,10 @@ is validated: a job id of 32 hex digits, a finite score). Each write of a deadli
 more than :data:`KEEP` seconds past their deadline (a job on a worker that cannot stop it, such
 as a ``solo`` one, keeps its entry that long at most) or absurdly far ahead, and makes the whole
 set expire :data:`KEEP` seconds after its newest deadline.
+
+The same thread runs the passes that publish again the jobs whose message was lost (a Redis
+restart: :mod:`~flask_longtask.backends._celery_recovery`), on every pool: those need no forced
+stop, so a worker that cannot stop a task (``stops=False``) runs them alone.
 """
 
 from __future__ import annotations
@@ -112,12 +116,16 @@ class Watchdog:
     :param backend: the backend whose jobs the worker runs.
     :param hostname: the worker's node name, to address the revoke to it alone.
     :param task_name: the Celery task that runs a job (its id is the job's id).
+    :param stops: whether it enforces forced stops (the prefork pool, with remote control);
+        either way it publishes lost messages again (``backend.requeue_after``).
     """
 
-    def __init__(self, backend: CeleryBackend, hostname: str, task_name: str) -> None:
+    def __init__(self, backend: CeleryBackend, hostname: str, task_name: str, *, stops: bool = True) -> None:
         self.backend = backend
         self.hostname = hostname
         self.task_name = task_name
+        self.stops = stops
+        self._next_requeue = 0.0
         self.key = deadlines_key(backend.prefix)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flask-longtask-watchdog", daemon=True)
@@ -145,21 +153,29 @@ class Watchdog:
                 if now >= self._next_log:
                     self._next_log = now + 60.0
                     _log.exception(
-                        "Flask-LongTask watchdog of %s: could not check the deadlines of forced stops;"
+                        "Flask-LongTask watchdog of %s: could not check forced stops and queued jobs;"
                         " trying again every %s s.",
                         self.hostname,
                         TICK,
                     )
 
     def check(self) -> None:
-        """One look: stop the jobs of this worker whose deadline has passed; sweep now and then."""
+        """One look: stop the jobs of this worker whose deadline has passed; sweep now and then;
+        publish the jobs whose message was lost again, every few seconds."""
         now = time.time()
-        here = self.running_here()
-        if here:
-            self._stop_due(here, now)
-        if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + SWEEP
-            self._sweep(now)
+        if self.stops:
+            here = self.running_here()
+            if here:
+                self._stop_due(here, now)
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP
+                self._sweep(now)
+        after = self.backend.requeue_after
+        if after is not None and time.monotonic() >= self._next_requeue:
+            from . import _celery_recovery as recovery
+
+            self._next_requeue = time.monotonic() + recovery.interval(after)
+            recovery.requeue(self.backend, after, now)
 
     def running_here(self) -> list[str]:
         """The ids of the jobs this worker's pool runs now, as its main process knows them."""

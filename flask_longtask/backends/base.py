@@ -169,6 +169,13 @@ class Backend(abc.ABC):
     #: Whether :meth:`terminate` can stop a running job that ignores the cancel flag.
     can_terminate: t.ClassVar[bool] = False
 
+    #: The exceptions of this backend's calls that mean "storage (or the queue) is away for a
+    #: moment" (a Redis restart). A worker that ran a job to its end and gets one of these while
+    #: it writes that end tries again, for up to ``LONGTASK_HEARTBEAT_TIMEOUT`` seconds, then
+    #: raises :class:`~flask_longtask.OutcomeNotStoredError` (see
+    #: :func:`~flask_longtask.worker.execute`). Default: none, nothing is tried again.
+    transient_errors: t.ClassVar[tuple[type[Exception], ...]] = ()
+
     # -- serialisation --------------------------------------------------------------------------
 
     def dumps(self, value: t.Any) -> bytes:

@@ -14,10 +14,15 @@ try:
     import redis
     from celery import Celery
     from celery import signals as celery_signals
+    from kombu.exceptions import OperationalError as BrokerError
 except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
-from ..worker import execute, mark_lost
+from ..config import DEFAULT_CONFIG
+from ..ending import outcome_not_stored
+from ..exceptions import OutcomeNotStoredError
+from ..worker import execute
+from . import _celery_recovery as recovery
 from . import _celery_watchdog as watchdog
 from . import _json
 from .base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
@@ -55,6 +60,8 @@ class CeleryBackend(Backend):
     """
 
     can_terminate = True
+    #: Redis away (a restart, a failover) or the broker: a worker tries its job's end again.
+    transient_errors = (redis.ConnectionError, redis.TimeoutError, BrokerError)
 
     def __init__(
         self,
@@ -75,7 +82,12 @@ class CeleryBackend(Backend):
         self._delete_if = self.redis.register_script(_DELETE_IF)
         self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
         self._blocking_wait = True
-        #: The watchdog of forced stops, in the main process of a Celery worker (see _on_worker_ready).
+        #: Seconds a job may wait queued, unclaimed, before a worker's watchdog publishes it again
+        #: (``LONGTASK_CELERY_REQUEUE_AFTER``: see init_app; ``None``: never).
+        self.requeue_after: float | None = DEFAULT_CONFIG["LONGTASK_CELERY_REQUEUE_AFTER"]
+        self._requeue_set = False
+        #: The watchdog of forced stops and lost messages, in the main process of a Celery worker
+        #: (see _on_worker_ready).
         self._watchdog: watchdog.Watchdog | None = None
         self._watchdog_lock = threading.Lock()
         _register(celery_app, self)
@@ -94,6 +106,25 @@ class CeleryBackend(Backend):
             )
         celery_app = Celery(app.import_name, broker=broker, backend=result)
         return cls(celery_app, redis_url=result)
+
+    def init_app(self, app: Flask) -> None:
+        """Take ``LONGTASK_CELERY_REQUEUE_AFTER`` from ``app``'s config (the smallest, when the
+        backend serves several apps; ``None`` in all of them turns republishing off).
+
+        :raises ValueError: the setting is neither ``None`` nor a positive finite number.
+        """
+        after = app.config.get("LONGTASK_CELERY_REQUEUE_AFTER")
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, (int, float)) or not 0 < after < math.inf
+        ):
+            raise ValueError(
+                f"LONGTASK_CELERY_REQUEUE_AFTER must be a positive number of seconds or None, not {after!r}."
+            )
+        if not self._requeue_set or self.requeue_after is None:
+            self.requeue_after = None if after is None else float(after)
+        elif after is not None:
+            self.requeue_after = min(self.requeue_after, float(after))
+        self._requeue_set = True
 
     # -- serialisation --------------------------------------------------------------------------
 
@@ -175,7 +206,10 @@ class CeleryBackend(Backend):
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
                 values = self.redis.mget(names)
-        return bool(added), [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in values]
+        found = [MISSING if data is None else _json.loads(t.cast(bytes, data)) for data in values]
+        if added and keys and recovery.too_early(self, key, value, found[0]):
+            return False, found  # a copy of a retry's message, ahead of its countdown
+        return bool(added), found
 
     def add_then_write(
         self,
@@ -190,9 +224,10 @@ class CeleryBackend(Backend):
         return self._add_then_write_script(key, value, expire, writes, unless, otherwise, None)
 
     def end_job(self, end: JobEnd) -> bool | None:
-        # The end also pushes to the job's done list, which wakes its waiters (see wait()).
+        # The end also pushes to the job's done list, which wakes its waiters (see wait()), and
+        # takes the job out of the index of queued jobs.
         return self._add_then_write_script(
-            end.key, end.at, end.expire, end.writes, end.unless, end.otherwise, self._done_key(end.job_id)
+            end.key, end.at, end.expire, end.writes, end.unless, end.otherwise, end.job_id
         )
 
     def _add_then_write_script(
@@ -203,12 +238,13 @@ class CeleryBackend(Backend):
         writes: t.Sequence[Write],
         unless: str | None,
         otherwise: t.Sequence[Write],
-        push: str | None,
+        ended: str | None,
     ) -> bool | None:
         # One script, so one round trip, and atomic: Redis runs a script alone.
         self._flush()
-        names = [self.prefix + key, self.prefix + (unless or key), push or self.prefix + key]
-        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes), 1 if push else 0]
+        push = self._done_key(ended) if ended else self.prefix + key
+        names = [self.prefix + key, self.prefix + (unless or key), push, recovery.queued_key(self.prefix)]
+        args: list[t.Any] = [_json.dumps(value), _px(expire) or 0, 1 if unless else 0, len(writes), ended or ""]
         for op, k, v, exp in (*writes, *otherwise):
             if op == "set" and exp is not None and exp <= 0:
                 op, v = "delete", None
@@ -274,13 +310,15 @@ class CeleryBackend(Backend):
             px = _px(expire)
             command: tuple[t.Any, ...] = ("SET", self.prefix + key, _json.dumps(value))
             commands.append(command if px is None else (*command, "PX", px))
+        # It waits for a worker from now: in the index of queued jobs (see _celery_recovery).
+        commands.append(("ZADD", recovery.queued_key(self.prefix), job.record["created"], job.id))
         self._flush()
         pool = self.redis.connection_pool
         conn: t.Any = pool.get_connection()  # redis-py's Connection is untyped
         try:
             conn.send_packed_command(conn.pack_commands(commands))
             try:
-                self.enqueue(job.request)
+                self.publish(job.id)
             finally:
                 for _ in commands:
                     conn.read_response()  # raises the command's error, if any
@@ -292,15 +330,21 @@ class CeleryBackend(Backend):
         job.announce()
 
     def enqueue(self, request: JobRequest) -> None:
-        # The Celery task id is the job id, so a revoke can name the job. No Celery result: the
-        # job's outcome is in our records (and not asking for one saves a SUBSCRIBE per submit).
-        self.celery.send_task(RUN_TASK, args=[request.job_id], task_id=request.job_id, ignore_result=True)
+        recovery.index(self, request.job_id, time.time())
+        self.publish(request.job_id)
 
     def enqueue_after(self, request: JobRequest, delay: float) -> None:
-        # Celery's own countdown: the broker holds the retry, whoever sent it may exit.
-        self.celery.send_task(
-            RUN_TASK, args=[request.job_id], task_id=request.job_id, ignore_result=True, countdown=delay
-        )
+        # Celery's own countdown: the broker holds the retry, whoever sent it may exit. Indexed
+        # from the end of the countdown: a lost message is published again from then on.
+        recovery.index(self, request.job_id, time.time() + delay)
+        self.publish(request.job_id, countdown=delay)
+
+    def publish(self, job_id: str, countdown: float | None = None) -> None:
+        """Send job ``job_id``'s task message (again: a watchdog's republish, see
+        :mod:`~flask_longtask.backends._celery_recovery`)."""
+        # The Celery task id is the job id, so a revoke can name the job. No Celery result: the
+        # job's outcome is in our records (and not asking for one saves a SUBSCRIBE per submit).
+        self.celery.send_task(RUN_TASK, args=[job_id], task_id=job_id, ignore_result=True, countdown=countdown)
 
     def terminate(self, job_id: str, grace: float) -> None:
         """Have job ``job_id`` stopped by force if it still runs ``grace`` seconds from now.
@@ -320,15 +364,23 @@ class CeleryBackend(Backend):
         self._flush()
         watchdog.schedule(self, job_id, time.time() + grace)
 
-    def start_watchdog(self, hostname: str) -> None:
-        """Start enforcing the forced stops of the jobs this process's Celery worker runs, once
-        (the worker's ``worker_ready`` signal calls this, in its main process, for the prefork
-        pool; again after a reconnection, which starts nothing new)."""
+    def start_watchdog(self, hostname: str, *, stops: bool = True) -> None:
+        """Start this Celery worker's watchdog, once (the worker's ``worker_ready`` signal calls
+        this, in its main process; again after a reconnection, which starts nothing new): it
+        publishes again the jobs whose message was lost (see :attr:`requeue_after`) and, with
+        ``stops`` (the prefork pool), enforces the forced stops of the jobs this worker runs."""
         with self._watchdog_lock:
             if self._watchdog is None or not self._watchdog.running:
-                self._watchdog = watchdog.Watchdog(self, hostname, RUN_TASK)
+                self._watchdog = watchdog.Watchdog(self, hostname, RUN_TASK, stops=stops)
                 self._watchdog.start()
-                _log.info("Flask-LongTask: %s stops cancelled jobs by force past their grace.", hostname)
+                if stops:
+                    _log.info("Flask-LongTask: %s stops cancelled jobs by force past their grace.", hostname)
+                if self.requeue_after is not None:
+                    _log.info(
+                        "Flask-LongTask: %s publishes again the jobs left queued with no worker for %g s.",
+                        hostname,
+                        self.requeue_after,
+                    )
 
     def stop_watchdog(self) -> None:
         with self._watchdog_lock:
@@ -360,10 +412,11 @@ def _px(expire: float | None) -> int | None:
     return None if expire is None else max(1, int(expire * 1000))
 
 
-# KEYS: the key to add, the "unless" key, the list to push to (a job's end: its done list), then
-# one key per write (writes, then otherwise).
-# ARGV: value, px (0: none), whether "unless" applies, how many writes, whether to push, then
-# per write: op ("set", "delete", "delete_if"), encoded value, px.
+# KEYS: the key to add, the "unless" key, the list to push to (a job's end: its done list), the
+# index of queued jobs, then one key per write (writes, then otherwise).
+# ARGV: value, px (0: none), whether "unless" applies, how many writes, the id of the job that
+# ends ("": none; else push to its done list and take it out of the index), then per write: op
+# ("set", "delete", "delete_if"), encoded value, px.
 _ADD_THEN_WRITE = """
 local added
 if ARGV[2] == '0' then
@@ -373,12 +426,12 @@ else
 end
 if not added then return -1 end
 local n = tonumber(ARGV[4])
-local first, last, result = 4, 3 + n, 1
+local first, last, result = 5, 4 + n, 1
 if ARGV[3] == '1' and redis.call('exists', KEYS[2]) == 1 then
-  first, last, result = 4 + n, #KEYS, 0
+  first, last, result = 5 + n, #KEYS, 0
 end
 for i = first, last do
-  local a = 6 + (i - 4) * 3
+  local a = 6 + (i - 5) * 3
   local op, value, px = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if op == 'set' then
     if px == '0' then redis.call('set', KEYS[i], value) else redis.call('set', KEYS[i], value, 'PX', px) end
@@ -388,9 +441,10 @@ for i = first, last do
     if redis.call('get', KEYS[i]) == value then redis.call('del', KEYS[i]) end
   end
 end
-if ARGV[5] == '1' then
+if ARGV[5] ~= '' then
   redis.call('rpush', KEYS[3], '1')
   if ARGV[2] ~= '0' then redis.call('pexpire', KEYS[3], ARGV[2]) end
+  redis.call('zrem', KEYS[4], ARGV[5])
 end
 return result
 """
@@ -440,17 +494,27 @@ def _on_revoked(
         from celery.worker import state
 
         state.revoked.discard(request.id)
-        mark_lost(backend, request.id, f"its Celery task was terminated (signal {signum})")
+        recovery.record_end(backend, request.id, f"its Celery task was terminated (signal {signum})")
 
 
 def _on_failure(
     sender: t.Any = None, task_id: str | None = None, exception: BaseException | None = None, **kw: t.Any
 ) -> None:
     # execute() records every exception of a job itself; a failure that reaches Celery means the
-    # process running the job died (WorkerLostError) or execute() itself could not run.
+    # process running the job died (WorkerLostError), or execute() itself could not run, or the
+    # job's end could not be stored (Redis away for longer than the worker's patience).
     backend = _backend_for(sender)
-    if backend is not None and task_id is not None:
-        mark_lost(backend, task_id, f"{type(exception).__name__}: {exception}")
+    if backend is None or task_id is None:
+        return
+    if isinstance(exception, OutcomeNotStoredError):
+        how = "its outcome could not be stored"
+        recovery.record_end(backend, task_id, how, attempt=exception.attempt, error=outcome_not_stored(exception))
+    elif isinstance(exception, backend.transient_errors):
+        # Redis was away before the job ran: unclaimed, it is published again (see
+        # _celery_recovery); claimed, its missing heartbeat ends it.
+        _log.warning("Job %s could not be started: %s: %s", task_id, type(exception).__name__, exception)
+    else:
+        recovery.record_end(backend, task_id, f"{type(exception).__name__}: {exception}")
 
 
 def _backend_of(sender: t.Any) -> CeleryBackend | None:
@@ -461,26 +525,26 @@ def _backend_of(sender: t.Any) -> CeleryBackend | None:
 
 def _on_worker_ready(sender: t.Any = None, **kw: t.Any) -> None:
     # In the worker's main process, once its pool runs (its pool processes were forked before:
-    # they have no watchdog thread). The pool must be able to stop a running task: prefork.
+    # they have no watchdog thread). To stop a running task, the pool must be able to: prefork.
     backend = _backend_of(sender)
     if backend is None:
         return
     from celery.concurrency.prefork import TaskPool as Prefork
 
     hostname = getattr(sender, "hostname", None)
-    if not isinstance(getattr(sender, "pool", None), Prefork) or not isinstance(hostname, str):
+    stops = isinstance(getattr(sender, "pool", None), Prefork) and isinstance(hostname, str)
+    if not stops:
         _log.info(
             "Flask-LongTask: this Celery worker's pool cannot stop a running task; cancelling a"
             " job that ignores its flag waits for it to return (use --pool=prefork to stop it)."
         )
-        return
-    if not backend.celery.conf.worker_enable_remote_control:
+    elif not backend.celery.conf.worker_enable_remote_control:
+        stops = False
         _log.warning(
             "Flask-LongTask: this Celery worker runs without remote control, so it cannot be told to"
             " stop a task: cancelling a job that ignores its flag waits for it to return."
         )
-        return
-    backend.start_watchdog(hostname)
+    backend.start_watchdog(hostname if isinstance(hostname, str) else "celery", stops=stops)
 
 
 def _on_worker_shutdown(sender: t.Any = None, **kw: t.Any) -> None:
