@@ -14,7 +14,7 @@ import uuid
 import pytest
 from flask import Flask
 
-from flask_longtask import JobFailedError, JobStatus, LongTask
+from flask_longtask import JobFailedError, JobStatus, LongTask, LongTaskError, TamperedValueError
 from flask_longtask.backends.base import MISSING
 from flask_longtask.store import keys
 from flask_longtask.testing import BackendConformance
@@ -193,6 +193,47 @@ def test_configured_by_longtask_keys(redis_url):
     backend.set(key, {"ok": b"yes"}, expire=5)
     assert backend.get(key) == {"ok": b"yes"}
     backend.close()
+
+
+class _Planted:
+    """A value whose unpickling creates a file (it could run anything)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickles_kept_in_redis_are_signed_and_a_forged_one_is_never_unpickled(redis_url, tmp_path):
+    import pickle
+
+    def backend_with(**kwargs) -> CeleryBackend:
+        return CeleryBackend(celery.Celery("tests.pickles", broker=redis_url), redis_url=redis_url, **kwargs)
+
+    marker = tmp_path / "code-ran"
+    ours, other, unkeyed = (
+        backend_with(serializer="pickle", secret_key="k1"),
+        backend_with(serializer="pickle", secret_key="k2"),
+        backend_with(serializer="pickle"),
+    )
+    try:
+        value = {"set": {1, 2}, "obj": dt.date(2026, 12, 2)}
+        assert ours.loads(ours.dumps(value)) == value
+        with pytest.raises(TamperedValueError, match="signature does not match"):
+            ours.loads(pickle.dumps(_Planted(marker)))  # what a writer of Redis without the key can put there
+        with pytest.raises(TamperedValueError):
+            other.loads(ours.dumps(value))
+        with pytest.raises(LongTaskError, match="LONGTASK_SECRET_KEY"):
+            unkeyed.dumps(value)
+        app = Flask(__name__)
+        app.config.update(SECRET_KEY="k1")
+        unkeyed.init_app(app)  # (the app's SECRET_KEY, when nothing else is given)
+        assert unkeyed.loads(ours.dumps(value)) == value
+    finally:
+        for backend in (ours, other, unkeyed):
+            backend.close()
+    assert not marker.exists()
 
 
 def test_the_worker_command_leaves_the_pools_size_to_celery(redis_url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 import threading
 import time
 import typing as t
@@ -20,11 +21,12 @@ except ImportError as err:  # pragma: no cover
 
 from ..config import DEFAULT_CONFIG
 from ..ending import outcome_not_stored
-from ..exceptions import OutcomeNotStoredError
+from ..exceptions import LongTaskError, OutcomeNotStoredError, TamperedValueError
 from ..worker import execute
 from . import _celery_recovery as recovery
 from . import _celery_watchdog as watchdog
 from . import _json
+from ._signing import mac_key, sign, unsign
 from .base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -45,8 +47,9 @@ class CeleryBackend(Backend):
     Only the job id crosses the broker. Arguments, results and progress are stored in Redis as
     tagged JSON (:mod:`flask_longtask.backends._json`: tuples, bytes, sets, datetimes, NumPy
     arrays and Plotly figures round-trip; anything else fails at ``submit()``), so nothing is
-    ever unpickled from Redis. Pass ``serializer="pickle"`` to carry any picklable value, if
-    everything that can write to your Redis is trusted.
+    ever unpickled from Redis. Pass ``serializer="pickle"`` to carry any picklable value: each
+    pickle is then signed (HMAC-SHA256, keyed by ``secret_key``, else ``LONGTASK_SECRET_KEY``, else
+    the app's ``SECRET_KEY``) and checked before it is unpickled.
 
     Workers run the task ``flask_longtask.run`` that this backend registers on ``celery_app``:
     start them with ``celery -A yourapp:celery_app worker`` from a module that creates this
@@ -57,6 +60,7 @@ class CeleryBackend(Backend):
         a Redis URL, else its broker.
     :param prefix: prefix of every Redis key this backend writes.
     :param serializer: ``"json"`` (default, tagged JSON) or ``"pickle"``.
+    :param secret_key: what the pickles' signatures are keyed by (``serializer="pickle"``).
     """
 
     can_terminate = True
@@ -70,6 +74,7 @@ class CeleryBackend(Backend):
         redis_url: str | None = None,
         prefix: str = "longtask:",
         serializer: t.Literal["json", "pickle"] = "json",
+        secret_key: str | bytes | None = None,
     ) -> None:
         self.celery = celery_app
         url = redis_url or _redis_url(celery_app)
@@ -78,6 +83,8 @@ class CeleryBackend(Backend):
         if serializer not in ("json", "pickle"):
             raise ValueError(f"serializer must be 'json' or 'pickle', not {serializer!r}.")
         self.serializer = serializer
+        #: The key of the pickles' signatures (``serializer="pickle"``): see init_app.
+        self._mac: bytes | None = None if secret_key is None else mac_key(secret_key)
         self._local = threading.local()
         self._delete_if = self.redis.register_script(_DELETE_IF)
         self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
@@ -113,6 +120,9 @@ class CeleryBackend(Backend):
 
         :raises ValueError: the setting is neither ``None`` nor a positive finite number.
         """
+        secret = app.config.get("LONGTASK_SECRET_KEY") or app.config.get("SECRET_KEY")
+        if self._mac is None and secret:
+            self._mac = mac_key(secret)
         after = app.config.get("LONGTASK_CELERY_REQUEUE_AFTER")
         if after is not None and (
             isinstance(after, bool) or not isinstance(after, (int, float)) or not 0 < after < math.inf
@@ -129,10 +139,26 @@ class CeleryBackend(Backend):
     # -- serialisation --------------------------------------------------------------------------
 
     def dumps(self, value: t.Any) -> bytes:
-        return _json.dumps(value) if self.serializer == "json" else super().dumps(value)
+        return _json.dumps(value) if self.serializer == "json" else sign(self._pickle_key(), super().dumps(value))
 
     def loads(self, data: bytes) -> t.Any:
-        return _json.loads(data) if self.serializer == "json" else super().loads(data)
+        if self.serializer == "json":
+            return _json.loads(data)
+        body = unsign(self._pickle_key(), data)
+        if body is None:  # never unpickled: whoever wrote it to Redis did not have the key
+            raise TamperedValueError(
+                f"Refused to unpickle a value from Redis (prefix {self.prefix!r}) whose signature does not match:"
+                " it was written with another LONGTASK_SECRET_KEY / SECRET_KEY, or by someone without it."
+            )
+        return pickle.loads(body)
+
+    def _pickle_key(self) -> bytes:
+        if self._mac is None:
+            raise LongTaskError(
+                "CeleryBackend(serializer='pickle') signs the pickles it keeps in Redis: set LONGTASK_SECRET_KEY"
+                " (or SECRET_KEY), the same on web processes and workers, or pass secret_key=."
+            )
+        return self._mac
 
     # -- storage: plain data as tagged JSON under prefixed keys ---------------------------------
 

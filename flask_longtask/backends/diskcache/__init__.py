@@ -29,12 +29,13 @@ from ...config import DEFAULT_CONFIG
 from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
+from .._signing import mac_key
 from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
 from . import child, elastic, fifo, handoff, host, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
-from .table import Table
+from .table import Table, open_storage
 from .workers import WorkerView
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -201,21 +202,8 @@ class DiskcacheBackend(Backend):
             if self._cache is None or self._table is None:
                 try:
                     private.prepare(self.directory)
-                    disk_class = signed.disk_with(signed.mac_key(self.storage_secret()))
-                    cache = Cache(
-                        self.directory,
-                        disk=disk_class,
-                        eviction_policy="none",  # nothing in it may be evicted for space
-                        statistics=False,
-                        cull_limit=0,  # expired rows are swept by the pool host, not on each write
-                    )
-                    try:
-                        disk = disk_class(self.directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-                        self._table = Table(os.path.join(self.directory, private.DATABASE), disk)
-                    except BaseException:
-                        cache.close()
-                        raise
-                    self._cache = cache
+                    disk = signed.disk_with(mac_key(self.storage_secret()))
+                    self._cache, self._table = open_storage(self.directory, disk)
                     pool = self._host
                     if pool is not None and pool.replaced():
                         # Opened anew (see _unreadable) where the directory was removed: the

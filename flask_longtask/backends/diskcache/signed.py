@@ -14,8 +14,8 @@ deleted only when named as diskcache names them (``ab/cd/<28 hex>.val``): a forg
 point elsewhere. Bytes inside a signed value (a job's pickled arguments, its result) are covered
 by its MAC; the core unpickles them only after this check.
 
-The key is derived from a secret (:func:`mac_key`): ``LONGTASK_SECRET_KEY``, else the app's
-``SECRET_KEY``, else 32 random bytes in a file next to the directory (``<directory>.key``,
+The key is derived from a secret (``_signing.mac_key``): ``LONGTASK_SECRET_KEY``, else the
+app's ``SECRET_KEY``, else 32 random bytes in a file next to the directory (``<directory>.key``,
 ``0600``, made once, atomically, by the first process that needs it: :func:`key_file_secret`).
 Every process that opens the directory must use the same secret; the pool's host hands its own
 to the workers it starts, so a worker's app need not configure it.
@@ -24,7 +24,6 @@ to the workers it starts, so a worker's app need not configure it.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import pickle
 import re
@@ -32,20 +31,13 @@ import stat
 import typing as t
 
 from ...exceptions import LongTaskError, TamperedValueError
+from .._signing import sign, unsign
 from .private import PrivateDisk
 
 #: diskcache's modes (``diskcache.core``) of the values this disk writes: a blob in the row, or
 #: in a file of its own (1 MiB and more). (It never writes the others: text files, pickles.)
 MODE_RAW, MODE_BINARY = 1, 2
-_MAC = 32  # bytes of HMAC-SHA256
 _FILENAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
-
-
-def mac_key(secret: str | bytes) -> bytes:
-    """The storage MAC's key, derived from ``secret`` (never the secret itself: the app's
-    ``SECRET_KEY`` also signs its sessions)."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    return hmac.digest(raw, b"flask-longtask storage v1", "sha256")
 
 
 def key_file(directory: str) -> str:
@@ -87,7 +79,7 @@ def key_file_secret(directory: str) -> bytes:
 
 
 def disk_with(key: bytes) -> type[SignedDisk]:
-    """A :class:`SignedDisk` class for ``key`` (:func:`mac_key`'s): diskcache's ``Cache`` wants
+    """A :class:`SignedDisk` class for ``key`` (``_signing.mac_key``'s): diskcache's ``Cache`` wants
     a class, which it makes its disk from."""
     return type("SignedDisk", (SignedDisk,), {"key": key})
 
@@ -107,7 +99,7 @@ class SignedDisk(PrivateDisk):
         if read:
             raise TypeError("SignedDisk stores no file objects")
         body = b"B" + value if type(value) is bytes else b"P" + pickle.dumps(value, protocol=self.pickle_protocol)
-        signed = hmac.digest(self._key, body, "sha256") + body
+        signed = sign(self._key, body)
         return t.cast("tuple[t.Any, ...]", super().store(signed, False, key=key))  # (bytes: a blob or a file)
 
     def fetch(self, mode: int, filename: str | None, value: t.Any, read: bool) -> t.Any:
@@ -130,10 +122,10 @@ class SignedDisk(PrivateDisk):
             super().remove(file_path)
 
     def _check(self, blob: bytes) -> t.Any:
-        view = memoryview(blob)
-        if len(view) <= _MAC or not hmac.compare_digest(hmac.digest(self._key, view[_MAC:], "sha256"), view[:_MAC]):
+        body = unsign(self._key, blob)
+        if body is None:
             raise self._tampered("a value whose signature does not match")
-        kind, payload = view[_MAC], view[_MAC + 1 :]
+        kind, payload = body[0], body[1:]
         if kind == ord("B"):
             return bytes(payload)
         if kind == ord("P"):

@@ -21,17 +21,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pickle
 import sqlite3
 import threading
 import time
 import typing as t
 
+import diskcache
+
 from ...exceptions import TamperedValueError
 from ..base import MISSING, Write
-from .connections import Connections, ThreadState
-
-if t.TYPE_CHECKING:  # pragma: no cover
-    import diskcache
+from .connections import Cache, Connections, ThreadState
 
 # Rows are keyed by (id, kind): "job:<id>" is (<id>, "job:"). The keys of one job are
 # neighbours in the primary key, so a step of a job (claim and start, finish) dirties one page of
@@ -543,3 +543,21 @@ class Table(Connections):
     def count(self) -> int:
         """Rows in the table, expired or not (tests use it to see the sweep work)."""
         return int(self._run("SELECT COUNT(*) FROM longtask").fetchone()[0])
+
+
+def open_storage(directory: str, disk: type[diskcache.Disk]) -> tuple[Cache, Table]:
+    """The directory's one database, as diskcache's ``Cache`` (the pool's mailbox) and the job
+    table, both storing values through ``disk`` (:func:`.signed.disk_with`)."""
+    cache = Cache(
+        directory,
+        disk=disk,
+        eviction_policy="none",  # nothing in it may be evicted for space
+        statistics=False,
+        cull_limit=0,  # expired rows are swept by the pool host, not on each write
+    )
+    try:
+        values = disk(directory, min_file_size=2**20, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        return cache, Table(os.path.join(directory, diskcache.core.DBNAME), values)
+    except BaseException:
+        cache.close()
+        raise
