@@ -4,6 +4,8 @@ This module is imported by the worker that runs the job (the web process for the
 backend, a pool or Celery worker otherwise). Everything a job publishes -- the progress value
 and every ``set_props`` call -- travels in one progress record, so the core's coalescing
 ("latest wins, last value never lost") never drops a ``set_props``: the record is cumulative.
+Each report is numbered, the progress value with the number of its ``set_progress``, each prop
+with that of its ``set_props``: a page is given what is numbered above its cursor (``_pages``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from flask_longtask import JobCancelledError, current_job
 #: What a job stores for ``PreventUpdate``: Dash's own "no update" marker.
 NO_UPDATE: dict[str, str] = {"_dash_no_update": "_dash_no_update"}
 
-#: The context keys a job gets: those derived from the callback's inputs, so identical requests
-#: from different tabs carry identical contexts (and share one job).
+#: The context keys a job gets, as on Dash's managers: those derived from the callback's inputs,
+#: then the request's (``REQUEST_KEYS``). None of them is in the memo key.
 CONTEXT_KEYS = (
     "inputs_list",
     "states_list",
@@ -36,6 +38,10 @@ CONTEXT_KEYS = (
     "outputs_grouping",
     "using_outputs_grouping",
 )
+#: The request that starts a job, as Dash's managers pass it (its PR #3051): ``ctx.cookies``,
+#: ``ctx.headers``, ``ctx.path``, ``ctx.remote``, ``ctx.origin``, ``ctx.args`` (a plain dict, as
+#: on Dash's managers), and the ``custom_data`` of Dash's hooks.
+REQUEST_KEYS = ("cookies", "headers", "path", "remote", "origin", "args", "custom_data")
 _DEPENDENCY_KEYS = (
     "inputs_list",
     "states_list",
@@ -48,18 +54,25 @@ _DEPENDENCY_KEYS = (
 class Published(t.TypedDict):
     """The progress record of a Dash job, as stored by the core."""
 
-    #: The latest ``set_progress`` value as a list, one item per progress output; or ``None``.
+    #: ``[seq, value]``: the latest ``set_progress`` value as a list, one item per progress
+    #: output, and the number of that call; or ``None`` before the first.
     progress: list[t.Any] | None
     #: Every ``set_props`` so far: ``{component id: {prop: [seq, value]}}``, latest value per prop.
     props: dict[str, dict[str, list[t.Any]]]
-    #: The sequence number of the latest ``set_props`` call (0 before the first).
+    #: The number of the latest report, ``set_progress`` or ``set_props`` (0 before the first).
     seq: int
 
 
 def capture_context() -> dict[str, t.Any]:
-    """The current Dash callback context, reduced to plain, input-derived data for the job."""
+    """The current Dash callback context, reduced to plain data for the job: what its inputs
+    say, and the request's cookies, headers, path, remote address, origin and query arguments."""
     value = context_value.get()
-    return {key: _plain(value[key]) for key in CONTEXT_KEYS if key in value}
+    context = {key: _plain(value[key]) for key in CONTEXT_KEYS if key in value}
+    for key in REQUEST_KEYS:
+        if value.get(key) is not None:
+            item = value[key]
+            context[key] = _plain(dict(item) if key == "args" else item)  # (args: a MultiDict)
+    return context
 
 
 def _plain(value: t.Any) -> t.Any:
@@ -100,7 +113,8 @@ class _Publisher:
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         with self._lock:
             # A new dict each time: the core may be serialising the previous one right now.
-            self._record = {**self._record, "progress": values}
+            seq = self._record["seq"] + 1
+            self._record = {**self._record, "progress": [seq, values], "seq": seq}
             current_job.set_progress(self._record)
 
     def set_props(self, component_id: str, props: t.Mapping[str, t.Any]) -> None:
@@ -149,6 +163,8 @@ def run_callback(
     publisher = _Publisher()
     ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
     ctx.ignore_register_page = False
+    if isinstance(ctx.get("custom_data"), dict):
+        ctx.custom_data = AttributeDict(ctx.custom_data)  # (ctx.custom_data.<namespace>)
     ctx.updated_props = _PropsRecorder(publisher)
     token = context_value.set(ctx)
     extra = [publisher.set_progress] if has_progress else []

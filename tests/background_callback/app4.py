@@ -8,6 +8,7 @@ handle = bg_callback_manager.handle
 
 
 app = Dash(__name__, background_callback_manager=bg_callback_manager)
+handle.init_app(app.server)  # Flask-LongTask
 app.layout = html.Div(
     [
         dcc.Input(id="input", value="hello, world"),

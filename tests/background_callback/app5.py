@@ -9,6 +9,7 @@ handle = background_callback_manager.handle
 
 
 app = Dash(__name__, background_callback_manager=background_callback_manager)
+handle.init_app(app.server)  # Flask-LongTask
 app._cache_key = Value("i", 0)
 
 

@@ -14,6 +14,7 @@ app = Dash(
     background_callback_manager=background_callback_manager,
     on_error=global_error_handler,
 )
+handle.init_app(app.server)  # Flask-LongTask
 
 app.layout = [
     html.Button("callback on_error", id="start-cb-onerror"),

@@ -11,6 +11,7 @@ background_callback_manager = get_background_callback_manager()
 handle = background_callback_manager.handle
 
 app = dash.Dash(__name__, background_callback_manager=background_callback_manager)
+handle.init_app(app.server)  # Flask-LongTask
 app.enable_dev_tools(debug=True, dev_tools_ui=True)
 app.layout = html.Div(
     [

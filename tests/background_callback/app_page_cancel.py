@@ -12,6 +12,7 @@ app = Dash(
     pages_folder="",
     background_callback_manager=background_callback_manager,
 )
+handle.init_app(app.server)  # Flask-LongTask
 
 app.layout = html.Div(
     [
