@@ -83,9 +83,10 @@ def start(driver: WebDriver, name: str, value: str) -> None:
     """Type ``value`` and click Go; return once the page polls for its job (it has its handle:
     a Cancel or a new start before that would not name the job, in Dash's own managers too)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
-    field = driver.find_element(By.ID, f"{name}-in")
-    field.clear()
+    field = until(driver, lambda d: d.find_elements(By.ID, f"{name}-in"), "the page")[0]
+    field.send_keys(Keys.CONTROL, "a")  # (typing replaces the selection: React sees each key)
     field.send_keys(value)
     until(driver, lambda d: d.find_element(By.ID, f"{name}-in").get_attribute("value") == value, "the input")
     before = job_polls(driver)
@@ -122,7 +123,7 @@ def test_a_shared_job_outlives_a_page_that_cancels_it(server: Server, chrome: We
         for driver in (chrome, other):
             driver.get(server.url)
             start(driver, "shared", value)
-        assert server.runs(value) == ["start"]  # one job for both pages (cache_by)
+        until(chrome, lambda d: server.runs(value) == ["start"], "one job for both pages (cache_by)")
         click(chrome, "shared-cancel")
         until(chrome, lambda d: text(d, "shared-status") == "idle", "the cancelling page's spinner to stop")
         assert text(other, "shared-status") == "running"
