@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 import typing as t
 
 from dash._callback_context import context_value
-from dash._utils import AttributeDict
+from dash._utils import AttributeDict, to_json
 from dash.exceptions import PreventUpdate
 
 from flask_longtask import JobCancelledError, current_job
@@ -61,6 +62,13 @@ class Published(t.TypedDict):
     props: dict[str, dict[str, list[t.Any]]]
     #: The number of the latest report, ``set_progress`` or ``set_props`` (0 before the first).
     seq: int
+
+
+def plain_json(value: t.Any) -> t.Any:
+    """``value`` as the browser will get it: Dash's JSON (components, ``no_update``, numpy and
+    pandas values as Dash sends them), back as plain data that every backend stores, as Dash's
+    Celery manager does with results, progress and ``set_props``."""
+    return json.loads(to_json(value))  # type: ignore[no-untyped-call]
 
 
 def capture_context() -> dict[str, t.Any]:
@@ -110,7 +118,7 @@ class _Publisher:
 
     def set_progress(self, value: t.Any) -> None:
         self._check_cancel()
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        values = plain_json(list(value) if isinstance(value, (list, tuple)) else [value])
         with self._lock:
             # A new dict each time: the core may be serialising the previous one right now.
             seq = self._record["seq"] + 1
@@ -119,10 +127,11 @@ class _Publisher:
 
     def set_props(self, component_id: str, props: t.Mapping[str, t.Any]) -> None:
         self._check_cancel()
+        values = plain_json(dict(props))
         with self._lock:
             seq = self._record["seq"] + 1
             merged = dict(self._record["props"].get(component_id, {}))
-            merged.update({prop: [seq, value] for prop, value in props.items()})
+            merged.update({prop: [seq, value] for prop, value in values.items()})
             self._record = {
                 **self._record,
                 "props": {**self._record["props"], component_id: merged},
@@ -181,7 +190,7 @@ def run_callback(
         return NO_UPDATE
     finally:
         context_value.reset(token)
-    return output
+    return plain_json(output)
 
 
 async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:

@@ -191,5 +191,12 @@ def dash_longtask(request: pytest.FixtureRequest) -> None:
     """For each of Dash's tests (in ``tests/background_callback``): the worker process of its
     manager's kind runs. (Nothing for the other tests.)"""
     if UPSTREAM in request.path.parents:
+        from dash.testing.application_runners import BaseDashRunner
+
+        from ..services import free_port
+
+        # dash_duo's server takes ports from 58050 up, counted in each process: two xdist workers
+        # (or two runs on this machine) would serve on the same port. A free one, for each test.
+        BaseDashRunner._next_port = free_port()
         workers: Workers = request.getfixturevalue("dash_longtask_workers")
         workers.ensure(request.getfixturevalue("manager"))
