@@ -32,6 +32,7 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
         report.longrepr = f"Skipped under CI=true, which counts as a failure: {reason}"
 
 
+@pytest.hookimpl(optionalhook=True)  # (declared by dash.testing's plugin)
 def pytest_setup_options():  # type: ignore[no-untyped-def]
     """Dash's hook (``dash.testing``): the options of the Chromium that ``dash_duo`` drives.
 
