@@ -47,7 +47,9 @@ if os.environ.get("BENCH_SERVE") == "1":  # the app, in the server process (and 
         from flask_longtask import LongTask
 
         longtask = LongTask()
-        manager: t.Any = LongTaskManager(longtask)
+        # single_flight: the recorded table's run shared a job among equal requests (the
+        # default then; now, as on Dash, each request runs its own job unless it opts in).
+        manager: t.Any = LongTaskManager(longtask, single_flight=True)
     else:
         import diskcache
         from dash import DiskcacheManager

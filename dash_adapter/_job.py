@@ -4,17 +4,20 @@ This module is imported by the worker that runs the job (the web process for the
 backend, a pool or Celery worker otherwise). Everything a job publishes -- the progress value
 and every ``set_props`` call -- travels in one progress record, so the core's coalescing
 ("latest wins, last value never lost") never drops a ``set_props``: the record is cumulative.
+Each report is numbered, the progress value with the number of its ``set_progress``, each prop
+with that of its ``set_props``: a page is given what is numbered above its cursor (``_pages``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 import typing as t
 
 from dash._callback_context import context_value
-from dash._utils import AttributeDict
+from dash._utils import AttributeDict, to_json
 from dash.exceptions import PreventUpdate
 
 from flask_longtask import JobCancelledError, current_job
@@ -22,8 +25,8 @@ from flask_longtask import JobCancelledError, current_job
 #: What a job stores for ``PreventUpdate``: Dash's own "no update" marker.
 NO_UPDATE: dict[str, str] = {"_dash_no_update": "_dash_no_update"}
 
-#: The context keys a job gets: those derived from the callback's inputs, so identical requests
-#: from different tabs carry identical contexts (and share one job).
+#: The context keys a job gets, as on Dash's managers: those derived from the callback's inputs,
+#: then the request's (``REQUEST_KEYS``). None of them is in the memo key.
 CONTEXT_KEYS = (
     "inputs_list",
     "states_list",
@@ -36,6 +39,10 @@ CONTEXT_KEYS = (
     "outputs_grouping",
     "using_outputs_grouping",
 )
+#: The request that starts a job, as Dash's managers pass it (its PR #3051): ``ctx.cookies``,
+#: ``ctx.headers``, ``ctx.path``, ``ctx.remote``, ``ctx.origin``, ``ctx.args`` (a plain dict, as
+#: on Dash's managers), and the ``custom_data`` of Dash's hooks.
+REQUEST_KEYS = ("cookies", "headers", "path", "remote", "origin", "args", "custom_data")
 _DEPENDENCY_KEYS = (
     "inputs_list",
     "states_list",
@@ -48,18 +55,32 @@ _DEPENDENCY_KEYS = (
 class Published(t.TypedDict):
     """The progress record of a Dash job, as stored by the core."""
 
-    #: The latest ``set_progress`` value as a list, one item per progress output; or ``None``.
+    #: ``[seq, value]``: the latest ``set_progress`` value as a list, one item per progress
+    #: output, and the number of that call; or ``None`` before the first.
     progress: list[t.Any] | None
     #: Every ``set_props`` so far: ``{component id: {prop: [seq, value]}}``, latest value per prop.
     props: dict[str, dict[str, list[t.Any]]]
-    #: The sequence number of the latest ``set_props`` call (0 before the first).
+    #: The number of the latest report, ``set_progress`` or ``set_props`` (0 before the first).
     seq: int
 
 
+def plain_json(value: t.Any) -> t.Any:
+    """``value`` as the browser will get it: Dash's JSON (components, ``no_update``, numpy and
+    pandas values as Dash sends them), back as plain data that every backend stores, as Dash's
+    Celery manager does with results, progress and ``set_props``."""
+    return json.loads(to_json(value))  # type: ignore[no-untyped-call]
+
+
 def capture_context() -> dict[str, t.Any]:
-    """The current Dash callback context, reduced to plain, input-derived data for the job."""
+    """The current Dash callback context, reduced to plain data for the job: what its inputs
+    say, and the request's cookies, headers, path, remote address, origin and query arguments."""
     value = context_value.get()
-    return {key: _plain(value[key]) for key in CONTEXT_KEYS if key in value}
+    context = {key: _plain(value[key]) for key in CONTEXT_KEYS if key in value}
+    for key in REQUEST_KEYS:
+        if value.get(key) is not None:
+            item = value[key]
+            context[key] = _plain(dict(item) if key == "args" else item)  # (args: a MultiDict)
+    return context
 
 
 def _plain(value: t.Any) -> t.Any:
@@ -97,18 +118,20 @@ class _Publisher:
 
     def set_progress(self, value: t.Any) -> None:
         self._check_cancel()
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        values = plain_json(list(value) if isinstance(value, (list, tuple)) else [value])
         with self._lock:
             # A new dict each time: the core may be serialising the previous one right now.
-            self._record = {**self._record, "progress": values}
+            seq = self._record["seq"] + 1
+            self._record = {**self._record, "progress": [seq, values], "seq": seq}
             current_job.set_progress(self._record)
 
     def set_props(self, component_id: str, props: t.Mapping[str, t.Any]) -> None:
         self._check_cancel()
+        values = plain_json(dict(props))
         with self._lock:
             seq = self._record["seq"] + 1
             merged = dict(self._record["props"].get(component_id, {}))
-            merged.update({prop: [seq, value] for prop, value in props.items()})
+            merged.update({prop: [seq, value] for prop, value in values.items()})
             self._record = {
                 **self._record,
                 "props": {**self._record["props"], component_id: merged},
@@ -149,6 +172,8 @@ def run_callback(
     publisher = _Publisher()
     ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
     ctx.ignore_register_page = False
+    if isinstance(ctx.get("custom_data"), dict):
+        ctx.custom_data = AttributeDict(ctx.custom_data)  # (ctx.custom_data.<namespace>)
     ctx.updated_props = _PropsRecorder(publisher)
     token = context_value.set(ctx)
     extra = [publisher.set_progress] if has_progress else []
@@ -165,7 +190,7 @@ def run_callback(
         return NO_UPDATE
     finally:
         context_value.reset(token)
-    return output
+    return plain_json(output)
 
 
 async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import typing as t
 from dataclasses import dataclass
@@ -18,24 +17,27 @@ from flask_longtask import (
     Task,
 )
 
-from . import _job
+from . import _job, _pages
 
 _log = logging.getLogger(__name__)
 
 _SECRET_KEY = "dash-adapter:signing-secret"
-_CURSOR_KEY = "dash-adapter:cursor:{job}:{poller}"
-#: How long a browser's "set_props seen up to" mark outlives its last poll.
-_CURSOR_EXPIRE = 3600.0
+#: How many times a request submits again when the shared job it joined is being cancelled.
+_REJOIN = 5
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """One consistent reading of a job for one poll: status first, then progress."""
+    """One consistent reading of a job for one poll of one page: status first, then progress."""
 
     job: Job[t.Any] | None
     status: JobStatus | None
     published: _job.Published | None
+    #: The number of the last report this page had been given before this poll.
+    seen: int
+    #: Whether this page left the job (a shared one that others still wait for).
+    left: bool
 
 
 class LongTaskManager(BaseBackgroundCallbackManager):
@@ -53,16 +55,25 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     app's module finds the same task. Jobs run in the Flask app context, on whatever backend
     ``longtask`` uses.
 
-    Identical requests in flight share one job (single-flight), and every one of them gets the
-    result; with ``cache_by`` the result is also memoized, and a hit starts nothing. Progress
-    is read, not consumed, so every poll shows the latest value; each browser gets every
-    ``set_props`` made since its own previous poll, merged per component.
+    Each request runs its own job, as on Dash's managers, with Dash's callback context: its
+    inputs, and the request's cookies, headers, path, remote address and query arguments. With
+    ``cache_by``, requests whose memo keys are equal share one job, in flight and after (a hit
+    starts nothing); the key is Dash's: the callback, its arguments less
+    ``cache_args_to_ignore``, and the ``cache_by`` values. Each page that shares a job is one of
+    its subscribers: a page that cancels it, or starts the callback again, leaves it, and the job
+    is cancelled when no page is left. Each page gets each progress value and each ``set_props``
+    once, at its first poll after the job reports it (a page that joins late gets the latest at
+    once), and the poll that brings the result brings what it has not seen yet.
 
     :param longtask: the extension; it may be registered on the Dash app's server later.
     :param cache_by: turn on memoization (as in Dash): zero-argument functions whose values join
-        the callback's arguments in the memo key. ``[]`` memoizes on the arguments alone.
+        the callback's arguments in the memo key. ``[]`` memoizes on the arguments alone. Called
+        in the request: a per-user value (``lambda: flask.request.cookies.get("user")``) keeps
+        each user's jobs and results apart.
     :param expire: seconds a memoized result is reused (default ``LONGTASK_RESULT_EXPIRE``).
-    :param single_flight: without ``cache_by``, let identical requests in flight share a job.
+    :param single_flight: without ``cache_by``, let requests with equal keys share a job while
+        it runs (and only then). Off by default: a shared job runs with the context, cookies
+        included, of the request that started it.
     """
 
     def __init__(
@@ -71,7 +82,7 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         cache_by: t.Sequence[t.Callable[[], t.Any]] | t.Callable[[], t.Any] | None = None,
         expire: float | None = None,
         *,
-        single_flight: bool = True,
+        single_flight: bool = False,
     ) -> None:
         if not isinstance(longtask, LongTask):
             raise TypeError(f"LongTaskManager needs a 'LongTask' instance, got {longtask!r}.")
@@ -89,6 +100,11 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         self._keys: dict[tuple[t.Callable[..., t.Any], str], str] = {}
         # Registers every background callback decorated so far (Dash keeps them globally).
         super().__init__(cache_by)  # type: ignore[no-untyped-call]
+
+    @property
+    def handle(self) -> LongTask:
+        """The extension the jobs run on, as ``handle`` is the cache or the Celery app of Dash's managers."""
+        return self.longtask
 
     def __repr__(self) -> str:
         return f"<LongTaskManager {self.longtask!r} cache_by={self.cache_by is not None}>"
@@ -127,9 +143,10 @@ class LongTaskManager(BaseBackgroundCallbackManager):
 
         Dash later asks for progress and ``set_props`` by cache key alone; making the key the
         job id means every such call knows its job with no key-to-job table to share between
-        processes. The memo key is Dash's: the task (the callback), its arguments less
-        ``cache_args_to_ignore``, the triggering inputs unless ``cache_ignore_triggered``, and
-        the ``cache_by`` values. The callback context travels with the job, outside the key.
+        processes. The memo key of a shared job is Dash's: the task (the callback), its
+        arguments less ``cache_args_to_ignore``, the triggering inputs unless
+        ``cache_ignore_triggered``, and the ``cache_by`` values. The callback context travels
+        with the job, outside the key. The page joins a shared job as a subscriber.
         """
         if cache_args_to_ignore is None:
             cache_args_to_ignore = []
@@ -137,8 +154,21 @@ class LongTaskManager(BaseBackgroundCallbackManager):
             cache_args_to_ignore = [cache_args_to_ignore]
         kept, ignored = _job.split_args(args, cache_args_to_ignore)
         hidden = {"args": ignored, "context": _job.capture_context()}
-        job = self._task_for(fn).submit(kept, triggered, hidden)
-        return job.id
+        task = self._task_for(fn)
+        if not task.is_memoized:
+            return task.submit(kept, triggered, hidden).id
+        backend, page = self.longtask.backend, _pages.page_id()
+        expire = float(flask.current_app.config["LONGTASK_RESULT_EXPIRE"])
+        for _ in range(_REJOIN):
+            job = task.submit(kept, triggered, hidden)
+            with _pages.locked(backend, job.id):
+                # Under the job's lock, the last page to leave it cancels it: joining a job not
+                # being cancelled now means it is not cancelled while this page is subscribed.
+                if job.is_finished or not job.is_cancel_requested:
+                    _pages.join(backend, job.id, page, expire)
+                    return job.id
+            # Joined a job the last page just left: a new submit does not join it.
+        raise RuntimeError(f"Could not join or start a job of {task.name}: each one found was being cancelled.")
 
     def _task_for(self, fn: t.Callable[..., t.Any]) -> Task[..., t.Any]:
         callback_id = t.cast(str, (flask.request.get_json(silent=True) or {}).get("output", ""))
@@ -166,24 +196,33 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     # -- polls ----------------------------------------------------------------------------------
 
     def _snapshot(self, job_id: str) -> _Snapshot:
-        # Read once per request: the status first, then progress. A job stores its last
-        # progress before it ends, so a poll that returns the result has the final progress.
+        # Read once per request: the page's cursor, the status, then progress. A job stores its
+        # last progress before it ends, so a poll that returns the result has the final
+        # progress. The cursor moves at once to the latest report: this poll gives it.
         cache: dict[str, _Snapshot] = flask.g.setdefault("_dash_adapter_snapshots", {})
         snapshot = cache.get(job_id)
         if snapshot is None:
+            backend, page = self.longtask.backend, _pages.page_id()
+            seen, pages = _pages.read(backend, job_id, page)
             try:
                 job = self.longtask.get_job(job_id)
                 status = job.status
                 published = t.cast("_job.Published | None", job.progress)
             except JobNotFoundError:
                 job, status, published = None, None, None
-            snapshot = cache[job_id] = _Snapshot(job, status, published)
+            if published is not None and published["seq"] > seen:
+                _pages.move_cursor(backend, job_id, page, published["seq"])
+            left = pages is not None and page in pages["left"]
+            snapshot = cache[job_id] = _Snapshot(job, status, published, seen, left)
         return snapshot
 
     def get_progress(self, key: str) -> list[t.Any] | None:
-        """The latest progress value, one item per progress output; read, never consumed."""
-        published = self._snapshot(key).published
-        return None if published is None else published["progress"]
+        """The latest progress value, one item per progress output, if this page has not had it."""
+        snapshot = self._snapshot(key)
+        progress = snapshot.published["progress"] if snapshot.published else None
+        if snapshot.left or not progress or progress[0] <= snapshot.seen:
+            return None
+        return t.cast("list[t.Any]", progress[1])
 
     def result_ready(self, key: str) -> bool:
         """Whether the job has ended (with a result, an error or cancelled)."""
@@ -193,10 +232,12 @@ class LongTaskManager(BaseBackgroundCallbackManager):
     def get_result(self, key: str, job: t.Any) -> t.Any:
         """The callback's return value; Dash's error record for a failed job; else ``UNDEFINED``.
 
-        Results are never deleted on read: every browser polling the job gets them, until they
-        expire (``LONGTASK_RESULT_EXPIRE``).
+        Results are never deleted on read: every page polling the job gets them, until they
+        expire (``LONGTASK_RESULT_EXPIRE``); a page that left the job gets nothing.
         """
         snapshot = self._snapshot(key)
+        if snapshot.left:
+            return self.UNDEFINED
         if snapshot.status is JobStatus.SUCCEEDED and snapshot.job is not None:
             try:
                 return snapshot.job.result(timeout=0)
@@ -214,46 +255,51 @@ class LongTaskManager(BaseBackgroundCallbackManager):
         return self.UNDEFINED
 
     def job_running(self, job: t.Any) -> bool:
-        """Whether the job is queued or running and nobody asked it to stop.
+        """Whether the job is queued or running, nobody asked it to stop, and this page is on it.
 
         A job being cancelled counts as stopped at once, so the poll right after a cancel
-        ends the spinner and resets the ``running`` outputs, even while the job winds down.
+        ends the spinner and resets the ``running`` outputs, even while the job winds down; so
+        does a shared job for a page that left it.
         """
         if not job:
             return False
         snapshot = self._snapshot(str(job))
-        return snapshot.status in _ACTIVE and snapshot.job is not None and not snapshot.job.is_cancel_requested
+        return (
+            snapshot.status in _ACTIVE
+            and snapshot.job is not None
+            and not snapshot.left
+            and not snapshot.job.is_cancel_requested
+        )
 
     def get_updated_props(self, key: str) -> dict[str, dict[str, t.Any]]:
-        """The ``set_props`` calls this browser has not seen yet, merged per component."""
-        published = self._snapshot(key).published
-        if not published or not published["props"]:
-            return {}
-        poller = hashlib.sha256(flask.request.args.get("endId", "").encode()).hexdigest()[:32]
-        cursor_key = _CURSOR_KEY.format(job=key, poller=poller)
-        backend = self.longtask.backend
-        seen = backend.get(cursor_key)
-        seen = seen if isinstance(seen, int) else 0
-        if published["seq"] <= seen:
+        """The ``set_props`` calls this page has not been given yet, merged per component."""
+        snapshot = self._snapshot(key)
+        published, seen = snapshot.published, snapshot.seen
+        if snapshot.left or not published or not published["props"] or published["seq"] <= seen:
             return {}
         updates: dict[str, dict[str, t.Any]] = {}
         for component_id, props in published["props"].items():
             new = {prop: value for prop, (seq, value) in props.items() if seq > seen}
             if new:
                 updates[component_id] = new
-        backend.set(cursor_key, published["seq"], _CURSOR_EXPIRE)
         return updates
 
     # -- cancel -----------------------------------------------------------------------------------
 
     def terminate_job(self, job: t.Any) -> None:
-        """Cancel the job: the next poll reports it stopped (see :meth:`job_running`)."""
+        """This page leaves the job (Cancel, or the callback started again); the job is
+        cancelled if no page is left on it. The page's next poll reports it stopped (see
+        :meth:`job_running`)."""
         if not job:
             return
-        try:
-            self.longtask.get_job(str(job)).cancel()
-        except JobNotFoundError:
-            pass
+        job_id, backend = str(job), self.longtask.backend
+        expire = float(flask.current_app.config["LONGTASK_RESULT_EXPIRE"])
+        with _pages.locked(backend, job_id):
+            if _pages.leave(backend, job_id, _pages.page_id(), expire):
+                try:
+                    self.longtask.get_job(job_id).cancel()
+                except JobNotFoundError:
+                    pass
         if flask.has_app_context():
             flask.g.pop("_dash_adapter_snapshots", None)
 

@@ -45,6 +45,13 @@ if t.TYPE_CHECKING:  # pragma: no cover
 @pytest.fixture
 def chrome(tmp_path: Path) -> t.Iterator[WebDriver]:
     """A headless Chromium driven by Selenium, with a fresh profile; quit after the test."""
+    with open_chrome(tmp_path / "chromium-profile") as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def open_chrome(profile: Path) -> t.Iterator[WebDriver]:
+    """A headless Chromium with its own profile directory (a second browser: another one)."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not found: apt-get install chromium chromium-driver")
@@ -55,7 +62,7 @@ def chrome(tmp_path: Path) -> t.Iterator[WebDriver]:
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument(f"--user-data-dir={profile}")
     options.add_argument("--window-size=1000,700")
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:

@@ -31,15 +31,18 @@ WORK = Callback("out.children", dep("out", "children"), [])
 FAILING = Callback("err-out.children", dep("err-out", "children"), [])
 MEMO = Callback("memo-out.children", dep("memo-out", "children"), [])
 LEGACY = Callback("lc-out.children", dep("lc-out", "children"), [])
-PLAIN = Callback("plain-out.children", dep("plain-out", "children"), [])
+SHARED = Callback("shared-out.children", dep("shared-out", "children"), [])
+REQUEST = Callback("req-out.children", dep("req-out", "children"), [])
 CANCEL = Callback("cancel.id", dep("cancel", "id"), [dep("cancel", "n_clicks", 1)])
+CANCEL_SHARED = Callback("shared-cancel.id", dep("shared-cancel", "id"), [dep("shared-cancel", "n_clicks", 1)])
 
 INPUTS = {
     "out.children": "work",
     "err-out.children": "err-in",
     "memo-out.children": "memo-in",
     "lc-out.children": "lc-in",
-    "plain-out.children": "plain-in",
+    "shared-out.children": "shared-in",
+    "req-out.children": "req-in",
 }
 
 
@@ -47,8 +50,8 @@ class Server:
     def __init__(self, url: str, backend: str, run_log: Path, tmp: Path) -> None:
         self.url, self.backend, self.run_log, self.tmp = url, backend, run_log, tmp
 
-    def page(self) -> DashPage:
-        return DashPage(self.url)
+    def page(self, headers: dict[str, str] | None = None) -> DashPage:
+        return DashPage(self.url, headers=headers)
 
     def runs(self, tag: str) -> list[str]:
         lines = self.run_log.read_text().splitlines() if self.run_log.exists() else []
@@ -154,18 +157,35 @@ def test_keyword_grouping_and_state(server: Server) -> None:
     assert answer.response == {"kw-out": {"children": f"done {name} by kw-in with S and S"}}
 
 
-def test_every_poll_shows_the_latest_progress(server: Server) -> None:
+def test_each_progress_value_reaches_a_page_once(server: Server) -> None:
     job = server.page().start(with_spec(WORK, tag=tag(), steps=15, step=0.04))
     final = job.run(interval=0.02)
-    seen = [p.progress["bar.value"] if p.progress else None for p in job.polls]
-    first = next(i for i, value in enumerate(seen) if value is not None)
-    # Once there is progress, every poll carries it (never consumed), never going backwards ...
-    assert None not in seen[first:]
-    assert seen[first:] == sorted(seen[first:])
-    assert len(set(seen[first:])) > 3  # polled while it moved
-    # ... and the poll that brings the result brings the final value.
-    assert final.progress == {"bar.value": 15}
+    seen = [p.progress["bar.value"] for p in job.polls if p.progress]
+    # A value comes with the first poll after the job reports it, and never again (Dash's
+    # managers too: a chained callback fires once per value); polled faster than the job
+    # reports, most polls bring nothing ...
+    assert seen == sorted(set(seen)), seen
+    assert len(seen) > 3  # polled while it moved
+    assert len(job.polls) > len(seen)
+    # ... and the final value is never lost: with the result, or on an earlier poll.
+    assert seen[-1] == 15
     assert final.response is not None
+
+
+def test_a_page_that_joins_late_gets_the_latest_progress_at_once(server: Server) -> None:
+    name = tag()
+    flag = server.tmp / f"{name}.flag"
+    spec = with_spec(SHARED, tag=name, steps=3, props=["wait"], flag=str(flag))
+    first = server.page().start(spec)
+    wait_for(lambda: first.poll().progress == {"shared-bar.value": 3}, what="the last step")
+    assert first.poll().progress is None  # nothing new for this page
+    late = server.page().start(spec)
+    assert late.job_id == first.job_id
+    assert late.poll().progress == {"shared-bar.value": 3}  # the latest, at its first poll
+    assert late.poll().progress is None
+    flag.touch()
+    assert late.run().response == first.run().response == {"shared-out": {"children": f"done {name} by shared-in"}}
+    assert first.polls[-1].progress is None  # had it already: not given twice
 
 
 def test_set_props_since_last_poll_merged_per_component(server: Server) -> None:
@@ -178,8 +198,8 @@ def test_set_props_since_last_poll_merged_per_component(server: Server) -> None:
         "wait",
         ["b", {"children": 4}],
     ]
-    spec = with_spec(WORK, tag=tag(), props=props, flag=str(flag))
-    first, second = server.page(), server.page()  # two tabs, sharing one job
+    spec = with_spec(SHARED, tag=tag(), props=props, flag=str(flag))
+    first, second = server.page(), server.page()  # two tabs, sharing one job (single-flight)
     job = first.start(spec)
     other = second.start(spec)
     assert other.job_id == job.job_id
@@ -243,13 +263,13 @@ def test_prevent_update_in_the_job_is_a_204(server: Server) -> None:
     assert server.page().start(with_spec(WORK, tag=tag(), prevent=True)).run().status == 204
 
 
-def test_identical_concurrent_requests_run_once_and_all_get_the_result(
+def test_single_flight_identical_concurrent_requests_run_once_and_all_get_the_result(
     server: Server,
 ) -> None:
     name = tag()
     flag = server.tmp / f"{name}.flag"
     # The job holds until every tab has asked (a gate, not a guess at how long that takes).
-    spec = with_spec(WORK, tag=name, props=["wait"], flag=str(flag))
+    spec = with_spec(SHARED, tag=name, props=["wait"], flag=str(flag))
     started = Barrier(20)
 
     def one_tab(_: int) -> tuple[str, t.Any]:
@@ -261,7 +281,7 @@ def test_identical_concurrent_requests_run_once_and_all_get_the_result(
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(one_tab, range(20)))
     assert len({job_id for job_id, _ in answers}) == 1
-    assert [response for _, response in answers] == [{"out": {"children": f"done {name} by work"}}] * 20
+    assert [response for _, response in answers] == [{"shared-out": {"children": f"done {name} by shared-in"}}] * 20
     assert server.runs(name) == ["start", "end"]
 
 
@@ -326,11 +346,87 @@ def test_dead_worker_ends_with_an_error(server: Server) -> None:
     assert "died" in answer.response["err-out"]["children"]  # type: ignore[index]
 
 
-def test_without_single_flight_identical_requests_run_apart(server: Server) -> None:
+def test_identical_requests_run_apart_by_default(server: Server) -> None:
     name = tag()
-    spec = with_spec(PLAIN, tag=name, sleep=0.3)
-    first, second = server.page().start(spec), server.page().start(spec)
+    flag = server.tmp / f"{name}.flag"
+    spec = with_spec(WORK, tag=name, props=["wait"], flag=str(flag))
+    first, second = server.page().start(spec), server.page().start(spec)  # both in flight
     assert first.job_id != second.job_id
+    flag.touch()
     for job in (first, second):
-        assert job.run().response == {"plain-out": {"children": f"done {name} by plain-in"}}
+        assert job.run().response == {"out": {"children": f"done {name} by work"}}
     assert sorted(server.runs(name)) == ["end", "end", "start", "start"]  # two runs, however they overlap
+
+
+def test_the_job_gets_the_request_cookies_headers_path_remote_and_args(server: Server) -> None:
+    page = server.page(headers={"Cookie": "who=alice", "X-Who": "header-alice"})
+    answer = page.start(with_spec(REQUEST, tag=tag())).run()
+    assert answer.response == {
+        "req-out": {
+            "children": {
+                "cookie": "alice",
+                "header": "header-alice",
+                "path": f"/_dash-update-component?endId={page.end_id}",
+                "remote": "127.0.0.1",
+                "args": ["endId"],
+            }
+        }
+    }
+
+
+def shared_spec(name: str, flag: Path) -> Callback:
+    return with_spec(SHARED, tag=name, props=["wait"], flag=str(flag))
+
+
+def shared_job(server: Server, pages: int) -> tuple[str, Path, list[Job]]:
+    """``pages`` pages on one shared job that waits for its flag file, each polled once."""
+    name = tag()
+    flag = server.tmp / f"{name}.flag"
+    spec = shared_spec(name, flag)
+    jobs = [server.page().start(spec) for _ in range(pages)]
+    assert len({job.job_id for job in jobs}) == 1
+    wait_for(lambda: server.runs(name) == ["start"], what="the job to start")
+    for job in jobs:
+        assert job.poll().status == 200 and job.polls[-1].response is None
+    return name, flag, jobs
+
+
+def cancel(job: Job) -> None:
+    answer = job.page.post(job.page.body(CANCEL_SHARED), cancelJob=job.job)
+    assert answer.status == 200
+
+
+def test_a_page_that_cancels_a_shared_job_leaves_it_to_the_others(server: Server) -> None:
+    name, flag, (first, second) = shared_job(server, 2)
+    cancel(first)
+    assert first.poll().status == 204  # its spinner stops, its progress_default returns
+    assert second.poll().status == 200 and second.polls[-1].response is None  # still running
+    flag.touch()
+    assert second.run().response == {"shared-out": {"children": f"done {name} by shared-in"}}
+    assert server.runs(name) == ["start", "end"]
+
+
+def test_the_last_page_to_leave_a_shared_job_cancels_it(server: Server) -> None:
+    name, flag, (first, second) = shared_job(server, 2)
+    cancel(first)
+    assert server.runs(name) == ["start"]
+    cancel(second)
+    assert second.poll().status == 204
+    wait_for(lambda: server.runs(name) == ["start", "stopped"], what="the job to see its cancel")
+    again = server.page().start(shared_spec(name, flag))  # does not join the cancelled job
+    assert again.job_id != first.job_id
+    flag.touch()
+    assert again.run().response == {"shared-out": {"children": f"done {name} by shared-in"}}
+    assert server.runs(name) == ["start", "stopped", "start", "end"]
+
+
+def test_a_page_that_starts_the_callback_again_leaves_its_shared_job(server: Server) -> None:
+    name, flag, (first, second) = shared_job(server, 2)
+    other = tag()
+    # Dash's renderer names the page's running job (oldJob) when it starts the callback again.
+    again = first.page.start(with_spec(SHARED, tag=other), oldJob=first.job)
+    assert first.poll().status == 204
+    assert again.run().response == {"shared-out": {"children": f"done {other} by shared-in"}}
+    flag.touch()
+    assert second.run().response == {"shared-out": {"children": f"done {name} by shared-in"}}
+    assert server.runs(name) == ["start", "end"]

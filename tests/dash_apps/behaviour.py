@@ -1,9 +1,11 @@
 """A Dash app whose background callbacks do what the request says, to test LongTaskManager.
 
-Each callback takes a "spec" dict as its input (a ``dcc.Store``'s data): ``tag`` (names the
-run in the run log), ``steps``/``step`` (progress), ``props`` (``set_props`` calls; ``"wait"``
-waits for the file ``flag``), ``sleep``, ``raise``, ``prevent``, ``die``. Every run appends its
-tag to the file ``DASH_TEST_RUN_LOG``, so tests count runs across processes.
+The default manager runs each request apart; ``shared`` (single-flight) and the memoized ones
+share jobs. Each callback takes a "spec" dict as its input (a ``dcc.Store``'s data): ``tag``
+(names the run in the run log), ``steps``/``step`` (progress), ``props`` (``set_props`` calls;
+``"wait"`` waits for the file ``flag``, or for a cancel, and then logs ``stopped``), ``sleep``,
+``raise``, ``prevent``, ``die``. Every run appends its tag to the file ``DASH_TEST_RUN_LOG``, so
+tests count runs across processes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, set_props
 from dash.exceptions import PreventUpdate
 
 from dash_adapter import LongTaskManager, long_callback
-from flask_longtask import LongTask
+from flask_longtask import LongTask, current_job
 
 RUN_LOG = os.environ.get("DASH_TEST_RUN_LOG", os.devnull)
 LAUNCH = os.environ.get("DASH_TEST_LAUNCH", uuid.uuid4().hex)
@@ -26,7 +28,7 @@ LAUNCH = os.environ.get("DASH_TEST_LAUNCH", uuid.uuid4().hex)
 longtask = LongTask()
 manager = LongTaskManager(longtask)
 memo_manager = LongTaskManager(longtask, cache_by=[lambda: LAUNCH], expire=60)
-plain_manager = LongTaskManager(longtask, single_flight=False)
+shared_manager = LongTaskManager(longtask, single_flight=True)
 app = Dash(__name__, background_callback_manager=manager)
 app.server.config.from_prefixed_env()
 longtask.init_app(app.server)
@@ -41,7 +43,8 @@ app.layout = html.Div(
             "lc-in",
             "kw-in",
             "kw-state",
-            "plain-in",
+            "shared-in",
+            "req-in",
             "ign-in",
             "ign-note",
         )
@@ -56,13 +59,16 @@ app.layout = html.Div(
             "memo-out",
             "lc-out",
             "kw-out",
-            "plain-out",
+            "shared-out",
+            "req-out",
             "ign-out",
         )
     ]
     + [
         html.Progress(id="bar"),
         html.Progress(id="lc-bar"),
+        html.Progress(id="shared-bar"),
+        html.Button(id="shared-cancel"),
         html.Button(id="btn"),
         html.Button(id="cancel"),
     ]
@@ -84,6 +90,9 @@ def run(spec: dict[str, t.Any], set_progress: t.Callable[[t.Any], None] | None =
         if call == "wait":
             deadline = time.monotonic() + 30
             while not os.path.exists(spec["flag"]) and time.monotonic() < deadline:
+                if current_job.is_cancel_requested:
+                    log_run(f"stopped {spec['tag']}")
+                    return "stopped"
                 time.sleep(0.01)
         else:
             set_props(call[0], call[1])
@@ -148,14 +157,33 @@ def memoized_ignoring_note(spec, note):
 
 
 @app.callback(
-    Output("plain-out", "children"),
-    Input("plain-in", "data"),
+    Output("shared-out", "children"),
+    Input("shared-in", "data"),
     background=True,
-    manager=plain_manager,
+    progress=Output("shared-bar", "value"),
+    cancel=Input("shared-cancel", "n_clicks"),
+    manager=shared_manager,
+    prevent_initial_call=True,
+    interval=100,
+)
+def shared(set_progress, spec):
+    return run(spec, set_progress)
+
+
+@app.callback(
+    Output("req-out", "children"),
+    Input("req-in", "data"),
+    background=True,
     prevent_initial_call=True,
 )
-def plain(spec):
-    return run(spec)
+def request_data(spec):
+    return {
+        "cookie": ctx.cookies.get("who"),
+        "header": ctx.headers.get("X-Who"),
+        "path": ctx.path,
+        "remote": ctx.remote,
+        "args": sorted(ctx.args),
+    }
 
 
 @app.callback(

@@ -59,9 +59,10 @@ class Callback:
 class DashPage:
     """One page load: its ``endId``, and the callbacks it fires and polls."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.headers = headers or {}  # sent with each callback request (a Cookie, say)
         with urllib.request.urlopen(self.base_url + "/", timeout=timeout) as response:
             html = response.read().decode()
         config = re.search(
@@ -80,7 +81,7 @@ class DashPage:
         request = urllib.request.Request(
             url,
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self.headers},
             method="POST",
         )
         try:
