@@ -345,3 +345,58 @@ def burn(seconds: float) -> int:
     while time.thread_time() < end:
         sum(range(1000))
     return os.getpid()
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        sum(range(1000))
+
+
+#: A child process that burns ``sys.argv[1]`` seconds of its own CPU time.
+_SPIN_CHILD = "import sys, time\nend = time.process_time() + float(sys.argv[1])\nwhile time.process_time() < end: pass"
+
+
+@longtask.task
+def burn_timed(seconds: float, where: str = "here") -> tuple[int, float, float]:
+    """Burns ``seconds`` of CPU time: in its main thread (``"here"``), in a thread it waits for
+    (``"thread"``) or in a child process it waits for (``"child"``). Its worker's pid, and when it
+    started and ended (epoch): what ran at once is read from these."""
+    import subprocess
+    import sys
+    import threading
+
+    started = time.time()
+    if where == "thread":
+        burner = threading.Thread(target=_spin, args=(seconds,))
+        burner.start()
+        burner.join()
+    elif where == "child":
+        subprocess.run([sys.executable, "-I", "-c", _SPIN_CHILD, str(seconds)], check=True)
+    else:
+        _spin(seconds)
+    return os.getpid(), started, time.time()
+
+
+@longtask.task
+def until_path(path: str) -> int:
+    """Waits (sleeps) until ``path`` exists, however long other programs keep the machine busy
+    meanwhile; its worker's pid."""
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@longtask.task
+def ahead_while(seconds: float) -> int:
+    """Waits ``seconds``, keeping the jobs sent ahead to its worker meanwhile (no hand-back): the
+    most it saw waiting in its pipe."""
+    me = _worker()
+    most = 0
+    with me.pipe_lock:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:  # the job's work: a wait, looking at its pipe
+            most = max(most, me.sent_ahead())
+            time.sleep(0.005)
+    return most

@@ -108,15 +108,12 @@ class DiskcacheBackend(Backend):
     ) -> None:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
-        if (workers and max_workers and max_workers < workers) or (max_workers or 1) < 1 or worker_idle < 0:
-            raise ValueError(f"Needs 1 <= workers <= max_workers, worker_idle >= 0: {workers}, {max_workers}.")
+        self.workers, self.max_workers, self.worker_idle = elastic.settings(workers, max_workers, worker_idle)
         #: The process that made a private temporary directory for want of one (it removes it).
         self._made_by = os.getpid() if directory is None else None
         if directory is None:
             directory = tempfile.mkdtemp(prefix="flask-longtask-")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.workers = workers or os.cpu_count() or 1
-        self.max_workers, self.worker_idle = max_workers, worker_idle
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
@@ -148,13 +145,11 @@ class DiskcacheBackend(Backend):
     @classmethod
     def from_app(cls, app: Flask) -> DiskcacheBackend:
         directory = _setting(app, "LONGTASK_DISKCACHE_DIR") or os.path.join(app.instance_path, "longtask")
-        return cls(
-            directory,
-            workers=_setting(app, "LONGTASK_WORKERS"),
-            max_workers=_setting(app, "LONGTASK_MAX_WORKERS"),
-            worker_idle=float(_setting(app, "LONGTASK_WORKER_IDLE")),
-            embedded=bool(_setting(app, "LONGTASK_EMBEDDED_WORKER")),
-        )
+        names = ("LONGTASK_WORKERS", "LONGTASK_MAX_WORKERS", "LONGTASK_WORKER_IDLE")  # (checked, named so)
+        workers, most, idle = (_setting(app, name) for name in names)
+        workers, most, idle = elastic.settings(workers, most, idle, names=names)
+        embedded = bool(_setting(app, "LONGTASK_EMBEDDED_WORKER"))
+        return cls(directory, workers, max_workers=most, worker_idle=idle, embedded=embedded)
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)

@@ -25,7 +25,7 @@ from ...job import JobStatus
 from ...store import JobStore, keys
 from ...worker import Handoff, _ticker, claim_value, execute, is_runnable
 from ..base import MISSING
-from . import wire
+from . import elastic, wire
 from .table import Claim
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -37,8 +37,9 @@ _log = logging.getLogger(__name__)
 #: Seconds a worker looks for the host's "go" before it blocks (see :meth:`Child.wait_go`),
 #: when this process may run on more than one CPU (on one, looking only delays the host's commit).
 GO_SPIN = 0.0005
-#: The CPUs this process may run on (the pool host looks for a job's end only when one is free).
-CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: The CPUs this process may use, within its cgroup's quota (the pool host looks for a job's end
+#: only when one is free).
+CPUS = elastic.CPUS
 
 _current: Child | None = None
 

@@ -1,33 +1,34 @@
 """The pool's size: it grows for jobs that wait, and shrinks when workers stay idle.
 
 ``workers`` processes are kept warm; ``max_workers`` is the ceiling. Once a tick (the host's
-``TICK``), and only while every worker is busy and jobs wait, the host reads what each worker
-asks of the CPU (:func:`demand`: ``/proc/<pid>/schedstat`` and ``/proc/<pid>/stat``) and compares
-it with the previous tick's reading. A worker that used less than :data:`WAITING_BELOW` of a CPU
-meanwhile is *waiting* (its job sleeps, or blocks in I/O); one that used more is *burning*. (At
-the first look, a settled worker is judged by whether its main thread sleeps at that moment.)
-The pool then starts more workers (:func:`growth`): one per job waiting when every worker waits;
-else as many as are waiting, or up to the CPUs that no burning or unjudged worker may be using;
-within the ceiling; never one while the burning workers fill the CPUs, so CPU-bound work is not
-spread over more processes than CPUs. A worker judged waiting is sent no job ahead
-(:data:`~.host.AHEAD`): the queued job stays in the queue, for the next free worker or the one
-being started.
+``TICK``), and only while every worker that takes jobs is busy and jobs wait, the host reads what
+each busy worker asks of the CPU (:func:`demand`), and how idle the CPUs this process may use were
+(:class:`Cpus`), and compares them with the previous tick's readings. A worker that used less
+than :data:`WAITING_BELOW` of a CPU meanwhile is *waiting* (its job sleeps, or blocks in I/O); one
+that used more is *burning*. The pool then starts more workers (:func:`growth`): none unless half
+a CPU was idle; one per job waiting when every worker waits; else as many as are waiting, or up to
+the CPUs that no burning or unjudged worker may be using; at most one per whole idle CPU when
+something the judgements do not see (a job's child processes, another program) uses the CPUs;
+within the ceiling. While the burning workers fill the CPUs, it starts none, and only the first
+``max(workers, CPUS)`` workers are given jobs: the others go idle, and retire. A worker judged
+waiting is sent no job ahead (:data:`~.host.AHEAD`): the queued job stays in the queue, for the
+next free worker or the one being started.
 
 A worker above ``workers`` that has had no job for ``worker_idle`` seconds is *retired*: under the
 host's mutex, while it has nothing sent ahead, nothing in its pipe and no waiter reading it, the
 host takes it out of the pool and closes its pipe and lifeline; it exits at once, and its exit is
 not a death (nothing to fail, no replacement, no back-off). ``docs/internals.md`` says more.
+
+This module imports nothing else of the package: :data:`CPUS` is read by the workers too.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import typing as t
-
-from .child import CPUS
-from .workers import close
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .host import PoolHost
@@ -39,41 +40,157 @@ _log = logging.getLogger(__name__)
 #: workers of a flood of no-op jobs use 0.6-0.7 each on 2 CPUs, waiting for SQLite's lock and the
 #: host: more of them would not help; a job that sleeps or waits on the network, a few hundredths.)
 WAITING_BELOW = 0.3
+#: The CPUs that must have been idle over the last tick for the pool to grow (whoever used the
+#: others: its workers, their children, other programs); the CPU use the judgements may leave
+#: unexplained before growth is held to one worker per whole CPU idle.
+IDLE_CPU = 0.5
 #: Seconds after its start before a worker's CPU is read: it is importing the app meanwhile.
 STARTING = 0.2
-#: Seconds after its start from which a worker is judged at the first look by what its job does
-#: at that moment (sleeping or not), rather than two ticks later by its CPU in between.
-SETTLED = 1.0
-#: Seconds a job has run before a first look may judge its worker waiting because it sleeps.
-FIRST_LOOK = 0.05
+#: Two readings judge a worker only this many seconds apart (half and twice the host's ``TICK``):
+#: sooner, the next tick judges it (CPU time is counted in 10 ms steps); later, the dispatcher was
+#: kept from its workers, and the measurement starts again.
+SHORTEST, LONGEST = 0.125, 0.5
+#: A step of the dispatcher that took longer than this (seconds) kept it from its workers'
+#: messages: a worker that ended its job meanwhile waited for the next, idle, and its CPU since
+#: the last reading says nothing of its jobs. The measurement starts again.
+LATE = 0.05
 #: Seconds a retired worker has to exit before it is killed (it has no job: it exits at once).
 RETIRE_WAIT = 1.0
-#: Clock ticks per second of ``/proc/<pid>/stat``'s ``utime`` and ``stime``.
+#: Clock ticks per second of ``/proc``'s CPU times.
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def ceiling(workers: int, max_workers: int | None) -> int:
-    """The most workers the pool may run: ``max_workers``, by default four per CPU this process
-    may use; never below ``workers``."""
-    return max(workers, max_workers or 4 * CPUS)
+# -- the CPUs this process may use -----------------------------------------------------------------
 
 
-def demand(pid: int) -> tuple[float, bool] | None:
-    """Seconds of CPU the process ``pid`` has asked for so far, and whether its main thread (the
-    job's) sleeps right now; ``None`` where this cannot be read (not Linux: the pool then never
-    grows). The seconds are the larger of two counts: its main thread's time on a CPU plus its
-    time waiting for one (``schedstat``: a job that burns CPU on a crowded machine asks for a
-    whole CPU even when it gets half of one), and the CPU time of all its threads (``stat``: a
-    job whose threads do the work while the main thread waits for them)."""
-    main = total = None
-    sleeping = False
+class Quota(t.NamedTuple):
+    """A cgroup's CPU quota, in CPUs, and the file its CPU use so far is read from."""
+
+    cpus: float
+    usage: str
+
+
+def cgroup_quota(root: str = "/sys/fs/cgroup", cgroups: str = "/proc/self/cgroup") -> Quota | None:
+    """The tightest CPU quota on this process's cgroup and its ancestors (cgroup v2 ``cpu.max``;
+    v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), ``None`` where none is set or none can be
+    read. Where the cgroup's path is not under the mount, the container sees its own cgroup there."""
+    try:
+        with open(cgroups) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found: list[Quota] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if controllers == "":  # v2: one hierarchy, mounted at root (or root/unified beside v1)
+            mount = root if os.path.exists(os.path.join(root, "cgroup.controllers")) else os.path.join(root, "unified")
+            for here in _up(mount, path):
+                limit = _read(os.path.join(here, "cpu.max")).split()  # "max 100000": none
+                if len(limit) == 2 and limit[0].isdigit() and limit[1].isdigit() and int(limit[0]) and int(limit[1]):
+                    found.append(Quota(int(limit[0]) / int(limit[1]), os.path.join(here, "cpu.stat")))
+        elif "cpu" in controllers.split(","):  # v1: cpu's hierarchy; its use in cpuacct's
+            mount = os.path.join(root, "cpu")
+            for here in _up(mount, path):
+                quota, period = (_read(os.path.join(here, f"cpu.cfs_{name}_us")) for name in ("quota", "period"))
+                if quota.lstrip("-").isdigit() and int(quota) > 0 and period.isdigit() and int(period) > 0:
+                    usage = os.path.join(root, "cpuacct", os.path.relpath(here, mount), "cpuacct.usage")
+                    found.append(Quota(int(quota) / int(period), os.path.normpath(usage)))
+    return min(found, default=None)
+
+
+def _up(mount: str, path: str) -> t.Iterator[str]:
+    """A cgroup's directory under ``mount``, then its ancestors' up to the mount."""
+    mount = os.path.normpath(mount)
+    here = os.path.normpath(os.path.join(mount, path.lstrip("/")))
+    if not os.path.isdir(here):
+        here = mount
+    while here.startswith(mount):
+        yield here
+        if here == mount:
+            return
+        here = os.path.dirname(here)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: those it may run on, within its cgroup's CPU quota (rounded
+    up: 1.5 CPUs is 2)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_quota()
+    return count if quota is None else max(1, min(count, math.ceil(quota.cpus)))
+
+
+#: The CPUs this process may use (:func:`usable_cpus`): the default ``workers``, and what the pool
+#: does not oversubscribe.
+CPUS = usable_cpus()
+
+
+class Cpus:
+    """The CPUs this process may use, as a whole: how much of them is idle. One ``/proc/stat``
+    read (and, under a quota, one of the cgroup's use) a tick, while the pool is saturated."""
+
+    def __init__(self) -> None:
+        self.ids = {f"cpu{n}" for n in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+        self.quota = cgroup_quota()
+        #: How many CPUs' worth there is: those it may run on, within the quota.
+        self.capacity = float(len(self.ids) if self.ids else os.cpu_count() or 1)
+        if self.quota is not None:
+            self.capacity = min(self.capacity, self.quota.cpus)
+
+    def read(self) -> tuple[float, float] | None:
+        """Seconds the CPUs it may run on were idle so far (``idle`` and ``iowait`` of each), and
+        the seconds of CPU its cgroup used so far under a quota (else 0); ``None`` without
+        ``/proc/stat``."""
+        idle = 0.0
+        try:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if not line.startswith(b"cpu"):
+                        break
+                    fields = line.split()
+                    name = fields[0].decode()
+                    if name != "cpu" and (self.ids is None or name in self.ids):
+                        idle += int(fields[4]) + int(fields[5])
+        except (OSError, ValueError, IndexError):
+            return None
+        used = 0.0
+        if self.quota is not None:
+            text = _read(self.quota.usage)
+            if self.quota.usage.endswith("cpu.stat"):  # v2: microseconds
+                usec = [line.split()[1] for line in text.splitlines() if line.startswith("usage_usec ")]
+                used = int(usec[0]) / 1e6 if usec and usec[0].isdigit() else 0.0
+            elif text.isdigit():  # v1: nanoseconds
+                used = int(text) / 1e9
+        return idle / _CLK_TCK, used
+
+    def free(self, idle: float, used: float) -> float:
+        """The CPUs idle over an interval, given the seconds of each count (:meth:`read`) per second."""
+        return idle if self.quota is None else max(0.0, min(idle, self.quota.cpus - used))
+
+
+def demand(pid: int) -> float | None:
+    """Seconds of CPU the process ``pid`` has asked for so far; ``None`` where this cannot be read
+    (not Linux: the pool then never grows). The larger of two counts: its main thread's time on a
+    CPU plus its time waiting for one (``schedstat``: a job that burns CPU on a crowded machine
+    asks for a whole CPU even when it gets half of one), and the CPU time of all its threads
+    (``stat``: a job whose threads do the work while the main thread waits for them). Without
+    ``schedstat`` (some sandboxes), only the CPU time it got. Its child processes are not counted:
+    their CPU shows in the CPUs' reading (:class:`Cpus`)."""
+    counts = []
     try:
         fd = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY)
         try:
             run, delay = os.read(fd, 128).split()[:2]
         finally:
             os.close(fd)
-        main = (int(run) + int(delay)) / 1e9
+        counts.append((int(run) + int(delay)) / 1e9)
     except (OSError, ValueError):
         pass
     try:
@@ -82,120 +199,208 @@ def demand(pid: int) -> tuple[float, bool] | None:
             fields = os.read(fd, 1024).rpartition(b")")[2].split()  # (after the command's name)
         finally:
             os.close(fd)
-        total = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
-        sleeping = fields[0] in (b"S", b"D")  # (R: on a CPU or waiting for one)
+        counts.append((int(fields[11]) + int(fields[12])) / _CLK_TCK)  # utime, stime
     except (OSError, ValueError, IndexError):
         pass
-    if main is None:
-        return None if total is None else (total, sleeping)
-    return (main if total is None else max(main, total)), sleeping
+    return max(counts, default=None)
 
 
-def growth(shares: t.Sequence[float], *, unknown: int, cpus: int, room: int, queued: int) -> int:
+def ceiling(workers: int, max_workers: int | None) -> int:
+    """The most workers the pool may run: ``max_workers``, by default four per CPU this process
+    may use; never below ``workers``."""
+    return max(workers, max_workers or 4 * CPUS)
+
+
+def settings(
+    workers: t.Any,
+    max_workers: t.Any,
+    worker_idle: t.Any,
+    names: t.Sequence[str] = ("workers", "max_workers", "worker_idle"),
+) -> tuple[int, int | None, float]:
+    """The pool's size settings, checked: ``workers`` (default :data:`CPUS`) and ``max_workers``
+    whole numbers from 1 (``max_workers`` ``None`` for the default, and not below ``workers``),
+    ``worker_idle`` a finite number of seconds from 0. ``names``: how the errors name the three.
+
+    :raises TypeError: not a number (or not a whole one).
+    :raises ValueError: out of range.
+    """
+    for name, value in zip(names[:2], (workers, max_workers), strict=True):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be a whole number of worker processes or None, not {value!r}.")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1 (None: the default), not {value!r}.")
+    if isinstance(worker_idle, bool) or not isinstance(worker_idle, (int, float)):
+        raise TypeError(f"{names[2]} must be a number of seconds, not {worker_idle!r}.")
+    if not 0 <= worker_idle < math.inf:  # (NaN too)
+        raise ValueError(f"{names[2]} must be a finite number of seconds from 0, not {worker_idle!r}.")
+    workers = workers or CPUS
+    if max_workers is not None and max_workers < workers:
+        raise ValueError(f"{names[1]} ({max_workers}) must not be below {names[0]} ({workers}).")
+    return workers, max_workers, float(worker_idle)
+
+
+def growth(
+    shares: t.Sequence[float], *, unknown: int, cpus: int, room: int, queued: int, free: float, other: float
+) -> int:
     """How many workers to start, given the CPU ``shares`` of the busy workers judged this tick
-    (each in CPUs), how many busy workers are too new to be judged (``unknown``), the ``cpus``
-    this process may use, the ``room`` under the ceiling and the jobs ``queued``.
+    (each in CPUs), how many busy workers are not judged (``unknown``: too new, or read too soon),
+    the ``cpus`` this process may use, the ``room`` under the ceiling, the jobs ``queued``, the
+    CPUs that were ``free`` (idle) over the tick, and the CPUs used meanwhile by ``other`` than the
+    judged workers and the host (their children, workers starting, other programs).
 
-    None while the burning workers fill the CPUs, or none is judged yet. When every worker is
-    judged and waits, one for each job waiting: the CPUs are idle, and the jobs are presumed like
-    the running ones. Else as many as are waiting (the waiting part doubles each tick), or as many
-    as fill the CPUs that neither the burning nor the unknown workers may be using (a pool smaller
-    than the CPUs grows to them with work that burns CPU), whichever is more; within the ceiling."""
+    None while the burning workers fill the CPUs, less than :data:`IDLE_CPU` was free, or none is
+    judged yet. When every busy worker is judged and waits, one for each job waiting: the jobs are
+    presumed like the running ones. Else as many as are waiting (the waiting part doubles each
+    tick), or as many as fill the CPUs that neither the burning nor the unknown workers may be
+    using (a pool smaller than the CPUs grows to them with work that burns CPU), whichever is
+    more. When ``other`` uses :data:`IDLE_CPU` or more, the judgements do not tell all (a job's
+    work may be in a child process): at most one per whole CPU free (a moment's gap between two
+    jobs is not a free CPU), less the unknown workers. Within the ceiling."""
     burning = sum(share >= WAITING_BELOW for share in shares)
     waiting = len(shares) - burning
-    if not shares or burning >= cpus or room <= 0 or queued <= 0:
+    if not shares or burning >= cpus or room <= 0 or queued <= 0 or free < IDLE_CPU:
         return 0
-    if burning == 0 and unknown == 0:
-        return min(room, queued)
-    return min(room, queued, max(waiting, cpus - burning - unknown))
+    count = queued if burning == 0 and unknown == 0 else max(waiting, cpus - burning - unknown)
+    if other >= IDLE_CPU:
+        count = min(count, int(free) - unknown)
+    return max(0, min(room, queued, count))
 
 
 class Elastic:
-    """The elastic part of one pool host: the readings of its workers' CPU, and the workers it
-    retired that have not exited yet. Its methods run in the dispatcher, under the host's mutex."""
+    """The elastic part of one pool host: the readings of its workers' CPU and of the CPUs, and
+    the workers it retired that have not exited yet. Its methods run in the dispatcher, under the
+    host's mutex (:meth:`step` takes it)."""
 
     def __init__(self, size: int, max_size: int, idle: float) -> None:
         #: How many workers are kept warm, the ceiling, and the idle time that retires the others.
         self.size, self.max_size, self.idle = size, max_size, idle
+        #: Whether the pool has a fixed size (nothing is read, started or retired).
+        self.fixed = max_size == size
         #: Retired workers not yet seen to exit, with the time (monotonic) they are killed at.
         self.retiring: list[tuple[Worker, float]] = []
+        #: Whether the last judgement found burning workers (that have ended a job) filling the
+        #: CPUs: the workers past the first ``max(size, CPUS)`` are then given no job
+        #: (:attr:`.Worker.held`).
+        self.full = False
+        self._cpus = Cpus()
+        #: The CPUs' last reading: (idle seconds, the cgroup's seconds, the host's seconds, when).
+        self._mark: tuple[float, float, float, float] | None = None
         #: Whether workers carry readings (or judgements) of a tick during which all were busy.
         self._marked = False
 
-    def tick(self, host: PoolHost, now: float) -> bool:
-        """Once a tick, after the dispatch (a worker that was just done has its next job): end
-        the retired workers that exited, retire idle ones, and start more while every worker is
-        busy waiting and jobs are queued; whether it started any."""
-        if self.max_size == self.size:
-            return False  # a fixed pool: nothing to read, nothing to start or retire
-        if self.retiring:
-            self._reap(now)
-        if len(host.workers) > self.size:
-            self._retire_idle(host, now)
-        if self._saturated(host):
-            return self._grow(host, now)
-        if self._marked:
-            self._marked = False
-            for worker in host.workers:
-                worker.mark, worker.waiting = None, None
-        return False
+    @property
+    def unread(self) -> bool:
+        """Whether a pool that may grow has no readings yet: when it fills, the dispatcher takes
+        them at once (its next step, not its next tick), and judges them :data:`SHORTEST` later."""
+        return not (self.fixed or self._marked)
+
+    def step(self, host: PoolHost, woke: float, ticked: bool) -> float | None:
+        """After each step of the dispatcher (``woke``: when it began, monotonic), last, whatever
+        it did: start the readings again if it took longer than :data:`LATE`; take the first ones
+        as soon as the pool is saturated. Once a tick (after the dispatch: a worker just done is
+        busy again): end the retired workers that exited, retire idle ones, judge the workers and
+        start more while every one is busy and jobs are queued, hold workers back while burning
+        ones fill the CPUs; then dispatch. When its readings were the first (nothing could be
+        judged), when (monotonic) it wants the next tick: :data:`SHORTEST` from now."""
+        if self.fixed:
+            return None  # a fixed pool: nothing to read, start or retire
+        late = time.monotonic() - woke > LATE
+        if not (late or ticked or self.unread):
+            return None
+        with host.mutex:
+            if late:
+                self._forget(host, judgements=False)
+            if not ticked:  # (the first readings of a pool that just filled: judged soon)
+                first = self.unread and self._saturated(host) and self._grow(host)
+                return time.monotonic() + SHORTEST if first else None
+            now = time.monotonic()
+            if self.retiring:
+                self._reap(now)
+            if len(host.workers) > self.size:
+                self._retire_idle(host, now)
+            first = False
+            if self._saturated(host):
+                first = self._grow(host)
+            elif self._marked:
+                self._forget(host, judgements=True)
+            top = max(self.size, CPUS)
+            for index, worker in enumerate(host.workers):
+                worker.held = self.full and index >= top
+            host.dispatch_idle()  # (to the workers it started, or no longer holds back)
+            host.publish()
+        return time.monotonic() + SHORTEST if first else None
+
+    def _forget(self, host: PoolHost, *, judgements: bool) -> None:
+        """Forget the readings (to start again), and the judgements too when the pool is no longer
+        saturated."""
+        self._mark = None
+        for worker in host.workers:
+            worker.mark = None
+            if judgements:
+                worker.waiting = None
+        self._marked = self._marked and not judgements
 
     @staticmethod
     def _saturated(host: PoolHost) -> bool:
-        """Whether every worker has a job and more wait: in the queue, or sent ahead."""
-        workers = host.workers
-        if not workers or not (host.queue or any(worker.ahead for worker in workers)):
+        """Whether every worker that takes jobs has one and more wait: in the queue, or sent ahead."""
+        takers = [worker for worker in host.workers if not worker.held]
+        if not takers or not (host.queue or any(worker.ahead for worker in takers)):
             return False
-        return all(worker.job_id is not None for worker in workers)
+        return all(worker.job_id is not None for worker in takers)
 
-    def _grow(self, host: PoolHost, now: float) -> bool:
-        """Judge each worker by its CPU since the last tick, and start more if :func:`growth` says
-        so; whether it started any. (It judges at the ceiling too: a worker judged waiting is sent
-        no job ahead.)"""
+    def _grow(self, host: PoolHost) -> bool:
+        """Judge each busy worker by its CPU since the last tick, read the CPUs, and start more
+        workers if :func:`growth` says so; whether the CPUs' reading was the first (nothing could
+        be judged). (It judges at the ceiling too: a worker judged waiting is sent no job ahead,
+        and burning ones that fill the CPUs hold the others back.)"""
         self._marked = True
         shares = []
-        first: list[tuple[Worker, bool]] = []  # (looked at for the first time, and sleeping)
+        busy = settled = 0  # (settled: burning workers past their start, which hold others back)
         for worker in host.workers:
-            if now - worker.started < STARTING:
+            if worker.job_id is None:
+                worker.mark = None  # (idle meanwhile: the next interval starts when it is busy)
+                continue
+            busy += 1
+            if time.monotonic() - worker.started < STARTING:
                 continue  # (it imports the app: its first interval says nothing of its job)
-            read = demand(worker.pid)
-            if read is None:
+            used = demand(worker.pid)
+            if used is None:
                 continue
-            used, sleeping = read
-            worker.mark, mark = (used, now), worker.mark
-            if mark is None or now <= mark[1]:
-                # The first look: what its job does right now. Not for a young worker (it may be
-                # waiting for a lock as it starts), nor a sleeping one whose job has just started
-                # (it may be writing its claim): those are measured at the next tick.
-                if now - worker.started >= SETTLED and not (sleeping and now - worker.given < FIRST_LOOK):
-                    first.append((worker, sleeping))
-                continue
-            share = (used - mark[0]) / (now - mark[1])
-            worker.waiting = share < WAITING_BELOW
-            shares.append(share)
-        # A job that burns CPU sleeps for moments too (its end, a lock): a sleeping worker counts
-        # as waiting at the first look only when every worker looked at for the first time
-        # sleeps; else it is measured at the next tick, and a running one counts as burning.
-        everyone = all(sleeping for _, sleeping in first)
-        for worker, sleeping in first:
-            if sleeping == everyone:
-                worker.waiting = sleeping
-                shares.append(0.0 if sleeping else 1.0)
-        room = self.max_size - len(host.workers)
-        unknown = len(host.workers) - len(shares)
-        count = growth(shares, unknown=unknown, cpus=CPUS, room=room, queued=host.queued()) if room > 0 else 0
+            mark = _mark(worker.mark, (used, time.monotonic()))
+            share, worker.mark = _since(worker.mark, mark), mark
+            if share is not None:
+                worker.waiting = share < WAITING_BELOW
+                shares.append(share)
+                settled += worker.settled and not worker.waiting
+        if shares:  # (workers that just started may still be importing the app: not them)
+            self.full = settled >= CPUS
+        read = self._cpus.read()
+        if read is None:
+            return False
+        previous = self._mark
+        reading = self._mark = _mark(previous, (*read, sum(os.times()[:2]), time.monotonic()))
+        if reading is previous or previous is None or reading[-1] - previous[-1] > LONGEST:
+            return reading is not previous
+        span = reading[-1] - previous[-1]
+        idle, used, host_used = ((now - then) / span for now, then in zip(reading[:3], previous[:3], strict=True))
+        free = self._cpus.free(idle, used)
+        other = self._cpus.capacity - free - host_used - sum(shares)
+        room = self.max_size - len(host.workers) - len(self.retiring)  # (the retiring still run)
+        count = growth(
+            shares, unknown=busy - len(shares), cpus=CPUS, room=room, queued=host.queued(), free=free, other=other
+        )
         started = 0
-        while started < count and now >= host.next_spawn:  # (workers that die as they start: back off)
+        while started < count and time.monotonic() >= host.next_spawn:  # (workers that die as they start: back off)
             host.add_worker()
             started += 1
         if started:
             _log.debug("Worker pool of %s: %d more workers for waiting jobs.", host.backend.directory, started)
-        return started > 0
+        return False
 
     def _retire_idle(self, host: PoolHost, now: float) -> None:
         idle: list[Worker] = []
         for worker in host.workers:
-            if not worker.idle or worker.watched or worker.eof:
+            if not worker.jobless or worker.watched or worker.eof:
                 worker.idle_since = None
                 continue
             if worker.idle_since is None or worker.given > worker.idle_since:
@@ -207,21 +412,18 @@ class Elastic:
             if worker.readable():  # a message (or its death) waits: the dispatcher reads it first
                 continue
             host.workers.remove(worker)  # no job reaches it from here: it is not in the pool
-            close(worker.conn)
-            close(worker.lifeline)  # it exits at once (its lifeline thread: os._exit(0))
-            self.retiring.append((worker, now + RETIRE_WAIT))
+            if not worker.close():  # its pipe and lifeline: it exits at once (its lifeline thread: os._exit(0))
+                self.retiring.append((worker, now + RETIRE_WAIT))
             _log.debug("Worker pool of %s: retired idle worker %s.", host.backend.directory, worker.pid)
 
     def _reap(self, now: float) -> None:
         """Release the retired workers that exited; kill one that has not within its time."""
         still = []
         for worker, deadline in self.retiring:
-            process = worker.process
-            if process.exitcode is not None:
-                process.close()
+            if worker.close():
                 continue
             if now >= deadline:
-                process.kill()
+                worker.process.kill()
             still.append((worker, deadline))
         self.retiring = still
 
@@ -229,10 +431,23 @@ class Elastic:
         """As the pool shuts down: wait for the retired workers that are still exiting."""
         deadline = time.monotonic() + RETIRE_WAIT
         for worker, _ in self.retiring:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.exitcode is None:
-                worker.process.kill()
-                worker.process.join(5)
-            if worker.process.exitcode is not None:
-                worker.process.close()
+            worker.stop(deadline)
+            worker.close()
         self.retiring = []
+
+
+_Reading = t.TypeVar("_Reading", bound="tuple[float, ...]")
+
+
+def _mark(mark: _Reading | None, reading: _Reading) -> _Reading:
+    """The reading to keep: the new one, or the last one kept if that is less than
+    :data:`SHORTEST` old (the next tick measures from it). Each reading ends with when it was read."""
+    return mark if mark is not None and reading[-1] - mark[-1] < SHORTEST else reading
+
+
+def _since(mark: tuple[float, float] | None, reading: tuple[float, float]) -> float | None:
+    """The CPUs a worker asked for between two readings (seconds so far, when), if they are
+    between :data:`SHORTEST` and :data:`LONGEST` apart."""
+    if mark is None or not SHORTEST <= reading[1] - mark[1] <= LONGEST:
+        return None
+    return (reading[0] - mark[0]) / (reading[1] - mark[1])

@@ -216,18 +216,12 @@ class PoolHost:
                 for worker in self.workers:
                     close(worker.lifeline)  # workers see their lifeline close and exit at once
                 deadline = time.monotonic() + 1.0
-                for worker in self.workers:  # (through os._exit: whatever saves data at exit does)
-                    worker.process.join(max(0.0, deadline - time.monotonic()))
-                    if worker.process.is_alive():
-                        worker.process.kill()
                 workers, self.workers = self.workers, []
-                for worker in workers:
-                    worker.process.join(5)
-                    if worker.process.exitcode is not None:
+                for worker in workers:  # (through os._exit: whatever saves data at exit does)
+                    if worker.stop(deadline):
                         self.drain(worker)
                     recovery.left_behind(self, worker)
-                    close(worker.conn)
-                    worker.process.close()
+                    worker.close()
                 self.elastic.shutdown()
             self.ends.announce()
         finally:
@@ -270,10 +264,13 @@ class PoolHost:
             self.queue.push(job_id)
             self.dispatch_idle()
             # No idle worker: the next one to be done takes it (whoever reads its "done" gives
-            # it the next job), so the dispatcher need not wake; unless none runs a job, or
-            # the pool is short of workers (none started yet, or one is being replaced).
+            # it the next job), so the dispatcher need not wake; unless none runs a job, the
+            # pool is short of workers (none started yet, or one is being replaced), or it just
+            # filled and may grow (the dispatcher takes its first readings: .elastic).
             wake = bool(self.queue) and (
-                len(self.workers) < self.size or all(worker.job_id is None for worker in self.workers)
+                len(self.workers) < self.size
+                or all(worker.job_id is None for worker in self.workers)
+                or self.elastic.unread
             )
         finally:
             self.mutex.release()
@@ -356,8 +353,12 @@ class PoolHost:
         if (self.queue or self._started) and len(self.workers) < self.size:
             timeout = max(0.0, min(timeout, self.next_spawn - now))
         ready = self._poll(timeout)
+        woke = time.monotonic()
+        ticked = woke >= self._next_mail
+        if ticked:
+            self._next_mail = woke + TICK
         try:
-            self._handle_ready(ready)
+            self._handle_ready(ready, ticked)
             if self.later and self.later.next_due(self.queue) <= time.time():
                 with self.mutex:
                     for job_id in self.later.take_due(time.time(), self.queue):
@@ -373,8 +374,11 @@ class PoolHost:
                     self.publish()
         finally:
             self.ends.announce()
+            soon = self.elastic.step(self, woke, ticked)  # (last, even after an error: see .elastic)
+            if soon is not None:  # (its first readings: it judges them at an early tick)
+                self._next_mail = min(self._next_mail, soon)
 
-    def _handle_ready(self, ready: set[int]) -> None:
+    def _handle_ready(self, ready: set[int], ticked: bool) -> None:
         with self.mutex:
             if self._fifo.fd in ready:
                 self._handle_lines(self._fifo.read())
@@ -388,9 +392,7 @@ class PoolHost:
                 if worker.sentinel in ready:
                     recovery.reap(self, worker, None)
             now = time.monotonic()
-            ticked = now >= self._next_mail
             if ticked:
-                self._next_mail = now + TICK
                 self._handle_lines(self.backend.maintain())
                 if self.unrecorded:
                     recovery.record_lost(self)
@@ -400,8 +402,6 @@ class PoolHost:
                 self._next_cleanup = now + self.backend.cleanup_interval
                 self.backend.cleanup()
             self._dispatch()
-            if ticked and self.elastic.tick(self, now):  # (after the dispatch: a worker just done is busy again)
-                self.dispatch_idle()
             self.publish()
 
     def _handle_lines(self, messages: list[wire.Line]) -> None:
@@ -481,7 +481,7 @@ class PoolHost:
             return None
         job_id = worker.job_id
         values = message.values if message.job_id == job_id else None  # (it answers for its own)
-        worker.job_id, worker.preclaimed, worker.gave_back = None, False, False
+        worker.job_id, worker.preclaimed, worker.gave_back, worker.settled = None, False, False, True
         now = time.monotonic()
         if message.ahead is not None:  # it claimed the next job sent ahead as it ended this one
             next_id, runs = message.ahead
@@ -530,7 +530,7 @@ class PoolHost:
         for worker in self.workers:
             if not self.queue:
                 return
-            if worker.job_id is None and not worker.ahead:
+            if worker.job_id is None and not (worker.ahead or worker.held):
                 job_id = self._send_next(worker)
                 if job_id is not None:
                     worker.job_id, worker.given = job_id, time.monotonic()
@@ -541,8 +541,10 @@ class PoolHost:
                 if (
                     worker.job_id is not None
                     and len(worker.ahead) < depth
-                    # (Nor to one whose job was judged waiting: it runs a while; see .elastic.)
-                    and not (worker.handing or worker.gave_back or worker.waiting or worker.reason is not None)
+                    # (Nor to one whose job was judged waiting: it runs a while; nor one held back:
+                    # its jobs burn CPU, and the CPUs are full; see .elastic.)
+                    and not (worker.handing or worker.gave_back or worker.waiting or worker.held)
+                    and worker.reason is None
                     and worker.job_id not in self.kills  # (to be stopped by force: it would be too)
                 ):
                     job_id = self._send_next(worker)

@@ -27,6 +27,7 @@ class Worker:
         "gave_back",
         "given",
         "handing",
+        "held",
         "idle_since",
         "job_id",
         "lifeline",
@@ -36,6 +37,7 @@ class Worker:
         "process",
         "reason",
         "sentinel",
+        "settled",
         "started",
         "waiting",
         "watched",
@@ -75,15 +77,26 @@ class Worker:
         #: every worker was busy; whether its job was judged waiting then (see :mod:`.elastic`).
         self.mark: tuple[float, float] | None = None
         self.waiting: bool | None = None
+        #: Whether it is given no job for now: the pool has more workers than CPUs, and its jobs
+        #: burn CPU (see :mod:`.elastic`); it retires once idle long enough.
+        self.held = False
+        #: Whether it has ended a job: it is past its start (importing the app burns CPU).
+        self.settled = False
         #: When it was started (monotonic).
         self.started = time.monotonic()
         #: Since when (monotonic) the host has seen it idle, while the pool is above its minimum.
         self.idle_since: float | None = None
 
     @property
+    def jobless(self) -> bool:
+        """Whether it has no job: none running, sent ahead or being handed to it, and it is not
+        about to exit."""
+        return self.job_id is None and not (self.ahead or self.handing) and self.reason is None
+
+    @property
     def idle(self) -> bool:
         """Whether a job may be given to it."""
-        return self.job_id is None and not (self.ahead or self.handing) and self.reason is None
+        return self.jobless and not self.held
 
     def send(self, message: wire.Run | wire.Handover | wire.Go) -> bool:
         """Send it a message; ``False`` if it is dying (its sentinel fires soon)."""
@@ -97,10 +110,25 @@ class Worker:
         """Whether a message (or the end of its pipe) waits, without blocking."""
         return self.frames.has_message() or readable(self.conn)
 
-    def close(self) -> None:
+    def stop(self, deadline: float) -> bool:
+        """Make it exit: close its lifeline (it exits at once), wait for it until ``deadline``
+        (monotonic), kill it if it is still running, and wait for that; whether it exited."""
+        close(self.lifeline)
+        self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(5)
+        return self.process.exitcode is not None
+
+    def close(self) -> bool:
+        """Close its pipe and its lifeline (it exits at once, if it has not), and its process
+        object if the process has exited; whether it had (then nothing of it is left to close)."""
         close(self.conn)
         close(self.lifeline)
+        if self.process.exitcode is None:
+            return False
         self.process.close()
+        return True
 
     def view(self) -> WorkerView:
         return WorkerView(self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched, self.waiting)
