@@ -8,6 +8,7 @@ import logging
 import time
 import traceback
 import typing as t
+from dataclasses import replace
 
 from flask import current_app, has_app_context
 
@@ -20,7 +21,7 @@ from .attempts import (
     time_limit_error,
     time_limit_value,
 )
-from .backends.base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
+from .backends.base import MISSING, Backend, JobEnd, JobEntry, JobRequest, NewJob, Write
 from .config import DEFAULT_CONFIG
 from .exceptions import JobNotFoundError
 from .job import Job, JobStatus
@@ -236,6 +237,7 @@ class JobStore:
         """Remove a job that could not be queued, as if it had never been submitted."""
         for key in (keys.job(job_id), keys.request(job_id)):
             self.backend.delete(key)
+        self.backend.forget(job_id)  # (its listing entry, where the backend wrote one)
         if memo_key is not None:
             self._release_inflight(memo_key, job_id)
 
@@ -283,17 +285,20 @@ class JobStore:
         entry and the release of single-flight are written in one step (:meth:`Backend.end_job`):
         a reader that sees the status can always read the value.
         """
-        job_id = record["id"]
+        job_id, now = record["id"], time.time()
+        writes = self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire)
+        kept = next(expire for _, key, _, expire in writes if key == keys.job(job_id))  # (the record's)
         done = self.backend.end_job(
             JobEnd(
                 job_id,
                 status.value,
                 keys.end(job_id, attempt_of(record)),
-                time.time(),
+                now,
                 self.result_expire,
-                self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire),
+                writes,
                 unless=keys.cancel(job_id) if unless_cancelled else None,
                 otherwise=self._end_writes(record, JobStatus.CANCELLED) if unless_cancelled else (),
+                entry=replace(JobEntry.of(record), status=status.value, expire=kept, finished=now),
             )
         )
         if done is None:

@@ -25,7 +25,7 @@ import pickle
 import threading
 import time
 import typing as t
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -83,6 +83,89 @@ Write = tuple[str, str, t.Any, "float | None"]
 
 
 @dataclass(frozen=True)
+class JobEntry:
+    """A job as a backend's listing index keeps it (see :meth:`Backend.list_jobs`).
+
+    The index learns of a job twice: as it is created (:attr:`NewJob.entry`, status
+    ``"queued"``) and as it ends (:attr:`JobEnd.entry`, its final status). A claim does not
+    touch it: a running job is ``"queued"`` in the index, and the core tells the two apart by
+    reading the job's claim. A retry does not either: the job stays ``"queued"``.
+    """
+
+    id: str
+    #: The task's name.
+    task: str
+    #: ``"queued"`` until the job ends, then ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+    status: str
+    #: When it was submitted (epoch seconds).
+    created: float
+    #: Who submitted it over HTTP (``None`` from Python code).
+    owner: str | None = None
+    #: Seconds from the end the entry is kept: as long as the job's final record (``None``:
+    #: until deleted, as a queued job's).
+    expire: float | None = None
+    #: When its last attempt started and when it ended (epoch seconds), once it has ended.
+    started: float | None = None
+    finished: float | None = None
+
+    @classmethod
+    def of(cls, record: t.Mapping[str, t.Any]) -> JobEntry:
+        """The entry of a job's stored record, as it says now (the default :meth:`Backend.list_jobs`
+        reads records this way)."""
+        owner = record.get("owner")
+        return cls(
+            str(record["id"]),
+            str(record.get("task")),
+            str(record.get("status")),
+            float(record.get("created") or 0.0),
+            owner if isinstance(owner, str) else None,
+            started=record.get("started"),
+            finished=record.get("finished"),
+        )
+
+
+#: Seconds a job's id may be made before its ``created`` (a submit may wait between the two:
+#: for an in-flight job of its memo key, up to 5 s).
+SINCE_SLACK: t.Final = 60.0
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What the core asks a backend's listing index for (:meth:`Backend.list_jobs`): the ids of
+    the entries that match every condition given, newest first."""
+
+    #: An entry status (``"queued"`` stands for queued and running jobs alike), or ``None``.
+    status: str | None = None
+    #: A task's name, or ``None``.
+    task: str | None = None
+    #: An owner, or ``None``.
+    owner: str | None = None
+    #: Only entries created at or after this time (epoch seconds), or ``None``.
+    since: float | None = None
+    #: Only ids that sort before this one (the last id of the page before), or ``None``.
+    before: str | None = None
+    #: At most this many ids.
+    limit: int = 100
+
+    def lowest_id(self) -> str | None:
+        """With ``since``: an id that sorts below the id of every job created since then (ids
+        begin with the time they were made, in hex milliseconds, which is at most
+        :data:`SINCE_SLACK` before the job's ``created``). An index walking ids down stops there."""
+        if self.since is None:
+            return None
+        return f"{max(int((self.since - SINCE_SLACK) * 1000), 0) & 0xFFFFFFFFFFFF:012x}"
+
+    def matches(self, entry: JobEntry) -> bool:
+        """Whether ``entry`` meets every condition but ``before`` and ``limit``."""
+        return (
+            (self.status is None or entry.status == self.status)
+            and (self.task is None or entry.task == self.task)
+            and (self.owner is None or entry.owner == self.owner)
+            and (self.since is None or entry.created >= self.since)
+        )
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A submitted job, as :meth:`Backend.store_and_enqueue` receives it.
 
@@ -106,6 +189,11 @@ class NewJob:
     def id(self) -> str:
         """The job's id."""
         return self.request.job_id
+
+    @property
+    def entry(self) -> JobEntry:
+        """What a listing index keeps of it (status ``"queued"``): store it with ``writes``."""
+        return JobEntry.of(self.record)
 
 
 @dataclass(frozen=True)
@@ -136,6 +224,17 @@ class JobEnd:
     unless: str | None = None
     #: The "cancelled" end's writes.
     otherwise: tuple[Write, ...] = ()
+    #: The job's listing entry as ``writes`` end it (see :meth:`ended`); ``None`` when the core
+    #: made this end without one (a backend then leaves its index as it is).
+    entry: JobEntry | None = None
+
+    def ended(self, chosen: bool) -> JobEntry | None:
+        """The job's listing entry once it has ended this way (``chosen``: ``writes`` were
+        applied, else ``otherwise``, which ends it "cancelled"): update the index with it, in the
+        same atomic step as the end."""
+        if self.entry is None or chosen:
+            return self.entry
+        return replace(self.entry, status=_CANCELLED)
 
     def values(self, chosen: bool) -> dict[str, t.Any]:
         """``{key: value}`` of the sets applied: of ``writes`` if ``chosen``, else of ``otherwise``
@@ -346,12 +445,63 @@ class Backend(abc.ABC):
         return self.get_many(keys)
 
     def forget(self, job_id: str) -> None:
-        """Remove what this backend stores for job ``job_id`` besides the core's keys.
+        """Remove what this backend stores for job ``job_id`` besides the core's keys: its
+        listing entry, if it keeps an index.
 
         ``flask longtask purge`` calls it for each finished job it deletes, after the core's
-        keys of the job (:meth:`keys.of_job <flask_longtask.store.Keys.of_job>`). The default does
-        nothing; the Celery backend deletes the Redis list its waiters block on.
+        keys of the job (:meth:`keys.of_job <flask_longtask.store.Keys.of_job>`); a submit that
+        could not queue its job, after removing its records. The default does nothing; the
+        Celery backend also deletes the Redis list its waiters block on.
         """
+
+    # -- listing --------------------------------------------------------------------------------
+
+    def list_jobs(self, query: JobQuery) -> list[str]:
+        """The ids of the jobs whose listing entry matches ``query``, newest first (ids sort by
+        their submit time: see :func:`~flask_longtask.extension.new_job_id`), at most
+        ``query.limit``, all sorting before ``query.before`` if given.
+
+        An entry is what :class:`JobEntry` says: ``"queued"`` until the job ends. The core reads
+        the records of the ids returned and keeps those that say what was asked (queued or
+        running), so an id that is gone (expired, purged) may be returned. An entry expires with
+        the job's final record (:attr:`JobEntry.expire`), and :meth:`forget` removes it.
+
+        The default reads every job record (:meth:`scan` and :meth:`get_many`): correct on any
+        store, and slow with many jobs. A backend keeps an index instead, updated in the same
+        atomic step as a job's records: :meth:`store_and_enqueue` adds :attr:`NewJob.entry`,
+        :meth:`end_job` applies :meth:`JobEnd.ended`.
+        """
+        from ..keys import keys
+
+        ids = sorted((keys.job_id(key) for key in self.scan(keys.JOB_PREFIX)), reverse=True)
+        if query.before is not None:
+            ids = [job_id for job_id in ids if job_id < query.before]
+        found: list[str] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            for job_id, record in zip(chunk, self.get_many([keys.job(job_id) for job_id in chunk]), strict=True):
+                if isinstance(record, dict) and query.matches(JobEntry.of({**record, "id": job_id})):
+                    found.append(job_id)
+                    if len(found) >= query.limit:
+                        return found
+        return found
+
+    def count_jobs(self) -> dict[str, int]:
+        """How many live listing entries have each status (``"queued"`` counts running jobs
+        too); statuses without any may be left out.
+
+        The default reads every job record; a backend with an index counts its entries.
+        """
+        from ..keys import keys
+
+        counts: dict[str, int] = {}
+        names = [key for key in self.scan(keys.JOB_PREFIX)]
+        for start in range(0, len(names), 200):
+            for record in self.get_many(names[start : start + 200]):
+                if isinstance(record, dict):
+                    status = str(record.get("status"))
+                    counts[status] = counts.get(status, 0) + 1
+        return counts
 
     @abc.abstractmethod
     def enqueue(self, request: JobRequest) -> None:
@@ -387,6 +537,11 @@ class Backend(abc.ABC):
         """
         return None
 
+    def worker_count(self) -> int | None:
+        """How many workers run jobs, or ``None`` if this backend cannot tell here (for
+        :meth:`LongTask.counts <flask_longtask.LongTask.counts>`)."""
+        return None
+
     def terminate(self, job_id: str, grace: float) -> None:
         """Stop a running job by force if it is still running ``grace`` seconds from now.
 
@@ -413,4 +568,4 @@ class Backend(abc.ABC):
         """Release threads, processes and connections. Optional; idempotent."""
 
 
-__all__ = ["MISSING", "Backend", "JobEnd", "JobRequest", "NewJob", "Write"]
+__all__ = ["MISSING", "Backend", "JobEnd", "JobEntry", "JobQuery", "JobRequest", "NewJob", "Write"]
