@@ -11,11 +11,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import listing
-from .attempts import MAX_RETRIES, attempt_of, retries_of
-from .backends.base import MISSING
+from .attempts import attempt_of, retries_of
 from .exceptions import JobNotFoundError
 from .job import JobStatus
-from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
@@ -158,23 +156,5 @@ def cancel_command(job_id: str) -> None:
 @longtask_cli.command("purge")
 def purge_command() -> None:
     """Delete every finished job (record, result, progress) and everything that has expired."""
-    state = _quiet_backend()
-    backend = state.backend
-    finished = {s.value for s in JobStatus if s.is_finished}
-    count = 0
-    for key in backend.scan(keys.JOB_PREFIX):
-        record = backend.get(key)
-        if record is MISSING or record["status"] not in finished:
-            continue
-        job_id = keys.job_id(key)
-        # One end claim per attempt it ran (as many as a task may allow, whatever storage says).
-        for name in keys.of_job(job_id, min(attempt_of(record), 1 + MAX_RETRIES)):
-            backend.delete(name)
-        backend.forget(job_id)
-        if record.get("memo_key"):  # the memo entry, if it still names this job
-            backend.delete_if(keys.memo(record["memo_key"]), job_id)
-        count += 1
-    cleanup = getattr(backend, "cleanup", None)
-    if cleanup is not None:
-        cleanup()
+    count = listing.purge(_quiet_backend().store)
     click.echo(f"Purged {count} finished job(s).")

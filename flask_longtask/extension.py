@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import secrets
 import threading
 import time
@@ -220,6 +221,30 @@ class LongTask:
 
         return make_blueprint(self, url_prefix)
 
+    def dashboard(
+        self, url_prefix: str = "/longtask/dashboard", *, authorize: t.Callable[[], t.Any] | None = None
+    ) -> Blueprint:
+        """The jobs dashboard as a blueprint: ``app.register_blueprint(longtask.dashboard(...))``
+        (on a Dash app, ``dash_app.server.register_blueprint(...)``).
+
+        A page with the count of jobs in each status, the queue and the workers, and a table of
+        the jobs, filtered by status and task and searched by id, that updates itself (a
+        Server-Sent Events stream, or polling); a page per job with its arguments, result, error
+        and traceback, progress and timeline; buttons to cancel a job and to purge the finished
+        ones. See ``docs/dashboard.md``.
+
+        :param url_prefix: where it is served.
+        :param authorize: a function without arguments, run before every request to the
+            dashboard (read ``flask.request`` or your login's ``current_user``): anything but a
+            true value answers ``403``. Without one, the dashboard answers ``403`` unless the
+            app is in debug mode. Who passes sees every job, and each failed job's full error
+            and traceback, whatever ``LONGTASK_HTTP_ERRORS`` says.
+        :raises TypeError: ``authorize`` is not callable.
+        """
+        from .dashboard import make_dashboard
+
+        return make_dashboard(self, url_prefix, authorize)
+
     def get_job(self, job_id: str) -> Job[t.Any]:
         """The job with this id, from any process sharing the backend.
 
@@ -340,6 +365,7 @@ class LongTask:
                     announce=lambda: signals.send(signals.job_submitted, app, job=job),
                     time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
                     retries=task.retries,
+                    shown=_shown(call),
                 )
             )
         except BaseException:
@@ -402,6 +428,24 @@ def new_job_id() -> str:
     """A new job's id: 32 hex digits, the time in milliseconds, then 80 random bits; each id
     made in a process sorts after the one before (see :class:`_JobIds`)."""
     return _job_ids()
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 2, 5, 5, 5
+#: The longest a job's arguments are shown (the dashboard); the record keeps that much.
+SHOWN_MAX: t.Final = 200
+
+
+def _shown(call: tuple[tuple[t.Any, ...], dict[str, t.Any]]) -> str:
+    """A job's arguments as the dashboard shows them: ``1, 'a', key=[1, 2]``, each value's repr
+    cut short (``reprlib``), the whole at most :data:`SHOWN_MAX` characters."""
+    args, kwargs = call
+    try:
+        text = ", ".join([*(_SHOWN.repr(a) for a in args), *(f"{k}={_SHOWN.repr(v)}" for k, v in kwargs.items())])
+    except Exception:  # (a __repr__ that raises)
+        return "<arguments that cannot be shown>"
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
 
 
 def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any]) -> TypeError:

@@ -1,4 +1,4 @@
-"""Listing jobs and counting them, over a backend's listing index (:meth:`Backend.list_jobs
+"""Listing jobs, counting them and purging the finished ones, over a backend's listing index (:meth:`Backend.list_jobs
 <flask_longtask.backends.Backend.list_jobs>`): the one place that says what a listing means.
 
 A backend's index knows each job by its :class:`~flask_longtask.backends.base.JobEntry`:
@@ -17,6 +17,7 @@ import typing as t
 from dataclasses import replace
 from datetime import datetime
 
+from .attempts import MAX_RETRIES, attempt_of
 from .backends.base import MISSING, JobQuery
 from .exceptions import JobNotFoundError
 from .job import JobStatus
@@ -32,6 +33,7 @@ MAX_NAME: t.Final = 1000
 #: How a job id looks (:func:`~flask_longtask.extension.new_job_id`): 32 lowercase hex digits.
 JOB_ID: t.Final = re.compile(r"[0-9a-f]{32}")
 _ACTIVE = frozenset({JobStatus.QUEUED.value, JobStatus.RUNNING.value})
+_FINISHED = frozenset(status.value for status in JobStatus if status.is_finished)
 #: Ids read at a time while looking for queued or running jobs among the entries not ended.
 _CHUNK = 200
 
@@ -153,3 +155,31 @@ def counts(store: JobStore) -> dict[str, int]:
     if workers is not None:
         result["workers"] = workers
     return result
+
+
+def purge(store: JobStore) -> int:
+    """Delete every finished job (each key of its, its memo entry if it still names it, and
+    what the backend keeps for it: :meth:`~flask_longtask.backends.Backend.forget`), then what
+    has expired (the backend's ``cleanup``, if it has one); how many jobs were deleted.
+
+    It reads every job record (:meth:`~flask_longtask.backends.Backend.scan`), not the index:
+    jobs stored before the backend kept one are purged too.
+    """
+    backend = store.backend
+    count = 0
+    for key in backend.scan(keys.JOB_PREFIX):
+        record = backend.get(key)
+        if record is MISSING or not isinstance(record, dict) or record.get("status") not in _FINISHED:
+            continue
+        job_id = keys.job_id(key)
+        # One end claim per attempt it ran (as many as a task may allow, whatever storage says).
+        for name in keys.of_job(job_id, min(attempt_of(record), 1 + MAX_RETRIES)):
+            backend.delete(name)
+        backend.forget(job_id)
+        if record.get("memo_key"):  # the memo entry, if it still names this job
+            backend.delete_if(keys.memo(record["memo_key"]), job_id)
+        count += 1
+    cleanup = getattr(backend, "cleanup", None)
+    if cleanup is not None:
+        cleanup()
+    return count

@@ -183,15 +183,19 @@ class JobStore:
         announce: t.Callable[[], None],
         time_limit: float | None = None,
         retries: int = 0,
+        shown: str | None = None,
     ) -> NewJob:
         """A new queued job, for :meth:`Backend.store_and_enqueue`.
 
         ``arguments`` holds ``task`` and ``module`` (the task's name and defining module),
         ``app`` (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
         ``announce`` sends ``job_submitted``. ``time_limit``: seconds it may run once started
-        (``None``: none), as :func:`time_limit_value` gives it.
+        (``None``: none), as :func:`time_limit_value` gives it. ``shown``: the arguments as the
+        dashboard shows them (kept in the record, which outlives ``args``).
         """
         record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit, retries)
+        if shown is not None:
+            record["shown"] = shown
         writes = self._create_writes(request.job_id, arguments, record)
         return NewJob(request, record, arguments, writes, announce)
 
