@@ -138,3 +138,40 @@ class ListingConformance:
         assert longtask.jobs() == [job] and longtask.counts()["succeeded"] == 1
         _until(lambda: longtask.jobs() == [], "the expired job to leave the listing")
         assert longtask.counts()["succeeded"] == 0
+
+    def test_tallies_count_every_end(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
+        from .testing import _until, block, echo, fail, flaky
+
+        if type(backend).job_tallies is Backend.job_tallies:
+            assert backend.job_tallies() is None  # (keeping none is allowed: no metrics' counters)
+            return
+
+        def totals() -> dict[tuple[str, str], tuple[int, int, int]]:
+            out: dict[tuple[str, str], tuple[int, int, int]] = {}
+            for tally in backend.job_tallies() or []:
+                jobs, timed, retries = out.get((tally.task, tally.status), (0, 0, 0))
+                timed += tally.jobs if tally.bound is not None else 0
+                out[(tally.task, tally.status)] = (jobs + tally.jobs, timed, retries + tally.retries)
+            return out
+
+        before = totals()
+        assert echo.submit(1).wait(TIMEOUT) is JobStatus.SUCCEEDED
+        assert fail.submit("tallied").wait(TIMEOUT) is JobStatus.FAILED
+        assert flaky.submit(str(tmp_path / "log")).wait(TIMEOUT) is JobStatus.SUCCEEDED  # (after a retry)
+        blocked = block.submit(str(tmp_path / "gate"))
+        _until(lambda: blocked.status is JobStatus.RUNNING, "the job to run")
+        blocked.cancel()
+        assert blocked.wait(TIMEOUT) is JobStatus.CANCELLED
+        # Current as soon as each job has ended, and a job is counted once, at its end.
+        added = {
+            key: tuple(n - m for n, m in zip(value, before.get(key, (0, 0, 0)), strict=True))
+            for key, value in totals().items()
+        }
+        assert {key: value for key, value in added.items() if any(value)} == {
+            (echo.name, "succeeded"): (1, 1, 0),
+            (fail.name, "failed"): (1, 1, 0),
+            (flaky.name, "succeeded"): (1, 1, 1),
+            (block.name, "cancelled"): (1, 1, 0),
+        }
+        blocked_seconds = sum(t.seconds for t in backend.job_tallies() or [] if t.task == block.name)
+        assert blocked_seconds > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Flask
@@ -35,3 +36,12 @@ def _deep(message: str) -> None:
 @longtask.task
 def explode(message: str) -> None:
     _deep(message)
+
+
+@longtask.task(retries=1, retry_backoff=0.01, retry_on=ConnectionError)
+def flaky(marker: str) -> str:
+    """Fails its first attempt (it leaves ``marker`` behind), succeeds on the retry."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ConnectionError("the first attempt fails")
+    return "retried"

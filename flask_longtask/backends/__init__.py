@@ -2,9 +2,10 @@
 
 What a custom backend may use is exported here: :class:`Backend` to subclass, :data:`MISSING`,
 the values the core hands it (:data:`Write`, :class:`JobRequest`, :class:`NewJob`,
-:class:`JobEnd`, and for its listing index :class:`JobEntry` and :class:`JobQuery`), and the
-worker's entry points it calls: :func:`execute` to run a job, :class:`Handoff` for a job it
-claimed for its worker itself, :func:`mark_lost` for a job whose worker it saw die or stopped.
+:class:`JobEnd`, and for its listing index :class:`JobEntry`, :class:`JobQuery` and
+:class:`Tally`), and the worker's entry points it calls: :func:`execute` to run a job,
+:class:`Handoff` for a job it claimed for its worker itself, :func:`mark_lost` for a job whose
+worker it saw die or stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .base import JobEntry as JobEntry
 from .base import JobQuery as JobQuery
 from .base import JobRequest as JobRequest
 from .base import NewJob as NewJob
+from .base import Tally as Tally
 from .base import Write as Write
 from .thread import ThreadBackend as ThreadBackend
 
@@ -66,6 +68,7 @@ __all__ = [
     "JobQuery",
     "JobRequest",
     "NewJob",
+    "Tally",
     "ThreadBackend",
     "Write",
     "backend_class",

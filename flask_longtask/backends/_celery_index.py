@@ -13,6 +13,9 @@ Under the backend's prefix:
 ``index:task:<task>``       ... of one task's jobs
 ``index:owner:<owner>``     ... of one owner's jobs
 ``index:expiry``            a sorted set: job id -> when its entry expires (ended jobs only)
+``tallies``                 a hash: the metrics' counters (:class:`~.entry.Tally`), three fields
+                            per task, status and duration bucket (``j``: jobs, ``s``: seconds,
+                            ``r``: retries, then the three as a JSON array)
 ==========================  ======================================================================
 
 Each write is part of a step that exists anyway:
@@ -22,7 +25,8 @@ Each write is part of a step that exists anyway:
 * the end script (``end_job``: the end claim, the final records, the push to the done list)
   replaces the entry with the ended one and moves it to its status's set, atomically with the
   end, then removes up to :data:`SWEEP_ON_END` entries whose expiry has passed (each end adds at
-  most one: the index never grows past the records it lists by more than those not yet swept);
+  most one: the index never grows past the records it lists by more than those not yet swept),
+  and adds the job to its tallies;
 * ``forget`` (``flask longtask purge``, a submit that failed) removes it.
 
 A query walks the smallest of the sets its filters name (or ``index:all``) newest first from
@@ -37,7 +41,8 @@ import json
 import time
 import typing as t
 
-from .base import JobEntry, JobQuery
+from .base import JobEntry, JobQuery, Tally
+from .entry import tally_of
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .base import JobEnd
@@ -85,11 +90,14 @@ end
 ON_END: t.Final = f"""
 if #ARGV > 5 + 3 * (#KEYS - 4) then
   local ix = cjson.decode(ARGV[#ARGV])
-  local raw, status = ix.e, ix.s
-  if result == 0 then raw, status = ix.c, 'cancelled' end
+  local raw, status, tally = ix.e, ix.s, ix.t
+  if result == 0 then raw, status, tally = ix.c, 'cancelled', ix.tc end
   unindex(ix.p, ix.id)
   index(ix.p, ix.id, raw, status, ix.task, ix.owner, ix.x)
   sweep(ix.p, ix.now, {SWEEP_ON_END})
+  redis.call('hincrby', ix.p .. 'tallies', 'j' .. tally[1], 1)
+  redis.call('hincrbyfloat', ix.p .. 'tallies', 's' .. tally[1], tally[2])
+  if tally[3] ~= '0' then redis.call('hincrby', ix.p .. 'tallies', 'r' .. tally[1], tally[3]) end
 end
 """
 
@@ -148,6 +156,8 @@ class CeleryIndex:
                 "x": done["expire"],
                 "e": json.dumps(done),
                 "c": json.dumps(_entry_json(cancelled, now)),
+                "t": _tally_args(entry),
+                "tc": _tally_args(cancelled),
                 "now": now,
             }
         )
@@ -188,6 +198,20 @@ class CeleryIndex:
             top = f"({ids[-1]}"
         return found
 
+    def tallies(self) -> list[Tally]:
+        """The tallies, read back (validated: a field that does not parse is left out)."""
+        found: dict[tuple[str, str, float | None], list[t.Any]] = {}
+        for raw, value in self.backend.redis.hgetall(f"{self.backend.prefix}tallies").items():
+            field = _text(raw)
+            try:
+                task, status, bound = json.loads(field[1:])
+                key = (str(task), str(status), None if bound is None else float(bound))
+                held = found.setdefault(key, [0, 0.0, 0])
+                held["jsr".index(field[0])] = float(value) if field[0] == "s" else int(value)
+            except (ValueError, TypeError, IndexError):
+                continue
+        return [Tally(task, status, bound, *held) for (task, status, bound), held in found.items()]
+
     def counts(self) -> dict[str, int]:
         """The entries of each status, once those whose expiry has passed are swept."""
         prefix = self.backend.prefix
@@ -197,6 +221,13 @@ class CeleryIndex:
         for status in _STATUSES:
             pipe.zcard(f"{prefix}index:status:{status}")
         return {status: int(n) for status, n in zip(_STATUSES, pipe.execute(), strict=True) if n}
+
+
+def _tally_args(entry: JobEntry) -> list[str]:
+    """What the end script adds to the tallies for ``entry``: the field (a JSON array of task,
+    status and bound), the seconds and the retries, as strings."""
+    task, status, bound, seconds, retries = tally_of(entry)
+    return [json.dumps([task, status, None if bound is None else repr(bound)]), repr(seconds), str(retries)]
 
 
 def _text(raw: bytes | str) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import typing as t
 
 from .base import JobEntry, JobQuery
+from .entry import Tally, tally_of
 
 
 class MemoryIndex:
@@ -23,6 +25,8 @@ class MemoryIndex:
         self._entries: dict[str, tuple[JobEntry, float | None]] = {}
         self._lists: dict[tuple[str, str | None], list[str]] = {}
         self._expiry: list[tuple[float, str]] = []
+        #: The metrics' tallies: (task, status, bound) -> [jobs, seconds, retries].
+        self._tallies: dict[tuple[str, str, float | None], list[t.Any]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -83,6 +87,17 @@ class MemoryIndex:
                 if len(found) >= query.limit:
                     break
         return found
+
+    def tally(self, entry: JobEntry) -> None:
+        """Add a job that ended to the tallies."""
+        task, status, bound, seconds, retries = tally_of(entry)
+        held = self._tallies.setdefault((task, status, bound), [0, 0.0, 0])
+        held[0] += 1
+        held[1] += seconds
+        held[2] += retries
+
+    def tallies(self) -> list[Tally]:
+        return [Tally(task, status, bound, *held) for (task, status, bound), held in self._tallies.items()]
 
     def counts(self, now: float) -> dict[str, int]:
         self.sweep(now)

@@ -27,6 +27,10 @@ import time
 import typing as t
 from dataclasses import dataclass, replace
 
+from .entry import JobEntry as JobEntry
+from .entry import JobQuery as JobQuery
+from .entry import Tally as Tally
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
@@ -80,89 +84,6 @@ class JobRequest:
 #: ``("set", key, value, expire)``, ``("delete", key, None, None)`` or
 #: ``("delete_if", key, value, None)`` (delete only if the key holds ``value``).
 Write = tuple[str, str, t.Any, "float | None"]
-
-
-@dataclass(frozen=True)
-class JobEntry:
-    """A job as a backend's listing index keeps it (see :meth:`Backend.list_jobs`).
-
-    The index learns of a job twice: as it is created (:attr:`NewJob.entry`, status
-    ``"queued"``) and as it ends (:attr:`JobEnd.entry`, its final status). A claim does not
-    touch it: a running job is ``"queued"`` in the index, and the core tells the two apart by
-    reading the job's claim. A retry does not either: the job stays ``"queued"``.
-    """
-
-    id: str
-    #: The task's name.
-    task: str
-    #: ``"queued"`` until the job ends, then ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
-    status: str
-    #: When it was submitted (epoch seconds).
-    created: float
-    #: Who submitted it over HTTP (``None`` from Python code).
-    owner: str | None = None
-    #: Seconds from the end the entry is kept: as long as the job's final record (``None``:
-    #: until deleted, as a queued job's).
-    expire: float | None = None
-    #: When its last attempt started and when it ended (epoch seconds), once it has ended.
-    started: float | None = None
-    finished: float | None = None
-
-    @classmethod
-    def of(cls, record: t.Mapping[str, t.Any]) -> JobEntry:
-        """The entry of a job's stored record, as it says now (the default :meth:`Backend.list_jobs`
-        reads records this way)."""
-        owner = record.get("owner")
-        return cls(
-            str(record["id"]),
-            str(record.get("task")),
-            str(record.get("status")),
-            float(record.get("created") or 0.0),
-            owner if isinstance(owner, str) else None,
-            started=record.get("started"),
-            finished=record.get("finished"),
-        )
-
-
-#: Seconds a job's id may be made before its ``created`` (a submit may wait between the two:
-#: for an in-flight job of its memo key, up to 5 s).
-SINCE_SLACK: t.Final = 60.0
-
-
-@dataclass(frozen=True)
-class JobQuery:
-    """What the core asks a backend's listing index for (:meth:`Backend.list_jobs`): the ids of
-    the entries that match every condition given, newest first."""
-
-    #: An entry status (``"queued"`` stands for queued and running jobs alike), or ``None``.
-    status: str | None = None
-    #: A task's name, or ``None``.
-    task: str | None = None
-    #: An owner, or ``None``.
-    owner: str | None = None
-    #: Only entries created at or after this time (epoch seconds), or ``None``.
-    since: float | None = None
-    #: Only ids that sort before this one (the last id of the page before), or ``None``.
-    before: str | None = None
-    #: At most this many ids.
-    limit: int = 100
-
-    def lowest_id(self) -> str | None:
-        """With ``since``: an id that sorts below the id of every job created since then (ids
-        begin with the time they were made, in hex milliseconds, which is at most
-        :data:`SINCE_SLACK` before the job's ``created``). An index walking ids down stops there."""
-        if self.since is None:
-            return None
-        return f"{max(int((self.since - SINCE_SLACK) * 1000), 0) & 0xFFFFFFFFFFFF:012x}"
-
-    def matches(self, entry: JobEntry) -> bool:
-        """Whether ``entry`` meets every condition but ``before`` and ``limit``."""
-        return (
-            (self.status is None or entry.status == self.status)
-            and (self.task is None or entry.task == self.task)
-            and (self.owner is None or entry.owner == self.owner)
-            and (self.since is None or entry.created >= self.since)
-        )
 
 
 @dataclass(frozen=True)
@@ -537,6 +458,17 @@ class Backend(abc.ABC):
         """
         return None
 
+    def job_tallies(self) -> list[Tally] | None:
+        """What the jobs that ended add up to, by task, status and duration bucket (the metrics'
+        counters: :mod:`flask_longtask.metrics`), or ``None`` if this backend keeps no tallies
+        (the default).
+
+        A backend that keeps them adds :func:`~flask_longtask.backends.entry.tally_of` of
+        ``end.ended(chosen)`` to them in the same atomic step as :meth:`end_job`'s writes, so
+        that they are current the moment a job has ended, in every process; and never lowers
+        them (purges and expiry leave them as they are)."""
+        return None
+
     def worker_count(self) -> int | None:
         """How many workers run jobs, or ``None`` if this backend cannot tell here (for
         :meth:`LongTask.counts <flask_longtask.LongTask.counts>`)."""
@@ -568,4 +500,4 @@ class Backend(abc.ABC):
         """Release threads, processes and connections. Optional; idempotent."""
 
 
-__all__ = ["MISSING", "Backend", "JobEnd", "JobEntry", "JobQuery", "JobRequest", "NewJob", "Write"]
+__all__ = ["MISSING", "Backend", "JobEnd", "JobEntry", "JobQuery", "JobRequest", "NewJob", "Tally", "Write"]

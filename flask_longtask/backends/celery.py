@@ -29,7 +29,7 @@ from . import _celery_watchdog as watchdog
 from . import _json
 from ._celery_index import CeleryIndex
 from ._signing import mac_key, sign, unsign
-from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Write
+from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -330,6 +330,10 @@ class CeleryBackend(Backend):
     def count_jobs(self) -> dict[str, int]:
         self._flush()
         return self._index.counts()
+
+    def job_tallies(self) -> list[Tally]:
+        self._flush()
+        return self._index.tallies()
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()

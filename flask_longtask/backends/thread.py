@@ -11,7 +11,7 @@ import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
 from ._memory_index import MemoryIndex
-from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob
+from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -120,6 +120,7 @@ class ThreadBackend(Backend):
             entry = None if chosen is None else end.ended(chosen)
             if entry is not None:
                 self._index.add(entry, time.time())
+                self._index.tally(entry)
         return chosen
 
     def forget(self, job_id: str) -> None:
@@ -133,6 +134,10 @@ class ThreadBackend(Backend):
     def count_jobs(self) -> dict[str, int]:
         with self._lock:
             return self._index.counts(time.time())
+
+    def job_tallies(self) -> list[Tally]:
+        with self._lock:
+            return self._index.tallies()
 
     def worker_count(self) -> int:
         return self.workers

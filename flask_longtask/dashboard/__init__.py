@@ -244,6 +244,17 @@ def make_dashboard(
 
         return release
 
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        try:
+            from .. import metrics as exported
+        except ImportError as exc:  # (prometheus_client is an optional extra)
+            response = Response(f"{exc}\n", status=501, mimetype="text/plain")
+        else:
+            response = Response(exported.exposition(store()), mimetype=None)
+            response.headers["Content-Type"] = exported.CONTENT_TYPE
+        return guard.secure(response, page=False)
+
     @bp.post("/api/jobs/<job_id>/cancel")
     def cancel(job_id: str) -> Response:
         guard.check_write()

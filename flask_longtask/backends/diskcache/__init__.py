@@ -29,7 +29,7 @@ from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
-from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Write
+from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
 from . import child, elastic, fifo, handoff, host, index, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
@@ -341,6 +341,10 @@ class DiskcacheBackend(Backend):
     @_storage
     def forget(self, job_id: str) -> None:
         index.forget(self.table, job_id)
+
+    @_storage
+    def job_tallies(self) -> list[Tally]:
+        return index.tallies(self.table)
 
     @_storage
     def cleanup(self) -> int:

@@ -1,13 +1,16 @@
-"""The listing index of :class:`~flask_longtask.backends.diskcache.DiskcacheBackend`: a table of
-the same database, ``longtask_jobs``, one row per job (:class:`~flask_longtask.backends.base.JobEntry`).
+"""The listing index of :class:`~flask_longtask.backends.diskcache.DiskcacheBackend`: a table
+of the same database, ``longtask_jobs``, one row per job
+(:class:`~flask_longtask.backends.base.JobEntry`); and the metrics' tallies,
+``longtask_tallies`` (:class:`~flask_longtask.backends.entry.Tally`).
 
-Its rows change in the transactions that change the job's records, and only in those two: the
-one that creates the job (:meth:`.table.Table.write_all` with ``entry=``: its records, and in the
-pool's host the claim of the worker it is handed to) and the one that ends it
-(:meth:`.table.Table.add_then_write` with ``ended=``: the end claim and the final records). Both
-add one statement to a transaction that exists anyway; a job created alone is then written in a
-``BEGIN``/``COMMIT`` rather than as one self-committing statement. Nothing here reads a key: the
-core hands the entries over (``NewJob.entry``, ``JobEnd.ended``).
+Their rows change in the transactions that change the job's records, and only in those two: the
+one that creates the job (:meth:`.table.Table.write_all` with ``entry=``: its records, and in
+the pool's host the claim of the worker it is handed to) and the one that ends it
+(:meth:`.table.Table.add_then_write` with ``ended=``: the end claim and the final records, to
+which it adds the job's tally). Both add their statements to a transaction that exists anyway;
+a job created alone is then written in a ``BEGIN``/``COMMIT`` rather than as one
+self-committing statement. Nothing here reads a key: the core hands the entries over
+(``NewJob.entry``, ``JobEnd.ended``).
 
 Ids sort by submit time, so the primary key is the newest-first order: a page is one walk down
 the key from ``before``, keeping the rows that match. There is no other index: each would be one
@@ -23,6 +26,7 @@ import time
 import typing as t
 
 from ..base import JobEntry, JobQuery
+from ..entry import Tally, tally_of
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import sqlite3
@@ -34,6 +38,18 @@ SCHEMA = (
     " id TEXT NOT NULL PRIMARY KEY, task TEXT NOT NULL, status TEXT NOT NULL, owner TEXT,"
     " created REAL NOT NULL, expire REAL"
     ") WITHOUT ROWID",
+    # The metrics' tallies (see Backend.job_tallies): one row per task, status and duration
+    # bucket (bound -1: no duration), added to by each job's end.
+    "CREATE TABLE IF NOT EXISTS longtask_tallies ("
+    " task TEXT NOT NULL, status TEXT NOT NULL, bound REAL NOT NULL,"
+    " jobs INTEGER NOT NULL, seconds REAL NOT NULL, retries INTEGER NOT NULL,"
+    " PRIMARY KEY (task, status, bound)"
+    ") WITHOUT ROWID",
+)
+#: What a job's end adds to its tally.
+TALLY = (
+    "INSERT INTO longtask_tallies VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (task, status, bound)"
+    " DO UPDATE SET jobs = jobs + 1, seconds = seconds + excluded.seconds, retries = retries + excluded.retries"
 )
 #: A job's entry, as it is created or as it ends (an end replaces what the creation wrote).
 PUT = (
@@ -47,6 +63,20 @@ def row(entry: JobEntry, now: float | None = None) -> tuple[t.Any, ...]:
     """The row of ``entry`` for :data:`PUT`; its expiry counted from ``now``."""
     expire = None if entry.expire is None else (time.time() if now is None else now) + entry.expire
     return (entry.id, entry.task, entry.status, entry.owner, entry.created, expire)
+
+
+def tally_row(entry: JobEntry) -> tuple[t.Any, ...]:
+    """The row a job's end adds to :data:`TALLY` (``entry`` as it ended)."""
+    task, status, bound, seconds, retries = tally_of(entry)
+    return (task, status, -1.0 if bound is None else bound, seconds, retries)
+
+
+def tallies(table: Table) -> list[Tally]:
+    rows = table._run("SELECT task, status, bound, jobs, seconds, retries FROM longtask_tallies").fetchall()
+    return [
+        Tally(task, status, None if bound < 0 else bound, jobs, seconds, retries)
+        for task, status, bound, jobs, seconds, retries in rows
+    ]
 
 
 def query(table: Table, q: JobQuery) -> list[str]:
@@ -91,14 +121,15 @@ def sweep(table: Table, now: float) -> int:
 def create(table: Table, con: sqlite3.Connection) -> None:
     """Make the index if the database has none: a directory written by an earlier build gets
     one, with an entry for each job it holds (read once, in the transaction that makes it)."""
-    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'longtask_jobs'"
-    if con.execute(exists).fetchone() is not None:
+    exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('longtask_jobs', 'longtask_tallies')"
+    if con.execute(exists).fetchone()[0] == len(SCHEMA):
         return
     table._run("BEGIN IMMEDIATE", con=con)
     try:
-        if con.execute(exists).fetchone() is None:  # (another process may have made it meanwhile)
-            for statement in SCHEMA:
-                con.execute(statement)
+        fill = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'longtask_jobs'").fetchone() is None
+        for statement in SCHEMA:  # (another process may have made them meanwhile)
+            con.execute(statement)
+        if fill:
             rows = con.execute("SELECT id, expire, mode, filename, value FROM longtask WHERE kind = 'job:'").fetchall()
             entries = []
             for job_id, expire, mode, filename, value in rows:

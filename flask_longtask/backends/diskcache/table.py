@@ -374,7 +374,7 @@ class Table(Connections):
         # The values are encoded before the transaction takes the lock; the "otherwise" ones (a
         # cancelled job's end: rare) only when they are chosen.
         row = self._row(key, value, expire)
-        plans = [self._with_entry(self._plan(writes), ended and ended(True)), []]
+        plans = [self._with_entry(self._plan(writes), ended and ended(True), end=True), []]
         chosen: bool | None = None
         committed = False
         try:
@@ -383,7 +383,7 @@ class Table(Connections):
                 if self._run(_ADD, (*row, time.time())).rowcount == 1:
                     chosen = unless is None or self.get(unless) is MISSING
                     if not chosen:
-                        plans[1] = self._with_entry(self._plan(otherwise), ended and ended(False))
+                        plans[1] = self._with_entry(self._plan(otherwise), ended and ended(False), end=True)
                     self._apply(plans[0 if chosen else 1])
                 if then_claim is not None and claim_row is not None and chosen:
                     then_claim.tried = True
@@ -483,11 +483,14 @@ class Table(Connections):
 
     @staticmethod
     def _with_entry(
-        plan: list[tuple[str, list[tuple[t.Any, ...]]]], entry: JobEntry | None
+        plan: list[tuple[str, list[tuple[t.Any, ...]]]], entry: JobEntry | None, *, end: bool = False
     ) -> list[tuple[str, list[tuple[t.Any, ...]]]]:
-        """``plan``, then the statement that writes a job's listing entry (if any)."""
+        """``plan``, then the statement that writes a job's listing entry (if any), and at its
+        ``end`` the one that adds it to the tallies."""
         if entry is not None:
             plan.append((index.PUT, [index.row(entry)]))
+            if end:
+                plan.append((index.TALLY, [index.tally_row(entry)]))
         return plan
 
     def _discard_plan(self, plan: list[tuple[str, list[tuple[t.Any, ...]]]]) -> None:
