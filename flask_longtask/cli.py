@@ -10,11 +10,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .attempts import MAX_RETRIES, attempt_of, retries_of
-from .backends.base import MISSING
+from . import listing
+from .attempts import attempt_of, retries_of
 from .exceptions import JobNotFoundError
 from .job import JobStatus
-from .store import keys
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import _State
@@ -103,24 +102,28 @@ def _attempts(record: dict[str, t.Any]) -> str:
 
 @longtask_cli.command("jobs")
 @click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]), default=None)
-def jobs_command(status: str | None) -> None:
-    """List jobs with their status and progress, oldest first."""
+@click.option("--task", "-t", default=None, help="Only the jobs of this task (its name).")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(1, listing.MAX_LIMIT),
+    default=100,
+    show_default=True,
+    help="Show at most this many jobs.",
+)
+def jobs_command(status: str | None, task: str | None, limit: int) -> None:
+    """List jobs with their status and progress, newest first."""
     state = _quiet_backend()
-    backend, store = state.backend, state.store
-    records = []
-    for key in backend.scan(keys.JOB_PREFIX):
-        try:
-            record = store.read_record(keys.job_id(key))  # "running" as soon as claimed, like Job.status
-        except JobNotFoundError:
-            continue
-        if status is None or record["status"] == status:
-            records.append(record)
-    records.sort(key=lambda r: r["created"])
+    store = state.store
+    # One more than shown, to say whether there are more.
+    query, wanted = listing.query(status=status, task=task, limit=min(limit + 1, listing.MAX_LIMIT))
+    records = listing.find(store, query, wanted)  # "running" as soon as claimed, like Job.status
+    more = len(records) > limit
     if not records:
         click.echo("No jobs.")
         return
     click.echo(f"{'ID':32}  {'STATUS':9}  {'CREATED':19}  {'TASK':30}  {'LIMIT':7}  {'ATTEMPT':7}  PROGRESS")
-    for record in records:
+    for record in records[:limit]:
         try:
             progress = store.read_progress(record["id"])[1]
         except Exception:
@@ -129,6 +132,8 @@ def jobs_command(status: str | None) -> None:
             f"{record['id']:32}  {record['status']:9}  {_when(record['created']):19}  {record['task'][:30]:30}  "
             f"{_seconds(record.get('time_limit')):7}  {_attempts(record):7}  {'' if progress is None else progress!r}"
         )
+    if more:
+        click.echo(f"(The newest {limit}; there are more: see --limit.)")
 
 
 @longtask_cli.command("cancel")
@@ -151,23 +156,5 @@ def cancel_command(job_id: str) -> None:
 @longtask_cli.command("purge")
 def purge_command() -> None:
     """Delete every finished job (record, result, progress) and everything that has expired."""
-    state = _quiet_backend()
-    backend = state.backend
-    finished = {s.value for s in JobStatus if s.is_finished}
-    count = 0
-    for key in backend.scan(keys.JOB_PREFIX):
-        record = backend.get(key)
-        if record is MISSING or record["status"] not in finished:
-            continue
-        job_id = keys.job_id(key)
-        # One end claim per attempt it ran (as many as a task may allow, whatever storage says).
-        for name in keys.of_job(job_id, min(attempt_of(record), 1 + MAX_RETRIES)):
-            backend.delete(name)
-        backend.forget(job_id)
-        if record.get("memo_key"):  # the memo entry, if it still names this job
-            backend.delete_if(keys.memo(record["memo_key"]), job_id)
-        count += 1
-    cleanup = getattr(backend, "cleanup", None)
-    if cleanup is not None:
-        cleanup()
+    count = listing.purge(_quiet_backend().store)
     click.echo(f"Purged {count} finished job(s).")

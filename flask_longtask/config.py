@@ -34,6 +34,8 @@ DEFAULT_CONFIG: t.Final[t.Mapping[str, t.Any]] = {
     "LONGTASK_HTTP_ERRORS": None,
     "LONGTASK_MAX_WORKERS": None,
     "LONGTASK_WORKER_IDLE": 60.0,
+    "LONGTASK_DASHBOARD_REFRESH": 1.0,
+    "LONGTASK_DASHBOARD_MAX_STREAMS": 4,
 }
 
 #: What ``LONGTASK_MAX_QUEUED`` becomes when the HTTP API is registered on an app that left it

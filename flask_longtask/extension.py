@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import reprlib
 import secrets
+import threading
 import time
 import typing as t
 import weakref
+from datetime import datetime
 
 from flask import Blueprint, Flask, current_app, has_app_context
 
-from . import memo, signals
+from . import listing, memo, signals
 from .attempts import time_limit_value
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
 from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
-from .job import Job
+from .job import Job, JobStatus
 from .store import JobStore
 from .task import Task
 
@@ -218,6 +221,30 @@ class LongTask:
 
         return make_blueprint(self, url_prefix)
 
+    def dashboard(
+        self, url_prefix: str = "/longtask/dashboard", *, authorize: t.Callable[[], t.Any] | None = None
+    ) -> Blueprint:
+        """The jobs dashboard as a blueprint: ``app.register_blueprint(longtask.dashboard(...))``
+        (on a Dash app, ``dash_app.server.register_blueprint(...)``).
+
+        A page with the count of jobs in each status, the queue and the workers, and a table of
+        the jobs, filtered by status and task and searched by id, that updates itself (a
+        Server-Sent Events stream, or polling); a page per job with its arguments, result, error
+        and traceback, progress and timeline; buttons to cancel a job and to purge the finished
+        ones. See ``docs/dashboard.md``.
+
+        :param url_prefix: where it is served.
+        :param authorize: a function without arguments, run before every request to the
+            dashboard (read ``flask.request`` or your login's ``current_user``): anything but a
+            true value answers ``403``. Without one, the dashboard answers ``403`` unless the
+            app is in debug mode. Who passes sees every job, and each failed job's full error
+            and traceback, whatever ``LONGTASK_HTTP_ERRORS`` says.
+        :raises TypeError: ``authorize`` is not callable.
+        """
+        from .dashboard import make_dashboard
+
+        return make_dashboard(self, url_prefix, authorize)
+
     def get_job(self, job_id: str) -> Job[t.Any]:
         """The job with this id, from any process sharing the backend.
 
@@ -226,6 +253,60 @@ class LongTask:
         store = self._state().store
         store.read_record(job_id)
         return store.job(job_id)
+
+    def jobs(
+        self,
+        status: JobStatus | str | None = None,
+        task: Task[..., t.Any] | str | None = None,
+        owner: str | None = None,
+        since: datetime | float | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Job[t.Any]]:
+        """The jobs the backend stores, newest first, filtered, a page at a time.
+
+        Every backend keeps an index of its jobs for this (see :meth:`Backend.list_jobs
+        <flask_longtask.backends.Backend.list_jobs>`): a page costs a look at the index and a
+        read of the records on it, however many jobs are stored. The statuses are what
+        ``job.status`` says at the time of the call.
+
+        >>> from flask_longtask.backends import ThreadBackend
+        >>> app = Flask(__name__)
+        >>> longtask = LongTask(app, backend=ThreadBackend(workers=1))
+        >>> square = longtask.task(lambda n: n * n, name="square")
+        >>> with app.app_context():
+        ...     first, second = square.submit(2), square.submit(3)
+        ...     second.wait(10), first.wait(10)
+        ...     [job.id for job in longtask.jobs(task="square")] == [second.id, first.id]
+        ...     longtask.jobs(status="succeeded", limit=1, before=second.id) == [first]
+        (<JobStatus.SUCCEEDED: 'succeeded'>, <JobStatus.SUCCEEDED: 'succeeded'>)
+        True
+        True
+
+        :param status: only jobs with this status.
+        :param task: only jobs of this task (a :class:`Task` or its name).
+        :param owner: only jobs of this owner (see :meth:`owner_loader`).
+        :param since: only jobs submitted at or after this time (a ``datetime``, or epoch
+            seconds).
+        :param limit: at most this many (1 to 1000).
+        :param before: the next page: only jobs older than the job with this id (the last of the
+            page before).
+        :raises ValueError: an unknown status, a limit out of range.
+        """
+        name = task.name if isinstance(task, Task) else task
+        found, wanted = listing.query(status=status, task=name, owner=owner, since=since, before=before, limit=limit)
+        store = self._state().store
+        return [store.job(record["id"]) for record in listing.find(store, found, wanted)]
+
+    def counts(self) -> dict[str, int]:
+        """How many stored jobs have each status (``"queued"``, ``"running"``, ``"succeeded"``,
+        ``"failed"``, ``"cancelled"``), with ``"queue_length"`` and ``"workers"`` where the
+        backend knows them.
+
+        From the backend's index, like :meth:`jobs`: the finished jobs are counted there, and
+        the claims of the jobs not yet ended are read to tell queued ones from running ones.
+        """
+        return listing.counts(self._state().store)
 
     def clear_cache(self, task: Task[..., t.Any] | None = None) -> None:
         """Forget memoized results: of one task, or of every task when ``task`` is ``None``."""
@@ -284,6 +365,7 @@ class LongTask:
                     announce=lambda: signals.send(signals.job_submitted, app, job=job),
                     time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
                     retries=task.retries,
+                    shown=_shown(call),
                 )
             )
         except BaseException:
@@ -311,15 +393,59 @@ class LongTask:
         )
 
 
-def new_job_id() -> str:
-    """32 hex digits: the time in milliseconds (12 digits), then 80 random bits.
+class _JobIds:
+    """Makes job ids: 32 hex digits, the time in milliseconds (12 digits), then 80 random bits.
 
     Time first, as in a UUIDv7: the ids of new jobs sort after those of older ones, so storage
     that keeps keys in order (the diskcache backend's SQLite table) writes each new job next to
-    the newest ones, in a page already in memory, instead of into a random page of the table.
-    80 random bits keep ids unguessable.
+    the newest ones, in a page already in memory, instead of into a random page of the table,
+    and a listing's newest-first order is the ids' order. Within a process the ids only grow: one
+    made in the same millisecond as the one before (or after the clock stepped back) takes that
+    one's time, and its random part is the one before's plus a random step of up to 64 bits (as
+    UUIDv7's "monotonic random" counter), so ids stay unguessable.
     """
-    return f"{time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = (0, 0)  # (milliseconds, random part) of the last id made here
+
+    def __call__(self) -> str:
+        ms, rand = time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF, secrets.randbits(80)
+        with self._lock:
+            last_ms, last_rand = self._last
+            if ms <= last_ms:
+                ms, rand = last_ms, last_rand + 1 + secrets.randbits(64)
+                if rand >> 80:  # (the random part overflows: on to the next millisecond)
+                    ms, rand = ms + 1, secrets.randbits(79)
+            self._last = (ms, rand)
+        return f"{ms:012x}{rand:020x}"
+
+
+_job_ids = _JobIds()
+
+
+def new_job_id() -> str:
+    """A new job's id: 32 hex digits, the time in milliseconds, then 80 random bits; each id
+    made in a process sorts after the one before (see :class:`_JobIds`)."""
+    return _job_ids()
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 2, 5, 5, 5
+#: The longest a job's arguments are shown (the dashboard); the record keeps that much.
+SHOWN_MAX: t.Final = 200
+
+
+def _shown(call: tuple[tuple[t.Any, ...], dict[str, t.Any]]) -> str:
+    """A job's arguments as the dashboard shows them: ``1, 'a', key=[1, 2]``, each value's repr
+    cut short (``reprlib``), the whole at most :data:`SHOWN_MAX` characters."""
+    args, kwargs = call
+    try:
+        text = ", ".join([*(_SHOWN.repr(a) for a in args), *(f"{k}={_SHOWN.repr(v)}" for k, v in kwargs.items())])
+    except Exception:  # (a __repr__ that raises)
+        return "<arguments that cannot be shown>"
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
 
 
 def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any]) -> TypeError:

@@ -8,6 +8,7 @@ import logging
 import time
 import traceback
 import typing as t
+from dataclasses import replace
 
 from flask import current_app, has_app_context
 
@@ -20,7 +21,7 @@ from .attempts import (
     time_limit_error,
     time_limit_value,
 )
-from .backends.base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
+from .backends.base import MISSING, Backend, JobEnd, JobEntry, JobRequest, NewJob, Write
 from .config import DEFAULT_CONFIG
 from .exceptions import JobNotFoundError
 from .job import Job, JobStatus
@@ -182,15 +183,19 @@ class JobStore:
         announce: t.Callable[[], None],
         time_limit: float | None = None,
         retries: int = 0,
+        shown: str | None = None,
     ) -> NewJob:
         """A new queued job, for :meth:`Backend.store_and_enqueue`.
 
         ``arguments`` holds ``task`` and ``module`` (the task's name and defining module),
         ``app`` (the app's import name) and ``args`` (the serialised ``(args, kwargs)``).
         ``announce`` sends ``job_submitted``. ``time_limit``: seconds it may run once started
-        (``None``: none), as :func:`time_limit_value` gives it.
+        (``None``: none), as :func:`time_limit_value` gives it. ``shown``: the arguments as the
+        dashboard shows them (kept in the record, which outlives ``args``).
         """
         record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit, retries)
+        if shown is not None:
+            record["shown"] = shown
         writes = self._create_writes(request.job_id, arguments, record)
         return NewJob(request, record, arguments, writes, announce)
 
@@ -236,6 +241,7 @@ class JobStore:
         """Remove a job that could not be queued, as if it had never been submitted."""
         for key in (keys.job(job_id), keys.request(job_id)):
             self.backend.delete(key)
+        self.backend.forget(job_id)  # (its listing entry, where the backend wrote one)
         if memo_key is not None:
             self._release_inflight(memo_key, job_id)
 
@@ -283,17 +289,20 @@ class JobStore:
         entry and the release of single-flight are written in one step (:meth:`Backend.end_job`):
         a reader that sees the status can always read the value.
         """
-        job_id = record["id"]
+        job_id, now = record["id"], time.time()
+        writes = self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire)
+        kept = next(expire for _, key, _, expire in writes if key == keys.job(job_id))  # (the record's)
         done = self.backend.end_job(
             JobEnd(
                 job_id,
                 status.value,
                 keys.end(job_id, attempt_of(record)),
-                time.time(),
+                now,
                 self.result_expire,
-                self._end_writes(record, status, result=result, error=error, memo_expire=memo_expire),
+                writes,
                 unless=keys.cancel(job_id) if unless_cancelled else None,
                 otherwise=self._end_writes(record, JobStatus.CANCELLED) if unless_cancelled else (),
+                entry=replace(JobEntry.of(record), status=status.value, expire=kept, finished=now),
             )
         )
         if done is None:

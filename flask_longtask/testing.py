@@ -48,6 +48,7 @@ from . import (
 from .backends.base import MISSING, Backend, JobRequest
 from .extension import new_job_id
 from .store import keys
+from .testing_listing import ListingConformance
 from .worker import owner_pid
 
 TIMEOUT = 30.0
@@ -173,7 +174,7 @@ def _until(condition: t.Callable[[], t.Any], what: str, timeout: float = TIMEOUT
         time.sleep(0.005)
 
 
-class BackendConformance:
+class BackendConformance(ListingConformance):
     """Every behaviour the core relies on from a backend. Subclass and provide ``backend``."""
 
     #: How many jobs the backend runs at once (default: its ``workers`` attribute).

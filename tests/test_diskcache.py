@@ -293,7 +293,7 @@ def test_a_job_whose_records_could_not_be_stored_leaves_the_pool_consistent(
     write_all, go = backend.table.write_all, handoff.go
     queued: list[t.Any] = []
 
-    def failing_write_all(writes: t.Any, *, locked: t.Any = None) -> None:
+    def failing_write_all(writes: t.Any, *, locked: t.Any = None, **more: t.Any) -> None:
         monkeypatch.setattr(backend.table, "write_all", write_all)
         if locked is not None:
             locked()  # the worker has the job

@@ -828,13 +828,13 @@ def test_a_job_whose_records_fail_to_be_stored_after_the_hand_over_never_runs(
             monkeypatch.setattr(handoff, "hand_over", lambda *args: handed.append(hand_over(*args)) or handed[-1])
             write_all = host.table.write_all
 
-            def disk_full_once_locked(writes: t.Any, *, locked: t.Any = None) -> None:
+            def disk_full_once_locked(writes: t.Any, *, locked: t.Any = None, **more: t.Any) -> None:
                 def then_fail() -> None:  # the transaction holds the writers' lock; then its write fails
                     if locked is not None:
                         locked()
                     raise OSError(errno.ENOSPC, "No space left on device")
 
-                write_all(writes, locked=then_fail)
+                write_all(writes, locked=then_fail, **more)
 
             monkeypatch.setattr(host.table, "write_all", disk_full_once_locked)
             with pytest.raises(OSError, match="No space left"):

@@ -46,6 +46,9 @@ def test_sdist_and_wheel_are_built_with_the_typing_marker(dist: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "flask_longtask/py.typed" in names and "dash_adapter/py.typed" in names
     assert "flask_longtask/backends/celery.py" in names
+    # The dashboard's templates, style sheet and script are package data: it needs nothing else.
+    for name in ("static/dashboard.js", "static/dashboard.css", "templates/longtask_dashboard/index.html"):
+        assert f"flask_longtask/dashboard/{name}" in names, name
     assert not [n for n in names if n.startswith(("tests/", "examples/", "benchmarks/"))]
 
 

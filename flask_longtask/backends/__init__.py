@@ -2,7 +2,8 @@
 
 What a custom backend may use is exported here: :class:`Backend` to subclass, :data:`MISSING`,
 the values the core hands it (:data:`Write`, :class:`JobRequest`, :class:`NewJob`,
-:class:`JobEnd`), and the worker's entry points it calls: :func:`execute` to run a job,
+:class:`JobEnd`, and for its listing index :class:`JobEntry`, :class:`JobQuery` and
+:class:`Tally`), and the worker's entry points it calls: :func:`execute` to run a job,
 :class:`Handoff` for a job it claimed for its worker itself, :func:`mark_lost` for a job whose
 worker it saw die or stopped.
 """
@@ -18,8 +19,11 @@ from ..worker import mark_lost as mark_lost
 from .base import MISSING as MISSING
 from .base import Backend as Backend
 from .base import JobEnd as JobEnd
+from .base import JobEntry as JobEntry
+from .base import JobQuery as JobQuery
 from .base import JobRequest as JobRequest
 from .base import NewJob as NewJob
+from .base import Tally as Tally
 from .base import Write as Write
 from .thread import ThreadBackend as ThreadBackend
 
@@ -60,8 +64,11 @@ __all__ = [
     "Backend",
     "Handoff",
     "JobEnd",
+    "JobEntry",
+    "JobQuery",
     "JobRequest",
     "NewJob",
+    "Tally",
     "ThreadBackend",
     "Write",
     "backend_class",

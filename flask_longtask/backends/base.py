@@ -25,7 +25,11 @@ import pickle
 import threading
 import time
 import typing as t
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .entry import JobEntry as JobEntry
+from .entry import JobQuery as JobQuery
+from .entry import Tally as Tally
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -107,6 +111,11 @@ class NewJob:
         """The job's id."""
         return self.request.job_id
 
+    @property
+    def entry(self) -> JobEntry:
+        """What a listing index keeps of it (status ``"queued"``): store it with ``writes``."""
+        return JobEntry.of(self.record)
+
 
 @dataclass(frozen=True)
 class JobEnd:
@@ -136,6 +145,17 @@ class JobEnd:
     unless: str | None = None
     #: The "cancelled" end's writes.
     otherwise: tuple[Write, ...] = ()
+    #: The job's listing entry as ``writes`` end it (see :meth:`ended`); ``None`` when the core
+    #: made this end without one (a backend then leaves its index as it is).
+    entry: JobEntry | None = None
+
+    def ended(self, chosen: bool) -> JobEntry | None:
+        """The job's listing entry once it has ended this way (``chosen``: ``writes`` were
+        applied, else ``otherwise``, which ends it "cancelled"): update the index with it, in the
+        same atomic step as the end."""
+        if self.entry is None or chosen:
+            return self.entry
+        return replace(self.entry, status=_CANCELLED)
 
     def values(self, chosen: bool) -> dict[str, t.Any]:
         """``{key: value}`` of the sets applied: of ``writes`` if ``chosen``, else of ``otherwise``
@@ -346,12 +366,63 @@ class Backend(abc.ABC):
         return self.get_many(keys)
 
     def forget(self, job_id: str) -> None:
-        """Remove what this backend stores for job ``job_id`` besides the core's keys.
+        """Remove what this backend stores for job ``job_id`` besides the core's keys: its
+        listing entry, if it keeps an index.
 
         ``flask longtask purge`` calls it for each finished job it deletes, after the core's
-        keys of the job (:meth:`keys.of_job <flask_longtask.store.Keys.of_job>`). The default does
-        nothing; the Celery backend deletes the Redis list its waiters block on.
+        keys of the job (:meth:`keys.of_job <flask_longtask.store.Keys.of_job>`); a submit that
+        could not queue its job, after removing its records. The default does nothing; the
+        Celery backend also deletes the Redis list its waiters block on.
         """
+
+    # -- listing --------------------------------------------------------------------------------
+
+    def list_jobs(self, query: JobQuery) -> list[str]:
+        """The ids of the jobs whose listing entry matches ``query``, newest first (ids sort by
+        their submit time: see :func:`~flask_longtask.extension.new_job_id`), at most
+        ``query.limit``, all sorting before ``query.before`` if given.
+
+        An entry is what :class:`JobEntry` says: ``"queued"`` until the job ends. The core reads
+        the records of the ids returned and keeps those that say what was asked (queued or
+        running), so an id that is gone (expired, purged) may be returned. An entry expires with
+        the job's final record (:attr:`JobEntry.expire`), and :meth:`forget` removes it.
+
+        The default reads every job record (:meth:`scan` and :meth:`get_many`): correct on any
+        store, and slow with many jobs. A backend keeps an index instead, updated in the same
+        atomic step as a job's records: :meth:`store_and_enqueue` adds :attr:`NewJob.entry`,
+        :meth:`end_job` applies :meth:`JobEnd.ended`.
+        """
+        from ..keys import keys
+
+        ids = sorted((keys.job_id(key) for key in self.scan(keys.JOB_PREFIX)), reverse=True)
+        if query.before is not None:
+            ids = [job_id for job_id in ids if job_id < query.before]
+        found: list[str] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            for job_id, record in zip(chunk, self.get_many([keys.job(job_id) for job_id in chunk]), strict=True):
+                if isinstance(record, dict) and query.matches(JobEntry.of({**record, "id": job_id})):
+                    found.append(job_id)
+                    if len(found) >= query.limit:
+                        return found
+        return found
+
+    def count_jobs(self) -> dict[str, int]:
+        """How many live listing entries have each status (``"queued"`` counts running jobs
+        too); statuses without any may be left out.
+
+        The default reads every job record; a backend with an index counts its entries.
+        """
+        from ..keys import keys
+
+        counts: dict[str, int] = {}
+        names = [key for key in self.scan(keys.JOB_PREFIX)]
+        for start in range(0, len(names), 200):
+            for record in self.get_many(names[start : start + 200]):
+                if isinstance(record, dict):
+                    status = str(record.get("status"))
+                    counts[status] = counts.get(status, 0) + 1
+        return counts
 
     @abc.abstractmethod
     def enqueue(self, request: JobRequest) -> None:
@@ -387,6 +458,22 @@ class Backend(abc.ABC):
         """
         return None
 
+    def job_tallies(self) -> list[Tally] | None:
+        """What the jobs that ended add up to, by task, status and duration bucket (the metrics'
+        counters: :mod:`flask_longtask.metrics`), or ``None`` if this backend keeps no tallies
+        (the default).
+
+        A backend that keeps them adds :func:`~flask_longtask.backends.entry.tally_of` of
+        ``end.ended(chosen)`` to them in the same atomic step as :meth:`end_job`'s writes, so
+        that they are current the moment a job has ended, in every process; and never lowers
+        them (purges and expiry leave them as they are)."""
+        return None
+
+    def worker_count(self) -> int | None:
+        """How many workers run jobs, or ``None`` if this backend cannot tell here (for
+        :meth:`LongTask.counts <flask_longtask.LongTask.counts>`)."""
+        return None
+
     def terminate(self, job_id: str, grace: float) -> None:
         """Stop a running job by force if it is still running ``grace`` seconds from now.
 
@@ -413,4 +500,4 @@ class Backend(abc.ABC):
         """Release threads, processes and connections. Optional; idempotent."""
 
 
-__all__ = ["MISSING", "Backend", "JobEnd", "JobRequest", "NewJob", "Write"]
+__all__ = ["MISSING", "Backend", "JobEnd", "JobEntry", "JobQuery", "JobRequest", "NewJob", "Tally", "Write"]

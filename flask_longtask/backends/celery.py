@@ -24,10 +24,12 @@ from ..ending import outcome_not_stored
 from ..exceptions import LongTaskError, OutcomeNotStoredError, TamperedValueError
 from ..worker import execute
 from . import _celery_recovery as recovery
+from . import _celery_scripts as scripts
 from . import _celery_watchdog as watchdog
 from . import _json
+from ._celery_index import CeleryIndex
 from ._signing import mac_key, sign, unsign
-from .base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
+from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -86,8 +88,9 @@ class CeleryBackend(Backend):
         #: The key of the pickles' signatures (``serializer="pickle"``): see init_app.
         self._mac: bytes | None = None if secret_key is None else mac_key(secret_key)
         self._local = threading.local()
-        self._delete_if = self.redis.register_script(_DELETE_IF)
-        self._add_then_write = self.redis.register_script(_ADD_THEN_WRITE)
+        self._delete_if = self.redis.register_script(scripts.DELETE_IF)
+        self._add_then_write = self.redis.register_script(scripts.ADD_THEN_WRITE)
+        self._index = CeleryIndex(self)  # the listing index (see _celery_index)
         self._blocking_wait = True
         #: Seconds a job may wait queued, unclaimed, before a worker's watchdog publishes it again
         #: (``LONGTASK_CELERY_REQUEUE_AFTER``: see init_app; ``None``: never).
@@ -250,10 +253,10 @@ class CeleryBackend(Backend):
         return self._add_then_write_script(key, value, expire, writes, unless, otherwise, None)
 
     def end_job(self, end: JobEnd) -> bool | None:
-        # The end also pushes to the job's done list, which wakes its waiters (see wait()), and
-        # takes the job out of the index of queued jobs.
+        # The end also pushes to the job's done list, which wakes its waiters (see wait()), takes
+        # the job out of the index of queued jobs, and updates its listing entry.
         return self._add_then_write_script(
-            end.key, end.at, end.expire, end.writes, end.unless, end.otherwise, end.job_id
+            end.key, end.at, end.expire, end.writes, end.unless, end.otherwise, end.job_id, self._index.on_end(end)
         )
 
     def _add_then_write_script(
@@ -265,6 +268,7 @@ class CeleryBackend(Backend):
         unless: str | None,
         otherwise: t.Sequence[Write],
         ended: str | None,
+        entry: str | None = None,
     ) -> bool | None:
         # One script, so one round trip, and atomic: Redis runs a script alone.
         self._flush()
@@ -276,6 +280,8 @@ class CeleryBackend(Backend):
                 op, v = "delete", None
             names.append(self.prefix + k)
             args += (op, "" if op == "delete" else _json.dumps(v), (_px(exp) or 0) if op == "set" else 0)
+        if entry is not None:  # (last: see _celery_index.ON_END)
+            args.append(entry)
         done = int(self._add_then_write(keys=names, args=args))
         return None if done < 0 else bool(done)
 
@@ -315,6 +321,19 @@ class CeleryBackend(Backend):
 
     def forget(self, job_id: str) -> None:
         self.redis.delete(self._done_key(job_id))
+        self._index.forget(job_id)
+
+    def list_jobs(self, query: JobQuery) -> list[str]:
+        self._flush()
+        return self._index.query(query)
+
+    def count_jobs(self) -> dict[str, int]:
+        self._flush()
+        return self._index.counts()
+
+    def job_tallies(self) -> list[Tally]:
+        self._flush()
+        return self._index.tallies()
 
     def scan(self, prefix: str) -> t.Iterator[str]:
         self._flush()
@@ -329,7 +348,7 @@ class CeleryBackend(Backend):
         # Send the writes, send the task message while Redis handles them, then read their
         # replies: a submit costs one round trip less. A worker that gets the message before
         # Redis has stored the record waits for it (claim_and_get).
-        commands = []
+        commands = self._index.on_create(job.entry)  # (first: a worker that finds the record finds it)
         for op, key, value, expire in job.writes:
             if op != "set":  # pragma: no cover - the core writes a new job with "set" only
                 return super().store_and_enqueue(job)
@@ -436,49 +455,6 @@ _RECHECK = 1.0
 
 def _px(expire: float | None) -> int | None:
     return None if expire is None else max(1, int(expire * 1000))
-
-
-# KEYS: the key to add, the "unless" key, the list to push to (a job's end: its done list), the
-# index of queued jobs, then one key per write (writes, then otherwise).
-# ARGV: value, px (0: none), whether "unless" applies, how many writes, the id of the job that
-# ends ("": none; else push to its done list and take it out of the index), then per write: op
-# ("set", "delete", "delete_if"), encoded value, px.
-_ADD_THEN_WRITE = """
-local added
-if ARGV[2] == '0' then
-  added = redis.call('set', KEYS[1], ARGV[1], 'NX')
-else
-  added = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-end
-if not added then return -1 end
-local n = tonumber(ARGV[4])
-local first, last, result = 5, 4 + n, 1
-if ARGV[3] == '1' and redis.call('exists', KEYS[2]) == 1 then
-  first, last, result = 5 + n, #KEYS, 0
-end
-for i = first, last do
-  local a = 6 + (i - 5) * 3
-  local op, value, px = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  if op == 'set' then
-    if px == '0' then redis.call('set', KEYS[i], value) else redis.call('set', KEYS[i], value, 'PX', px) end
-  elseif op == 'delete' then
-    redis.call('del', KEYS[i])
-  elseif op == 'delete_if' then
-    if redis.call('get', KEYS[i]) == value then redis.call('del', KEYS[i]) end
-  end
-end
-if ARGV[5] ~= '' then
-  redis.call('rpush', KEYS[3], '1')
-  if ARGV[2] ~= '0' then redis.call('pexpire', KEYS[3], ARGV[2]) end
-  redis.call('zrem', KEYS[4], ARGV[5])
-end
-return result
-"""
-
-_DELETE_IF = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 def _redis_url(celery_app: Celery) -> str:

@@ -10,7 +10,8 @@ import time
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import MISSING, Backend, JobRequest
+from ._memory_index import MemoryIndex
+from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -38,6 +39,8 @@ class ThreadBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
         self._writes = 0
         self._queued = 0
+        #: The listing index, changed under the lock with the records it follows.
+        self._index = MemoryIndex()
 
     def __repr__(self) -> str:
         return f"<ThreadBackend workers={self.workers}>"
@@ -101,6 +104,43 @@ class ThreadBackend(Backend):
         with self._lock:
             keys = [k for k, (_, at) in self._data.items() if k.startswith(prefix) and (at is None or at > now)]
         return iter(keys)
+
+    # -- listing: an index in memory, changed in the batch that writes the records ------------
+
+    def store_and_enqueue(self, job: NewJob) -> None:
+        with self._lock:
+            self.write_all(job.writes)
+            self._index.add(job.entry, time.time())
+        job.announce()
+        self.enqueue(job.request)
+
+    def end_job(self, end: JobEnd) -> bool | None:
+        with self._lock:
+            chosen = super().end_job(end)
+            entry = None if chosen is None else end.ended(chosen)
+            if entry is not None:
+                self._index.add(entry, time.time())
+                self._index.tally(entry)
+        return chosen
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._index.remove(job_id)
+
+    def list_jobs(self, query: JobQuery) -> list[str]:
+        with self._lock:
+            return self._index.query(query, time.time())
+
+    def count_jobs(self) -> dict[str, int]:
+        with self._lock:
+            return self._index.counts(time.time())
+
+    def job_tallies(self) -> list[Tally]:
+        with self._lock:
+            return self._index.tallies()
+
+    def worker_count(self) -> int:
+        return self.workers
 
     # -- execution ------------------------------------------------------------------------------
 

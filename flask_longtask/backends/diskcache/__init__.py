@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -30,8 +29,8 @@ from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
-from ..base import MISSING, Backend, JobEnd, JobRequest, NewJob, Write
-from . import child, elastic, fifo, handoff, host, private, signed, waiting, wire
+from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
+from . import child, elastic, fifo, handoff, host, index, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -201,7 +200,7 @@ class DiskcacheBackend(Backend):
                     self._cache, self._table = open_storage(self.directory, disk)
                     pool = self._host
                     if pool is not None and pool.replaced():
-                        # Opened anew (see _unreadable) where the directory was removed: the
+                        # Opened anew (see connections.unreadable) where the directory was removed: the
                         # pool hosted here serves the old one, and takes no job from now on.
                         pool.step_down()
                 except LongTaskError:
@@ -272,7 +271,7 @@ class DiskcacheBackend(Backend):
         if me is not None and end.job_id == me.running:
             return me.end_job(self, end)
         chosen = self.table.add_then_write(
-            end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise
+            end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise, ended=end.ended
         )
         if chosen is not None:
             self._announce_end(end.job_id)
@@ -310,6 +309,10 @@ class DiskcacheBackend(Backend):
         with pool.mutex:
             return [worker.view() for worker in pool.workers]
 
+    def worker_count(self) -> int | None:  # (known in the process hosting the pool)
+        workers = self.pool_workers()
+        return None if workers is None else len(workers)
+
     @_storage
     def write_all(self, writes: t.Sequence[Write]) -> None:
         self.table.write_all(writes)
@@ -321,6 +324,22 @@ class DiskcacheBackend(Backend):
     @_storage
     def scan(self, prefix: str) -> t.Iterator[str]:
         return iter(self.table.scan(prefix))
+
+    @_storage
+    def list_jobs(self, query: JobQuery) -> list[str]:
+        return index.query(self.table, query)
+
+    @_storage
+    def count_jobs(self) -> dict[str, int]:
+        return index.counts(self.table)
+
+    @_storage
+    def forget(self, job_id: str) -> None:
+        index.forget(self.table, job_id)
+
+    @_storage
+    def job_tallies(self) -> list[Tally]:
+        return index.tallies(self.table)
 
     @_storage
     def cleanup(self) -> int:
@@ -339,7 +358,9 @@ class DiskcacheBackend(Backend):
         # Not inside a caller's batch: its commit, and so the go, would come later.
         pool = self._host
         if pool is None or pool.stopping.is_set() or self.table.in_batch or not handoff.submit(self, pool, job):
-            super().store_and_enqueue(job)
+            self.table.write_all(job.writes, entry=job.entry)  # (and its listing entry: see .index)
+            job.announce()
+            self.enqueue(job.request)
 
     def enqueue(self, request: JobRequest) -> None:
         pool = self._host
@@ -387,19 +408,6 @@ class DiskcacheBackend(Backend):
                 " or set LONGTASK_EMBEDDED_WORKER = True.",
                 self.directory,
             )
-
-    def _unreadable(self, exc: sqlite3.DatabaseError) -> RuntimeError:
-        """The database was found corrupted: let go of it, so that the next call opens it again
-        (a directory deleted meanwhile is created anew), and say so (logged once a minute at most)."""
-        self._close_storage()
-        pool = self._host
-        if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
-            pool.step_down()
-        return self._report(
-            f"DiskcacheBackend: the database in {self.directory!r} is unreadable ({exc}). It is"
-            " opened again at the next call; if it stays unreadable, delete the directory (it is"
-            " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
-        )
 
     def _close_storage(self) -> None:
         """Let go of the database, to be opened again by the next call. Other threads may be

@@ -99,7 +99,14 @@ class Child:
         if next_id is not None:
             claim = Claim(keys.claim(next_id), claim_value(), JobStore(backend).claim_expire, keys.to_run(next_id))
         chosen = table.add_then_write(
-            end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise, then_claim=claim
+            end.key,
+            end.at,
+            end.expire,
+            end.writes,
+            unless=end.unless,
+            otherwise=end.otherwise,
+            then_claim=claim,
+            ended=end.ended,
         )
         if claim is not None and next_id is not None:
             if claim.tried:

@@ -205,7 +205,7 @@ _F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
 def storage_call(method: _F) -> _F:
     """A storage call of the backend: a database found corrupted (:func:`is_corruption`) is
     closed, to be reopened by the next call, and reported once a minute at most (see
-    ``DiskcacheBackend._unreadable``)."""
+    :func:`unreadable`)."""
 
     @functools.wraps(method)
     def guarded(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
@@ -214,9 +214,27 @@ def storage_call(method: _F) -> _F:
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
                 raise
-            raise self._unreadable(exc) from exc
+            raise unreadable(self, exc) from exc
 
     return t.cast(_F, guarded)
+
+
+def unreadable(backend: t.Any, exc: sqlite3.DatabaseError) -> RuntimeError:
+    """The database of ``backend`` (a ``DiskcacheBackend``) was found corrupted: let go of it,
+    so that the next call opens it again (a directory deleted meanwhile is created anew), and
+    say so (logged once a minute at most)."""
+    backend._close_storage()
+    pool = backend._host
+    if pool is not None and pool.replaced():  # no job may go to it now: it stops at its next tick
+        pool.step_down()
+    return t.cast(
+        RuntimeError,
+        backend._report(
+            f"DiskcacheBackend: the database in {backend.directory!r} is unreadable ({exc}). It is"
+            " opened again at the next call; if it stays unreadable, delete the directory (it is"
+            " created anew, without the jobs it held) or set LONGTASK_DISKCACHE_DIR to another one."
+        ),
+    )
 
 
 def _after_fork_in_child() -> None:

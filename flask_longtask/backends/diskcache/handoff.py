@@ -8,9 +8,9 @@ wake-up and its preparation overlap the commit; it starts the job only on the
 own writes (the job's end, its heartbeat) queue behind the writers' lock this transaction holds.
 The worker runs the job without a claim or a read of its own.
 
-    submit ─ reserve(worker) ─ encode ─ writers' lock ─ hand_over: Handover ─ INSERT ─ unlock ─ go: Go(True)
-                 │                                           (SQLite commits it) ─ (fails) ─ go: Go(False)
-                 │                                                                    ─ unreserve ─ raise
+    submit ─ reserve(worker) ─ encode ─ writers' lock ─ hand_over: Handover ─ INSERTs ─ unlock ─ go: Go(True)
+                 │                                        (records, listing entry: COMMIT) ─ (fails) ─ go: Go(False)
+                 │                                                                     ─ unreserve ─ raise
                  └ (no idle worker, jobs waiting, the dispatcher busy) ─ the queue
 """
 
@@ -58,7 +58,7 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
 
     claim_write = ("set", keys.claim(job.id), claim, max(CLAIM_EXPIRE, job.record["expire"]))
     try:
-        backend.table.write_all([*job.writes, claim_write], locked=hand_over_locked)
+        backend.table.write_all([*job.writes, claim_write], locked=hand_over_locked, entry=job.entry)
     except BaseException:
         if handed:
             go(host, worker, False)

@@ -30,7 +30,8 @@ import typing as t
 import diskcache
 
 from ...exceptions import TamperedValueError
-from ..base import MISSING, Write
+from ..base import MISSING, JobEntry, Write
+from . import index
 from .connections import Cache, Connections, ThreadState
 
 # Rows are keyed by (id, kind): "job:<id>" is (<id>, "job:"). The keys of one job are
@@ -142,6 +143,7 @@ class Table(Connections):
         try:
             for statement in _SCHEMA:
                 self._run(statement, con=con)
+            index.create(self, con)  # (the listing index: see .index)
         finally:
             con.close()
         super().__init__(os.path.join(os.path.dirname(path), "writer.lock"))
@@ -363,14 +365,16 @@ class Table(Connections):
         unless: str | None = None,
         otherwise: t.Sequence[Write] = (),
         then_claim: Claim | None = None,
+        ended: t.Callable[[bool], JobEntry | None] | None = None,
     ) -> bool | None:
         """See :meth:`Backend.add_then_write`; with ``then_claim``, the same transaction then
         makes that claim, if the first write was made as asked (not ``otherwise``, and not
-        already made): see :class:`Claim`."""
+        already made): see :class:`Claim`. ``ended`` (a job's end: ``JobEnd.ended``) gives the
+        job's listing entry either way, written with the writes chosen (see :mod:`.index`)."""
         # The values are encoded before the transaction takes the lock; the "otherwise" ones (a
         # cancelled job's end: rare) only when they are chosen.
         row = self._row(key, value, expire)
-        plans = [self._plan(writes), []]
+        plans = [self._with_entry(self._plan(writes), ended and ended(True), end=True), []]
         chosen: bool | None = None
         committed = False
         try:
@@ -379,7 +383,7 @@ class Table(Connections):
                 if self._run(_ADD, (*row, time.time())).rowcount == 1:
                     chosen = unless is None or self.get(unless) is MISSING
                     if not chosen:
-                        plans[1] = self._plan(otherwise)
+                        plans[1] = self._with_entry(self._plan(otherwise), ended and ended(False), end=True)
                     self._apply(plans[0 if chosen else 1])
                 if then_claim is not None and claim_row is not None and chosen:
                     then_claim.tried = True
@@ -398,14 +402,17 @@ class Table(Connections):
                 then_claim.won = then_claim.tried = False
         return chosen
 
-    def write_all(self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None) -> None:
+    def write_all(
+        self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None, entry: JobEntry | None = None
+    ) -> None:
         """Apply ``writes`` in one transaction, every value encoded before it takes the lock.
 
         A few sets only (a new job's records): one multi-row statement, which SQLite commits by
         itself. ``locked()`` is called once the transaction holds the writers' lock, before the
-        writes: every other writer then waits for their commit.
+        writes: every other writer then waits for their commit. ``entry``: a new job's listing
+        entry, written in the same transaction (see :mod:`.index`).
         """
-        plan = self._plan(writes)
+        plan = self._with_entry(self._plan(writes), entry)
         try:
             state = self._state
             if not _one_statement(plan) or state.depth:
@@ -474,6 +481,18 @@ class Table(Connections):
             raise
         return plan
 
+    @staticmethod
+    def _with_entry(
+        plan: list[tuple[str, list[tuple[t.Any, ...]]]], entry: JobEntry | None, *, end: bool = False
+    ) -> list[tuple[str, list[tuple[t.Any, ...]]]]:
+        """``plan``, then the statement that writes a job's listing entry (if any), and at its
+        ``end`` the one that adds it to the tallies."""
+        if entry is not None:
+            plan.append((index.PUT, [index.row(entry)]))
+            if end:
+                plan.append((index.TALLY, [index.tally_row(entry)]))
+        return plan
+
     def _discard_plan(self, plan: list[tuple[str, list[tuple[t.Any, ...]]]]) -> None:
         """Remove the files written for the values of a plan that was not (all) stored."""
         for sql, rows in plan:
@@ -523,6 +542,7 @@ class Table(Connections):
             if len(rows) < _SWEEP_CHUNK:
                 break
             after = rows[-1][:2]
+        index.sweep(self, time.time())
         self.empty_trash()
         return removed
 
