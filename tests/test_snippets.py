@@ -77,8 +77,9 @@ class Block(t.NamedTuple):
         return f"{self.page} line {self.line}"
 
 
-def blocks(page: str) -> list[Block]:
-    text = (ROOT / page).read_text()
+def blocks(page: str, text: str | None = None) -> list[Block]:
+    """The Python blocks of ``page`` (its ``text``, by default read from the file)."""
+    text = (ROOT / page).read_text() if text is None else text
     return [
         Block(page, text.count("\n", 0, m.start("code")) + 1, m["kind"], m["note"], m["code"])
         for m in _BLOCK.finditer(text)
@@ -112,7 +113,7 @@ for where, code in json.load(open(sys.argv[1])):
 """
 
 
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
+def _run(cmd: list[str], cwd: Path, what: str, deadline: float) -> None:
     try:
         out = subprocess.run(
             cmd,
@@ -120,18 +121,23 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
             env={**os.environ, **SOURCE_ENV},
             capture_output=True,
             text=True,
-            timeout=DEADLINE,
+            timeout=deadline,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{what} did not end within {DEADLINE:g} s:\n{exc.stdout!r}\n{exc.stderr!r}")
+        pytest.fail(f"{what} did not end within {deadline:g} s:\n{exc.stdout!r}\n{exc.stderr!r}")
     assert out.returncode == 0, f"{what} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if any(b.kind is None for b in blocks(p))])
 def test_the_pages_snippets_run_as_shown(page: str, tmp_path: Path) -> None:
+    run_blocks(page, blocks(page), tmp_path)
+
+
+def run_blocks(page: str, page_blocks: list[Block], tmp_path: Path, deadline: float = DEADLINE) -> None:
+    """Run a page's blocks as the module's docstring says; fail naming the block that fails."""
     session: list[tuple[str, str]] = []
-    for block in blocks(page):
+    for block in page_blocks:
         name = block.file
         if name is not None:
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +152,53 @@ def test_the_pages_snippets_run_as_shown(page: str, tmp_path: Path) -> None:
             with live_server_process(cmd, port, cwd=tmp_path, env={"PORT": str(port), **SOURCE_ENV}) as base:
                 urllib.request.urlopen(base, timeout=10).close()  # (it serves its page)
         else:
-            _run([sys.executable, name], tmp_path, f"{block.where} (python {name})")
+            _run([sys.executable, name], tmp_path, f"{block.where} (python {name})", deadline)
     if session:
         (tmp_path / "_session.json").write_text(json.dumps(session))
         (tmp_path / "_session.py").write_text(_SESSION)
-        _run([sys.executable, "_session.py", "_session.json"], tmp_path, f"the blocks of {page} without a file name")
+        what = f"the blocks of {page} without a file name"
+        _run([sys.executable, "_session.py", "_session.json"], tmp_path, what, deadline)
+
+
+_PAGE = """Some text.
+
+```python
+# helper.py
+VALUE = 41
+```
+
+<!-- compile-only: needs a server -->
+```python
+import no_such_module
+```
+
+```python
+from helper import VALUE
+
+answer = VALUE + 1
+```
+
+```python
+assert answer == 42, "the blocks share one session"
+{more}
+```
+"""
+
+
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [
+        ("raise SystemExit(3)", "failed (3)"),
+        ("print(undefined)", "NameError: name 'undefined' is not defined"),
+        ("import time; time.sleep(30)", "did not end within 3 s"),
+    ],
+)
+def test_an_unmarked_snippet_that_does_not_run_fails_naming_its_line(tmp_path: Path, more: str, said: str) -> None:
+    page = blocks("fake.md", _PAGE.format(more="pass"))
+    run_blocks("fake.md", page, tmp_path)  # (the marked block is not run)
+    page = blocks("fake.md", _PAGE.format(more=more))
+    with pytest.raises((AssertionError, pytest.fail.Exception)) as raised:
+        run_blocks("fake.md", page, tmp_path, deadline=3)
+    assert said in str(raised.value)
+    if "NameError" in said:
+        assert 'File "fake.md line 20"' in str(raised.value)
