@@ -15,13 +15,15 @@ How a block is run depends on what the page says about it:
   not run here (a Celery worker and Redis, your own package). The set is small, and listed in
   :data:`COMPILE_ONLY` (page: how many), so adding one is a visible decision.
 * A block marked ``<!-- excerpt: examples/NAME.py -->`` is compiled, and is part of that example
-  file, which ``tests/test_dash_examples.py`` runs in Chromium.
+  file (the strings it names, component ids and properties, are the file's), which
+  ``tests/test_dash_examples.py`` runs in Chromium.
 
 An unmarked block that fails fails the test, with the page and line of the block.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -100,6 +102,14 @@ def test_the_markers_are_known_and_few() -> None:
                 example = ROOT / str(block.note)
                 assert example.is_file(), f"{block.where}: no such example {block.note}"
                 assert f'"{example.stem}"' in (ROOT / "tests" / "test_dash_examples.py").read_text(), block.where
+                # Of that example: the ids and properties it names are the example's.
+                source = example.read_text()
+                calls = [n for n in ast.walk(ast.parse(block.code)) if isinstance(n, ast.Call)]
+                strings = {
+                    a.value for c in calls for a in c.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                }
+                missing = sorted(s for s in strings if f'"{s}"' not in source)
+                assert strings and not missing, f"{block.where}: {missing} are not in {block.note}"
     assert found == COMPILE_ONLY
     assert sum(len(blocks(page)) for page in PAGES) > 30, "are the blocks found?"
 
