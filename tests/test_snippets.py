@@ -212,3 +212,25 @@ def test_an_unmarked_snippet_that_does_not_run_fails_naming_its_line(tmp_path: P
     assert said in str(raised.value)
     if "NameError" in said:
         assert 'File "fake.md line 20"' in str(raised.value)
+
+
+def test_the_quickstart_dash_app_with_the_flask_cli(tmp_path: Path) -> None:
+    """``flask --app dash_app longtask jobs``, as docs/quickstart.md says: it works with the
+    page's ``server = app.server``, and without it says ``No such command 'longtask'``."""
+    pytest.importorskip("dash", reason='pip install -e ".[dash]"')
+    (block,) = [b for b in blocks("docs/quickstart.md") if b.note == "dash-app"]
+    line = "server = app.server"
+    assert line in block.code
+    env = {**os.environ, **SOURCE_ENV}  # (the jobs: in tmp_path/instance, next to the module)
+
+    def flask(app: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "flask", "--app", app, "longtask", "jobs"]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE, check=False)
+
+    (tmp_path / "dash_app.py").write_text(block.code)
+    for app in ("dash_app:server", "dash_app"):
+        out = flask(app)
+        assert (out.returncode, out.stdout) == (0, "No jobs.\n"), out.stderr
+    (tmp_path / "dash_app.py").write_text(block.code.replace(line, ""))
+    out = flask("dash_app")
+    assert out.returncode != 0 and "No such command 'longtask'" in out.stderr
