@@ -28,8 +28,11 @@ def _is_number(value: t.Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _seconds(key: str, *, above: bool = False, none: bool = False) -> t.Callable[[Config], None]:
-    """A rule: a finite number of seconds, from 0 (``above``: more than 0), or ``None``."""
+def _seconds(
+    key: str, *, above: bool = False, none: bool = False, wrong_type: type[Exception] = TypeError
+) -> t.Callable[[Config], None]:
+    """A rule: a finite number of seconds, from 0 (``above``: more than 0), or ``None``.
+    ``wrong_type``: the error for a value that is not a number."""
     least = "more than 0" if above else "from 0"
 
     def rule(config: Config) -> None:
@@ -37,7 +40,7 @@ def _seconds(key: str, *, above: bool = False, none: bool = False) -> t.Callable
         if value is None and none:
             return
         if not _is_number(value):
-            raise TypeError(f"{key} must be a number of seconds{' or None' if none else ''}, not {value!r}.")
+            raise wrong_type(f"{key} must be a number of seconds{' or None' if none else ''}, not {value!r}.")
         if not (0 < value < math.inf if above else 0 <= value < math.inf):  # (NaN too)
             raise ValueError(f"{key} must be a finite number of seconds {least}, not {value!r}.")
 
@@ -133,7 +136,11 @@ RULES: t.Final[tuple[tuple[tuple[str, ...], t.Callable[[Config], None]], ...]] =
     (("LONGTASK_EMBEDDED_WORKER",), _flag("LONGTASK_EMBEDDED_WORKER")),
     (("LONGTASK_CELERY_BROKER_URL",), _text("LONGTASK_CELERY_BROKER_URL")),
     (("LONGTASK_CELERY_RESULT_BACKEND",), _text("LONGTASK_CELERY_RESULT_BACKEND")),
-    (("LONGTASK_CELERY_REQUEUE_AFTER",), _seconds("LONGTASK_CELERY_REQUEUE_AFTER", above=True, none=True)),
+    # (ValueError whatever is wrong, as CeleryBackend.init_app has always raised)
+    (
+        ("LONGTASK_CELERY_REQUEUE_AFTER",),
+        _seconds("LONGTASK_CELERY_REQUEUE_AFTER", above=True, none=True, wrong_type=ValueError),
+    ),
     (("LONGTASK_MAX_QUEUED",), _whole("LONGTASK_MAX_QUEUED", 0, none=True, inf=True)),
     (("LONGTASK_HTTP_PREFIX",), _prefix),
     (("LONGTASK_HTTP_MAX_BODY",), _whole("LONGTASK_HTTP_MAX_BODY", 1)),

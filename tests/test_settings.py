@@ -39,6 +39,7 @@ BAD: list[tuple[str, object, type[Exception]]] = [
     ("LONGTASK_CELERY_BROKER_URL", 6379, TypeError),
     ("LONGTASK_CELERY_RESULT_BACKEND", ["redis://"], TypeError),
     ("LONGTASK_CELERY_REQUEUE_AFTER", -1, ValueError),
+    ("LONGTASK_CELERY_REQUEUE_AFTER", "60", ValueError),  # (ValueError for any, as it always was)
     ("LONGTASK_MAX_QUEUED", "100", TypeError),
     ("LONGTASK_MAX_QUEUED", -1, ValueError),
     ("LONGTASK_HTTP_PREFIX", "jobs", ValueError),
