@@ -16,6 +16,7 @@ import flask_longtask
 from flask_longtask import LongTask, UnknownSettingWarning
 from flask_longtask.backends import ThreadBackend
 from flask_longtask.config import DEFAULT_CONFIG, EXAMPLES, KNOWN_KEYS
+from flask_longtask.settings import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +59,8 @@ BAD: list[tuple[str, object, type[Exception]]] = [
 def test_every_known_key_has_a_bad_value_here_and_an_example() -> None:
     assert {key for key, _, _ in BAD} == KNOWN_KEYS
     assert set(EXAMPLES) == KNOWN_KEYS == set(DEFAULT_CONFIG)
+    checked = [key for keys, _ in RULES for key in keys]  # (a new key needs a rule)
+    assert sorted(checked) == sorted(KNOWN_KEYS)
 
 
 @pytest.mark.parametrize(("key", "value", "error"), BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
