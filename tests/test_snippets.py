@@ -234,3 +234,30 @@ def test_the_quickstart_dash_app_with_the_flask_cli(tmp_path: Path) -> None:
     (tmp_path / "dash_app.py").write_text(block.code.replace(line, ""))
     out = flask("dash_app")
     assert out.returncode != 0 and "No such command 'longtask'" in out.stderr
+
+
+def test_where_job_state_lives_is_what_the_quick_start_says(tmp_path: Path) -> None:
+    """docs/quickstart.md, "Where job state lives": ``python script.py`` keeps it in
+    ``instance/longtask`` of the current directory; an imported module, next to the module."""
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    assert "`instance/longtask/` in the **current directory**, whatever the script's own directory" in text
+    code = (
+        "from flask import Flask\n"
+        "from flask_longtask import LongTask\n"
+        "app = Flask(__name__)\n"
+        "LongTask(app)\n"
+        "print(app.extensions['longtask'].backend.directory)\n"
+    )
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "script.py").write_text(code)
+    env = {**os.environ, **SOURCE_ENV}
+    for cmd, expected in [
+        ([sys.executable, "scripts/script.py"], tmp_path / "instance" / "longtask"),
+        (
+            [sys.executable, "-c", "import sys; sys.path.insert(0, 'scripts'); import script"],
+            tmp_path / "scripts" / "instance" / "longtask",
+        ),
+    ]:
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == str(expected)
