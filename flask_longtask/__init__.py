@@ -11,6 +11,7 @@ from .exceptions import OutcomeNotStoredError as OutcomeNotStoredError
 from .exceptions import QueueFullError as QueueFullError
 from .exceptions import TamperedValueError as TamperedValueError
 from .exceptions import TimeLimitExceeded as TimeLimitExceeded
+from .exceptions import UnknownSettingWarning as UnknownSettingWarning
 from .extension import LongTask as LongTask
 from .job import Job as Job
 from .job import JobStatus as JobStatus

@@ -86,3 +86,8 @@ class TamperedValueError(LongTaskError):
     """A value read back from storage failed its signature check: it was not written by this app
     with its key (another ``LONGTASK_SECRET_KEY`` or ``SECRET_KEY``, or tampering). It was not
     unpickled."""
+
+
+class UnknownSettingWarning(UserWarning):
+    """``app.config`` holds a ``LONGTASK_*`` key that Flask-LongTask does not know (a typo,
+    usually): it is ignored. Warned at ``init_app``, with the nearest known key."""

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from flask import Blueprint, Flask, current_app, has_app_context
 
-from . import listing, memo, signals
+from . import listing, memo, settings, signals
 from .attempts import time_limit_value
 from .backends import backend_from_app
 from .backends.base import Backend, JobRequest
@@ -84,6 +84,9 @@ class LongTask:
         :param backend: this app's backend, overriding the one given to the constructor and
             ``LONGTASK_BACKEND``.
         :raises RuntimeError: a LongTask is already registered on this app.
+        :raises TypeError: a ``LONGTASK_*`` setting of the wrong type (named, with a valid value).
+        :raises ValueError: a ``LONGTASK_*`` setting out of range, or a ``LONGTASK_BACKEND`` that
+            does not import.
         """
         if "longtask" in app.extensions:
             raise RuntimeError(
@@ -92,6 +95,7 @@ class LongTask:
             )
         for key, value in DEFAULT_CONFIG.items():
             app.config.setdefault(key, value)
+        settings.check(app.config)  # (and warns about unknown LONGTASK_* keys)
         backend = backend or self._backend or backend_from_app(app)
         backend.init_app(app)
         app.extensions["longtask"] = _State(self, backend, JobStore.from_config(backend, app.config))

@@ -208,11 +208,15 @@ def test_streams_are_limited_per_process_and_polled_past_the_limit(
     again.close()
 
 
-def test_settings_are_checked_when_it_is_registered() -> None:
+def test_settings_are_checked_at_init_app_and_when_it_is_registered() -> None:
     for key, value in (("LONGTASK_DASHBOARD_REFRESH", 0), ("LONGTASK_DASHBOARD_MAX_STREAMS", -1)):
         app = Flask(__name__)
         app.config[key] = value
+        with pytest.raises(ValueError, match=key):
+            LongTask(app, backend=ThreadBackend(1))
+        app = Flask(__name__)
         longtask = LongTask(app, backend=ThreadBackend(1))
+        app.config[key] = value  # (changed after init_app)
         with pytest.raises(ValueError, match=key):
             app.register_blueprint(longtask.dashboard(authorize=lambda: True))
 

@@ -195,6 +195,7 @@ def test_demo_page_cancel(chrome: WebDriver, tmp_path: Path, backend: str) -> No
         if UPDATE_SCREENSHOTS and backend == "thread":
             chrome.set_window_size(1000, 530)
         chrome.get(url)
+        assert not chrome.find_element(By.ID, "cancel").is_enabled(), "Cancel before any job"
         start_job(chrome, 200)
         wait_for(lambda: progress_value(chrome) >= 3, what="the job to make progress")
         chrome.find_element(By.ID, "cancel").click()

@@ -42,16 +42,34 @@ BACKENDS: dict[str, str] = {
 def backend_class(name: str) -> type[Backend]:
     """The backend class for a ``LONGTASK_BACKEND`` value.
 
-    :raises ValueError: unknown name or import path.
+    :raises ValueError: unknown name, or an import path that does not import (chained from the
+        import's error) or names no :class:`Backend` subclass.
+    :raises ImportError: a backend named by its name whose dependencies are not installed
+        (``"celery"`` without the ``celery`` extra): the error says what to install.
     """
     path = BACKENDS.get(name, name)
     module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"Unknown LONGTASK_BACKEND {name!r}: use one of {sorted(BACKENDS)} or 'package.module:Class'.")
-    cls = getattr(importlib.import_module(module_name), attr)
+    if not attr or not module_name:
+        raise ValueError(f"Unknown LONGTASK_BACKEND {name!r}: use one of {sorted(BACKENDS)} or {_FORM}.")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        if name in BACKENDS:  # (its own error says what to install)
+            raise
+        raise ValueError(
+            f"LONGTASK_BACKEND = {name!r} cannot be imported: {exc}. It must be one of"
+            f" {sorted(BACKENDS)} or {_FORM}, importable where the app runs (its package on"
+            " sys.path: installed, or in the directory the app is started from)."
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise ValueError(f"LONGTASK_BACKEND {name!r} is not a flask_longtask.backends.Backend subclass.")
+        raise ValueError(
+            f"LONGTASK_BACKEND {name!r} is not a flask_longtask.backends.Backend subclass: it must be {_FORM}."
+        )
     return cls
+
+
+#: The form of a ``LONGTASK_BACKEND`` import path, as errors show it.
+_FORM = "the import path of a Backend subclass, 'package.module:Class' (e.g. 'myapp.backends:SqliteBackend')"
 
 
 def backend_from_app(app: Flask) -> Backend:
