@@ -1,0 +1,218 @@
+"""Workers of coroutine jobs: processes that run many ``async def`` jobs at once on one loop.
+
+A coroutine job (its task an ``async def``: the record says ``coroutine``, and its ``Queued``
+line ends in ``a``) waits in the queue's own line for them (:class:`~.jobqueue.JobQueue`), and
+goes to a *loop worker*: a process of the pool kept apart from the others (``Loops.workers``,
+not ``PoolHost.workers``), so that none of the other workers' bookkeeping (the hand-over, jobs
+sent ahead, the elastic judgements, waiters reading a pipe) sees it. Each loop worker has
+``LONGTASK_ASYNC_CONCURRENCY`` slots; the host sends it ``Run(id)`` while it has a free slot,
+and starts another loop worker only when every one is full (up to the pool's ceiling), so the
+pool never grows for coroutine jobs while a slot is free. A loop worker idle for
+``worker_idle`` seconds exits, as an elastic worker does.
+
+In the process, the main thread reads the pipe; each ``Run`` starts a thread that runs
+:func:`~flask_longtask.worker.execute` (claim, end: the same steps as any job), which runs the
+coroutine on the process's one event loop (:mod:`flask_longtask.coroutines`) and waits for it;
+the thread then sends ``Done(id)``. A cancel or a time limit reaches the coroutine as
+``CancelledError`` from the job's own ticker; the host does not stop a loop worker by force at a
+``Kill``'s deadline (its neighbours would die with it): the job's thread owns that deadline. If
+the cancelled coroutine still blocks the loop at its end, the thread sends ``Failing(reason)``
+and the process exits: the host fails every job it ran with that reason (the cancelled one ends
+cancelled), and the next coroutine jobs go to a new loop worker. See ``docs/internals.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import typing as t
+
+from ... import coroutines
+from ...job import JobStatus
+from ...worker import execute
+from . import recovery, wire
+from .workers import RETIRE, Worker, exit_reason, start_process
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from .host import PoolHost
+
+_log = logging.getLogger(__name__)
+
+
+class Loops:
+    """The host's loop workers, and what each runs (under the host's mutex)."""
+
+    def __init__(self, host: PoolHost, concurrency: int, ceiling: int) -> None:
+        self.host = host
+        #: Coroutine jobs a loop worker runs at once.
+        self.concurrency = concurrency
+        #: How many loop workers there may be at most (the pool's ceiling).
+        self.ceiling = max(1, ceiling)
+        self.workers: list[Worker] = []
+        #: Retired loop workers, until their process has exited (or is killed at the deadline).
+        self.retiring: list[tuple[Worker, float]] = []
+
+    def runs(self, job_id: str) -> bool:
+        """Whether a loop worker runs this job (its deadlines are its own)."""
+        return any(job_id in worker.coroutines for worker in self.workers)
+
+    def running(self) -> set[str]:
+        return {job_id for worker in self.workers for job_id in worker.coroutines}
+
+    def dispatch(self, *, spawn: bool = True) -> bool:
+        """Send the waiting coroutine jobs to loop workers with a free slot, starting one when
+        all are full (``spawn``: not from a thread that submits); whether any still wait."""
+        queue = self.host.queue
+        while queue.coroutines():
+            worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
+            if worker is None:
+                if not spawn or len(self.workers) + len(self.retiring) >= self.ceiling:
+                    return True
+                worker = self._spawn()
+            job_id = queue.pop_coroutine()
+            if not worker.send(wire.Run(job_id)):
+                queue.unpop(job_id)
+                return True
+            worker.coroutines.add(job_id)
+            worker.idle_since = None
+        return False
+
+    def _spawn(self) -> Worker:
+        host = self.host
+        worker = start_process(host._ctx, loop_main, host.backend.directory, host.backend.storage_secret())
+        self.workers.append(worker)
+        return worker
+
+    # -- their messages -------------------------------------------------------------------------
+
+    def read(self, ready: set[int]) -> None:
+        """Handle the messages of the loop workers whose pipes are ready; reap the dead."""
+        for worker in list(self.workers):
+            if worker.frames.fd in ready:
+                self._read(worker)
+            if worker.sentinel in ready:
+                self.reap(worker)
+
+    def _read(self, worker: Worker) -> None:
+        if not worker.readable():
+            return
+        while True:
+            try:
+                data = worker.frames.recv()
+            except (EOFError, OSError):
+                worker.eof = True  # it died: the sentinel says how
+                return
+            message = wire.decode_from_worker(data)
+            if isinstance(message, wire.Failing):
+                worker.reason = message.reason
+            elif isinstance(message, wire.Done):
+                host, job_id = self.host, message.job_id
+                worker.coroutines.discard(job_id)
+                host.queue.forget(job_id)
+                host.kills.pop(job_id, None)
+                if not message.again:  # (a retry is no end: Later queues it again)
+                    host.ends.add(job_id, None, len(data))
+            if not worker.frames.has_message():
+                return
+
+    def reap(self, worker: Worker, how: str | None = None) -> None:
+        """A loop worker died: each of its jobs is lost (or queued again if never claimed)."""
+        host = self.host
+        worker.process.join()
+        self._read(worker)
+        reason = how or worker.reason or exit_reason(worker.process.exitcode)
+        self.workers.remove(worker)
+        worker.close()
+        for job_id in sorted(worker.coroutines):
+            host.kills.pop(job_id, None)
+            if job_id in host.later:
+                host.queue.forget(job_id)
+            elif job_id not in host.requeued and recovery.never_claimed(host, job_id):
+                host.requeued.add(job_id)
+                host.queue.requeue(job_id)
+            else:
+                recovery.lost(host, job_id, reason)
+        worker.coroutines.clear()
+
+    # -- retiring, shutting down -----------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Retire the loop workers idle for ``worker_idle``; release those that exited."""
+        for worker in list(self.workers):
+            if worker.coroutines or worker.reason is not None:
+                continue
+            if worker.idle_since is None:
+                worker.idle_since = now
+            elif now - worker.idle_since >= self.host.backend.worker_idle and not worker.readable():
+                self.workers.remove(worker)
+                if not worker.close():
+                    self.retiring.append((worker, now + RETIRE))
+        still = []
+        for worker, deadline in self.retiring:
+            if worker.close():
+                continue
+            if now >= deadline:
+                worker.process.kill()
+            still.append((worker, deadline))
+        self.retiring = still
+
+    def shutdown(self, deadline: float) -> None:
+        for worker in self.workers:
+            if worker.stop(deadline):
+                self._read(worker)
+            for job_id in worker.coroutines:
+                try:
+                    if not recovery.never_claimed(self.host, job_id):
+                        recovery.lost(self.host, job_id, "the worker pool was shut down while it ran")
+                except Exception:
+                    _log.exception("Worker pool: could not record the end of job %s.", job_id)
+            worker.close()
+        for worker, _ in self.retiring:
+            worker.stop(deadline)
+            worker.close()
+        self.workers, self.retiring = [], []
+
+
+# -- the loop worker's process ---------------------------------------------------------------------
+
+
+def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any) -> None:
+    """The body of a loop worker process: a thread per coroutine job it is sent."""
+    from . import DiskcacheBackend
+    from .child import _watch_lifeline
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
+    backend = DiskcacheBackend(directory, embedded=False, secret_key=secret)
+    send_lock = threading.Lock()
+
+    def send(message: wire.Done | wire.Failing) -> None:
+        with send_lock:
+            conn.send_bytes(message.encode())
+
+    def stuck(reason: str) -> t.NoReturn:
+        _log.error("Pool worker %s exits: %s.", os.getpid(), reason)
+        send(wire.Failing(reason))
+        os._exit(71)
+
+    def run(job_id: str) -> None:
+        try:
+            again = execute(backend, job_id) is JobStatus.QUEUED
+        except Exception as exc:  # storage failed under the job: as in a worker of other jobs
+            _log.exception("Job %s: its outcome could not be stored.", job_id)
+            send(wire.Failing(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}"))
+            os._exit(70)
+        send(wire.Done(job_id, None, None, again))
+
+    coroutines.on_stuck = stuck
+    coroutines.shared()  # (its loop from the start: the first job does not wait for it)
+    while True:
+        try:
+            message = wire.decode_to_worker(conn.recv_bytes())
+        except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
+            return
+        if isinstance(message, wire.Run):
+            name = f"longtask-job-{message.job_id[:8]}"
+            threading.Thread(target=run, args=(message.job_id,), name=name, daemon=True).start()
