@@ -42,10 +42,12 @@ _log = logging.getLogger(__name__)
 PULSE = 0.1
 #: How long the loop may go without a pulse before it counts as blocked (seconds).
 STALL = 1.0
-#: Called with a reason when a cancelled coroutine still blocks the loop after its grace; it does
-#: not return (a pool worker of coroutine jobs tells its host and exits). ``None``: the job ends
-#: and its coroutine is left to itself (ThreadBackend; Celery's watchdog stops its process).
-on_stuck: t.Callable[[str], t.NoReturn] | None = None
+#: Called with a reason, and whether the coroutine blocks the loop, when a cancelled coroutine
+#: has not ended by its grace's end; it may end the process, the job's end then being its
+#: backend's (a pool worker of coroutine jobs exits if the loop is blocked, its host failing its
+#: jobs; a Celery prefork process exits whatever, as at a sync job's forced stop). ``None``, or
+#: if it returns: the job ends from its thread and its coroutine is left to itself (ThreadBackend).
+on_stuck: t.Callable[[str, bool], None] | None = None
 
 
 #: Coroutine jobs one worker runs at once on its loop (``LONGTASK_ASYNC_CONCURRENCY``).
@@ -181,6 +183,7 @@ def run_job(ctx: JobContext, func: t.Callable[..., t.Any], args: t.Any, kwargs: 
     if ctx._cancelled:
         running.cancel()
     deadline: float | None = None
+    cancelled_at = 0.0
     while not running.done:
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
@@ -188,15 +191,15 @@ def run_job(ctx: JobContext, func: t.Callable[..., t.Any], args: t.Any, kwargs: 
         running.woken.wait(timeout)
         running.woken.clear()
         if deadline is None and ctx._cancelled:
-            deadline = time.monotonic() + grace
+            cancelled_at = time.monotonic()
+            deadline = cancelled_at + grace
     ctx._blocked = None
     if not running.done:  # it swallowed the CancelledError, or it blocks the loop
         what = "time limit" if ctx._limited else "cancel"
-        if running.blocked() and on_stuck is not None:
-            on_stuck(
-                f"a coroutine job ({ctx.id}) blocked the event loop past its {what}'s grace of {grace:g} s:"
-                " the worker process was stopped, with every coroutine job it ran"
-            )
+        if on_stuck is not None:  # blocked: the loop has not turned once since the cancel was sent
+            blocked = loop.pulse < cancelled_at and asyncio.current_task(loop.loop) is running.task
+            how = "blocked the event loop" if blocked else "went on"
+            on_stuck(f"a coroutine job ({ctx.id}) {how} past its {what}'s grace of {grace:g} s", blocked)
         _log.warning(
             "Job %s: its coroutine did not end within %g s of its %s; it is left to itself.", ctx.id, grace, what
         )

@@ -13,7 +13,10 @@ from flask_longtask import LongTask, current_job
 from flask_longtask.backends import ThreadBackend
 
 longtask = LongTask()
+# The app jobs run in inside a worker process: a 2 s heartbeat timeout (a beat every 0.5 s), so
+# that a job whose coroutine blocks its loop is found lost soon.
 app = Flask(__name__)
+app.config.update(LONGTASK_HEARTBEAT_TIMEOUT=2.0, LONGTASK_PROGRESS_INTERVAL=0.01, LONGTASK_CANCEL_GRACE=0.5)
 longtask.init_app(app, backend=ThreadBackend(workers=1))
 
 
@@ -43,3 +46,10 @@ async def progress_then_nap(seconds: float) -> str | None:
     current_job.set_progress("napping")
     await asyncio.sleep(seconds)
     return current_job.id
+
+
+@longtask.task
+async def wait_gate(gate: str) -> int:
+    while not os.path.exists(gate):
+        await asyncio.sleep(0.005)
+    return os.getpid()

@@ -192,7 +192,10 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
         with send_lock:
             conn.send_bytes(message.encode())
 
-    def stuck(reason: str) -> t.NoReturn:
+    def stuck(reason: str, blocked: bool) -> None:
+        if not blocked:  # (it awaits: its neighbours run on; the job ends, its coroutine left be)
+            return
+        reason += ": the worker process was stopped, with every coroutine job it ran"
         _log.error("Pool worker %s exits: %s.", os.getpid(), reason)
         send(wire.Failing(reason))
         os._exit(71)
