@@ -18,6 +18,7 @@ from flask_longtask.backends.diskcache import DiskcacheBackend
 
 from . import async_jobs as jobs
 from .helpers import wait_for
+from .services import start_celery_worker, start_redis, stop, wait_until
 
 TIMEOUT = 30.0
 #: 50 coroutine jobs of 0.5 s. One after another they take 25 s, and 12.5 s on two processes:
@@ -143,3 +144,33 @@ def test_bad_concurrency_is_refused() -> None:
     for bad in (0, -1, 1.5, True, "10"):
         with pytest.raises(ValueError, match="LONGTASK_ASYNC_CONCURRENCY"):
             ThreadBackend(async_concurrency=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.xdist_group("celery")
+def test_fifty_coroutine_jobs_on_one_celery_worker_of_threads_take_about_one_jobs_time(tmp_path: Path) -> None:
+    # Celery's prefork pool runs one job per process (one loop each); a worker of the threads
+    # pool runs a job per thread, and its coroutine jobs all on the process's one loop.
+    celery = pytest.importorskip("celery")
+    from flask_longtask.backends.celery import CeleryBackend
+
+    (tmp_path / "redis").mkdir()
+    redis, url = start_redis(tmp_path / "redis")
+    worker = None
+    try:
+        log = tmp_path / "worker.log"
+        worker = start_celery_worker("tests.celery_app:celery_app", url, log, concurrency=MANY, pool="threads")
+        probe = celery.Celery("probe", broker=url)
+        wait_until(lambda: probe.control.ping(timeout=0.5), 60, "the Celery worker to answer ping")
+        backend = CeleryBackend(celery.Celery("tests.async_client", broker=url), redis_url=url)
+        with make_app(backend).app_context():
+            first = jobs.nap.submit(0).result(timeout=TIMEOUT)
+            began = time.monotonic()
+            many = [jobs.nap.submit(NAP) for _ in range(MANY)]
+            pids = {job.result(timeout=TIMEOUT) for job in many}
+            took = time.monotonic() - began
+        assert pids == {first} and took < AT_ONCE, (pids, took)
+        backend.close()
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(redis)
