@@ -31,7 +31,7 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
 from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
-from . import child, elastic, fifo, handoff, host, index, private, signed, waiting, wire
+from . import child, elastic, fifo, handoff, host, index, loops, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -270,11 +270,11 @@ class DiskcacheBackend(Backend):
 
     @_storage
     def end_job(self, end: JobEnd) -> bool | None:
-        """Write a job's end. In a pool worker ending its own job, the worker writes it, and
-        claims the job sent ahead to it in the same transaction (:meth:`.child.Child.end_job`).
-        Elsewhere (a cancel while queued, a lost job), the waiters of the pool's host are told."""
-        me = child.current()
-        if me is not None and end.job_id == me.running:
+        """Write a job's end. A pool worker writes its own, and claims the job sent ahead to it in
+        the same transaction (:meth:`.child.Child.end_job`); a worker of coroutine jobs, those
+        that end together in one (.loops). Elsewhere (a lost job...), the host's waiters are told."""
+        me = loops.together or child.current()
+        if me is not None and (me is loops.together or end.job_id == t.cast(child.Child, me).running):
             return me.end_job(self, end)
         chosen = self.table.add_then_write(
             end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise, ended=end.ended
@@ -287,7 +287,7 @@ class DiskcacheBackend(Backend):
         pool = self._host
         if pool is not None:
             pool.announce_end(job_id)
-        elif not self._closed.is_set():
+        elif not (self._closed.is_set() or loops.together):  # (a loop worker's Done says it)
             try:
                 self._send(wire.Ended(job_id), warn=False)
             except Exception:  # only a wake-up: waiters look at storage again soon anyway
@@ -360,11 +360,11 @@ class DiskcacheBackend(Backend):
 
     @_storage
     def store_and_enqueue(self, job: NewJob) -> None:
-        # In the process hosting the pool, with a worker idle: straight to it (see .handoff). Not
-        # inside a caller's batch (its commit, and so the go, would come later), nor a coroutine job.
-        pool = self._host
-        direct = not (self.table.in_batch or job.request.task.is_coroutine)
-        if not (pool is not None and not pool.stopping.is_set() and direct and handoff.submit(self, pool, job)):
+        # In the process hosting the pool, with a worker idle (a coroutine job: a free slot, see
+        # .loops): straight to it (see .handoff). Not inside a caller's batch (the commit is later).
+        pool, submit = self._host, loops.submit if job.request.task.is_coroutine else handoff.submit
+        direct = pool is not None and not pool.stopping.is_set() and not self.table.in_batch
+        if not (direct and submit(self, t.cast(PoolHost, pool), job)):
             self.table.write_all(job.writes, entry=job.entry)  # (and its listing entry: see .index)
             job.announce()
             self.enqueue(job.request)
