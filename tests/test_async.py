@@ -17,7 +17,7 @@ from flask_longtask.backends import ThreadBackend
 from flask_longtask.backends.diskcache import DiskcacheBackend
 
 from . import async_jobs as jobs
-from .helpers import wait_for
+from .helpers import alive, wait_for
 from .services import start_celery_worker, start_redis, stop, wait_until
 
 TIMEOUT = 30.0
@@ -74,6 +74,19 @@ def test_the_pool_grows_for_coroutine_jobs_only_when_every_loop_is_full(tmp_path
             assert jobs.sync_pid.submit().result(timeout=TIMEOUT) not in {view.pid for view in loops}
             gate.touch()
             assert {job.result(timeout=TIMEOUT) for job in waiting} == {view.pid for view in loops}
+    finally:
+        backend.close()
+
+
+def test_an_idle_loop_worker_retires(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=2, worker_idle=0.3)
+    try:
+        with make_app(backend).app_context():
+            pid = jobs.nap.submit(0).result(timeout=TIMEOUT)
+            assert [view.pid for view in backend.pool_workers() or []] == [pid]  # (no sync worker yet)
+            wait_for(lambda: backend.pool_workers() == [], what="the idle loop worker to retire")
+            wait_for(lambda: not alive(pid), what="its process to exit")
+            assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid  # a new one, for the next
     finally:
         backend.close()
 

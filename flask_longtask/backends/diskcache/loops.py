@@ -59,6 +59,9 @@ class Loops:
         #: Jobs handed over (claimed in the submit's transaction): lost, never requeued, if
         #: their worker dies.
         self.handed: set[str] = set()
+        #: After a loop worker died at its start (an import error...), none starts before this
+        #: (monotonic), the wait doubling from 0.1 s up to 5 s, as for the other workers.
+        self.next_spawn, self.delay = 0.0, 0.0
         #: Retired loop workers, until their process has exited (or is killed at the deadline).
         self.retiring: list[tuple[Worker, float]] = []
 
@@ -102,7 +105,8 @@ class Loops:
         while queue.coroutines():
             worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
             if worker is None:
-                if not spawn or len(self.workers) + len(self.retiring) >= self.ceiling:
+                full = len(self.workers) + len(self.retiring) >= self.ceiling
+                if not spawn or full or time.monotonic() < self.next_spawn:
                     return True
                 worker = self._spawn()
             job_id = queue.pop_coroutine()
@@ -146,6 +150,7 @@ class Loops:
                 worker.coroutines.discard(job_id)
                 self.handed.discard(job_id)
                 host.queue.forget(job_id)
+                worker.settled, self.delay = True, 0.0
                 host.kills.pop(job_id, None)
                 if not message.again:  # (a retry is no end: Later queues it again)
                     host.ends.add(job_id, None, len(data))
@@ -160,6 +165,10 @@ class Loops:
         reason = how or worker.reason or exit_reason(worker.process.exitcode)
         self.workers.remove(worker)
         worker.close()
+        if how is None and worker.reason is None and not worker.settled:  # (it never ended a job)
+            self.delay = min(max(self.delay * 2, 0.1), 5.0)
+            self.next_spawn = time.monotonic() + self.delay
+            _log.error("A pool worker of coroutine jobs of %s died: %s.", host.backend.directory, reason)
         for job_id in sorted(worker.coroutines):
             host.kills.pop(job_id, None)
             if job_id in host.later:
