@@ -153,7 +153,7 @@ class Loops:
                 worker.settled, self.delay = True, 0.0
                 host.kills.pop(job_id, None)
                 if not message.again:  # (a retry is no end: Later queues it again)
-                    host.ends.add(job_id, None, len(data))
+                    host.ends.add(job_id, message.values, len(data))
             if not worker.frames.has_message():
                 return
 
@@ -259,6 +259,14 @@ class Together:
         self._lock = threading.Lock()
         self._pending: list[_End] = []
         self._writing = False
+        #: What each job's end wrote, for its Done (a waiter in the host's process need not
+        #: read it): job id -> values, taken by :meth:`written`.
+        self._values: dict[str, dict[str, t.Any]] = {}
+
+    def written(self, job_id: str) -> dict[str, t.Any] | None:
+        """What the end of ``job_id`` wrote, if this worker wrote it (once)."""
+        with self._lock:
+            return self._values.pop(job_id, None)
 
     def end_job(self, backend: DiskcacheBackend, end: JobEnd) -> bool | None:
         mine = _End(end)
@@ -280,6 +288,9 @@ class Together:
                     self._writing = False
         if mine.error is not None:
             raise mine.error
+        if mine.chosen is not None:
+            with self._lock:
+                self._values[end.job_id] = end.values(mine.chosen)
         return mine.chosen
 
     @staticmethod
@@ -349,7 +360,7 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
             _log.exception("Job %s: its outcome could not be stored.", job_id)
             send(wire.Failing(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}"))
             os._exit(70)
-        send(wire.Done(job_id, None, None, again))
+        send(wire.Done(job_id, t.cast(Together, together).written(job_id), None, again))
 
     coroutines.on_stuck = stuck
     global together
