@@ -307,10 +307,9 @@ class DiskcacheBackend(Backend):
         return self.get_many(keys)
 
     def pool_workers(self) -> list[WorkerView] | None:
-        """What each worker process of the pool does, if this process hosts the pool (else
-        ``None``): for an operator's view, and for tests."""
-        pool = self._host
-        if pool is None:
+        """What each worker process of the pool does (workers of coroutine jobs too), if this
+        process hosts the pool (else ``None``): for an operator's view, and for tests."""
+        if (pool := self._host) is None:
             return None
         with pool.mutex:
             return [worker.view() for worker in pool.workers + pool.loops.workers]
