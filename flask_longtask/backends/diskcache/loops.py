@@ -152,6 +152,7 @@ class Loops:
                 host.queue.forget(job_id)
                 worker.settled, self.delay = True, 0.0
                 host.kills.pop(job_id, None)
+                host.requeued.discard(job_id)
                 if not message.again:  # (a retry is no end: Later queues it again)
                     host.ends.add(job_id, message.values, len(data))
             if not worker.frames.has_message():
@@ -230,7 +231,8 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
     if worker is None:
         return False
     started = time.time()
-    claim = ("set", keys.claim(job.id), {"by": owner_of(worker.pid, 0), "at": started}, CLAIM_EXPIRE)
+    claimed = {"by": owner_of(worker.pid, 0), "at": started}
+    claim = ("set", keys.claim(job.id), claimed, max(CLAIM_EXPIRE, job.record["expire"]))
     try:
         backend.table.write_all([*job.writes, claim], entry=job.entry)
     except BaseException:
