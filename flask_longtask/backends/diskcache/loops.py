@@ -238,10 +238,13 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
     except BaseException:
         host.loops.unreserve(worker, job.id)
         raise
-    job.announce()
     arguments = job.arguments
     request = arguments if len(arguments["args"]) <= INLINE_ARGS else None
-    worker.send(wire.Handover(job.id, started, job.record, request))  # (dying: its reap ends the job)
+    if not worker.send(wire.Handover(job.id, started, job.record, request)) or worker not in host.loops.workers:
+        # It died after it was reserved (its reap may have come before the commit, and found
+        # nothing to end): the job is claimed for a process that is gone.
+        backend.end_lost(job.id, "its worker process died before it could start the job")
+    job.announce()
     return True
 
 
