@@ -27,6 +27,19 @@ P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 
+class _Decorator(t.Protocol):
+    """What ``@longtask.task(...)`` returns: an ``async def`` function's jobs return what its
+    coroutine returns."""
+
+    @t.overload
+    def __call__(self, func: t.Callable[P, t.Coroutine[t.Any, t.Any, R]], /) -> Task[P, R]: ...
+
+    @t.overload
+    def __call__(self, func: t.Callable[P, R], /) -> Task[P, R]: ...
+
+    def __call__(self, func: t.Callable[..., t.Any], /) -> t.Any: ...
+
+
 class _State:
     """Per-app state, kept in ``app.extensions["longtask"]``."""
 
@@ -126,6 +139,9 @@ class LongTask:
         return self._state().backend
 
     @t.overload
+    def task(self, func: t.Callable[P, t.Coroutine[t.Any, t.Any, R]], /) -> Task[P, R]: ...
+
+    @t.overload
     def task(self, func: t.Callable[P, R], /) -> Task[P, R]: ...
 
     @t.overload
@@ -141,7 +157,7 @@ class LongTask:
         retries: int = 0,
         retry_backoff: float = 1.0,
         retry_on: type[BaseException] | t.Iterable[type[BaseException]] = (Exception,),
-    ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
+    ) -> _Decorator: ...
 
     def task(
         self,

@@ -102,6 +102,12 @@ def _pool(config: Config) -> None:
     elastic.settings(workers, most, idle, names=names)
 
 
+def _async_concurrency(config: Config) -> None:
+    from .coroutines import concurrency_value
+
+    concurrency_value(config["LONGTASK_ASYNC_CONCURRENCY"])
+
+
 def _time_limit(config: Config) -> None:
     time_limit_value(config["LONGTASK_TIME_LIMIT"], "LONGTASK_TIME_LIMIT")
 
@@ -128,6 +134,7 @@ RULES: t.Final[tuple[tuple[tuple[str, ...], t.Callable[[Config], None]], ...]] =
     (("LONGTASK_WORKERS", "LONGTASK_MAX_WORKERS", "LONGTASK_WORKER_IDLE"), _pool),
     (("LONGTASK_RESULT_EXPIRE",), _seconds("LONGTASK_RESULT_EXPIRE", above=True)),
     (("LONGTASK_CANCEL_GRACE",), _seconds("LONGTASK_CANCEL_GRACE")),
+    (("LONGTASK_ASYNC_CONCURRENCY",), _async_concurrency),
     (("LONGTASK_TIME_LIMIT",), _time_limit),
     (("LONGTASK_PROGRESS_INTERVAL",), _seconds("LONGTASK_PROGRESS_INTERVAL")),
     (("LONGTASK_HEARTBEAT_TIMEOUT",), _seconds("LONGTASK_HEARTBEAT_TIMEOUT", above=True)),

@@ -194,6 +194,8 @@ class JobStore:
         dashboard shows them (kept in the record, which outlives ``args``).
         """
         record = self._queued_record(request.job_id, arguments, memo_key, owner, time_limit, retries)
+        if request.task.is_coroutine:  # (a pool host routes it without importing the task)
+            record["coroutine"] = True
         if shown is not None:
             record["shown"] = shown
         writes = self._create_writes(request.job_id, arguments, record)

@@ -10,6 +10,7 @@ import sys
 import typing as t
 
 from .attempts import MAX_RETRIES, time_limit_value
+from .coroutines import is_coroutine_task
 from .worker import run_inline
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +60,9 @@ class Task(t.Generic[P, R]):
         #: Whether the HTTP API may submit this task (see :meth:`LongTask.blueprint`).
         self.http = http
         self.signature = inspect.signature(func)
+        #: Whether it is a coroutine function (``async def``): its jobs run on an event loop
+        #: (see ``docs/async.md``). Decided here, and kept in each job's record.
+        self.is_coroutine = is_coroutine_task(func)
         #: Parameters passed to the job but left out of the memo key.
         self.cache_ignore = frozenset(cache_ignore)
         unknown = self.cache_ignore - set(self.signature.parameters)
@@ -85,7 +89,9 @@ class Task(t.Generic[P, R]):
         return f"<Task {self.name}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here, now, as a plain call (``current_job`` is a stand-in)."""
+        """Run the function here, now, as a plain call (``current_job`` is a stand-in). An
+        ``async def`` task runs to its end on a new event loop and returns its value; called
+        inside a running loop it raises ``RuntimeError`` (await ``task.func(...)`` there)."""
         return t.cast(R, run_inline(self.func, args, kwargs))
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:

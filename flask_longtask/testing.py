@@ -41,28 +41,17 @@ from . import (
     JobNotFoundError,
     JobStatus,
     JobTimeoutError,
-    LongTask,
     current_job,
     signals,
 )
+from ._conformance import _MARK, TIMEOUT, _lines, _make_app, _until
+from ._conformance import longtask as longtask  # (its tasks are registered on it: users import it here)
 from .backends.base import MISSING, Backend, JobRequest
 from .extension import new_job_id
 from .store import keys
+from .testing_async import CoroutineConformance
 from .testing_listing import ListingConformance
 from .worker import owner_pid
-
-TIMEOUT = 30.0
-_MARK = "_LONGTASK_CONFORMANCE"  # (not a LONGTASK_* key: those are settings)
-
-
-def _make_app() -> Flask:
-    app = Flask(__name__)
-    app.config.update({_MARK: "conformance-app", "LONGTASK_BACKEND": "thread"})
-    return app
-
-
-#: The extension the suite's tasks are registered on; each test registers a fresh app on it.
-longtask = LongTask(app_factory=_make_app)
 
 
 def _wait_path(path: str, limit: float, cooperative: bool) -> bool:
@@ -159,22 +148,7 @@ def app_config() -> t.Any:
     return current_app.config[_MARK]
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def _until(condition: t.Callable[[], t.Any], what: str, timeout: float = TIMEOUT) -> t.Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
-class BackendConformance(ListingConformance):
+class BackendConformance(ListingConformance, CoroutineConformance):
     """Every behaviour the core relies on from a backend. Subclass and provide ``backend``."""
 
     #: How many jobs the backend runs at once (default: its ``workers`` attribute).

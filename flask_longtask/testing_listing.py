@@ -47,7 +47,8 @@ class ListingConformance:
         return t.cast(t.Any, self)._concurrency(backend)  # type: ignore[no-any-return]
 
     def test_listing_pages_newest_first(self, app: Flask) -> None:
-        from .testing import echo, longtask
+        from ._conformance import longtask
+        from .testing import echo
 
         jobs = [echo.submit(i) for i in range(7)]
         for job in jobs:
@@ -71,7 +72,8 @@ class ListingConformance:
             longtask.jobs(limit=0)
 
     def test_listing_filters_by_status_task_and_owner(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
-        from .testing import _until, block, echo, fail, longtask
+        from ._conformance import _until, longtask
+        from .testing import block, echo, fail
 
         gate = tmp_path / "gate"
         done = [echo.submit(1), echo.submit(2)]
@@ -114,7 +116,8 @@ class ListingConformance:
         assert ids(status="running") == [] and longtask.counts()["succeeded"] == 3 + len(running)
 
     def test_listing_after_purge_and_retries(self, app: Flask, tmp_path: Path) -> None:
-        from .testing import echo, flaky, longtask
+        from ._conformance import longtask
+        from .testing import echo, flaky
 
         retried = flaky.submit(str(tmp_path / "log"))
         assert retried.result(timeout=TIMEOUT) == 2
@@ -130,7 +133,8 @@ class ListingConformance:
         assert longtask.jobs() == [] and longtask.counts()["succeeded"] == 0
 
     def test_listing_forgets_jobs_whose_records_expired(self, app: Flask) -> None:
-        from .testing import _until, echo, longtask
+        from ._conformance import _until, longtask
+        from .testing import echo
 
         app.extensions["longtask"].store.result_expire = 0.5  # (kept by the job's record)
         job = echo.submit("brief")
@@ -140,7 +144,8 @@ class ListingConformance:
         assert longtask.counts()["succeeded"] == 0
 
     def test_tallies_count_every_end(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
-        from .testing import _until, block, echo, fail, flaky
+        from ._conformance import _until
+        from .testing import block, echo, fail, flaky
 
         if type(backend).job_tallies is Backend.job_tallies:
             assert backend.job_tallies() is None  # (keeping none is allowed: no metrics' counters)

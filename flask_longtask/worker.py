@@ -20,9 +20,10 @@ import time
 import typing as t
 from dataclasses import dataclass
 
-from . import signals
+from . import coroutines, signals
 from .attempts import attempt_of, retries_of, retry_delay, time_limit_error
 from .backends.base import MISSING, Backend, JobRequest
+from .claims import owner_pid as owner_pid  # (where it was first: importers read it here)
 from .ending import Patience, outcome
 from .exceptions import TimeLimitExceeded
 from .job import JobStatus
@@ -76,6 +77,10 @@ class JobContext:
         self._first_tick = now + (store.progress_interval if store is not None else 0.0)
         self._next_beat = self._first_tick
         self._quiet_until = 0.0  # (the ticker logs its failing updates once in a while)
+        #: A coroutine job's (see .coroutines): called once its cancel is seen; whether its
+        #: coroutine blocks its loop (no heartbeat then: it, not its neighbours, is found lost).
+        self._on_cancel: t.Callable[[], None] | None = None
+        self._blocked: t.Callable[[], bool] | None = None
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -163,7 +168,11 @@ class JobContext:
                         self._cancelled = True
         if not self._cancelled:
             self._cancelled = store.is_cancel_requested(job_id)
-        if now >= self._next_beat:
+        on_cancel = self._on_cancel
+        if self._cancelled and on_cancel is not None:
+            self._on_cancel = None
+            on_cancel()
+        if now >= self._next_beat and not (self._blocked is not None and self._blocked()):
             self._next_beat = now + store.heartbeat_timeout / 4
             store.beat(job_id)
 
@@ -305,6 +314,8 @@ def run_inline(func: t.Callable[..., t.Any], args: t.Any, kwargs: t.Any) -> t.An
     """Call a task's function directly, with a stand-in :data:`current_job`."""
     token = _current.set(JobContext(None))
     try:
+        if coroutines.is_coroutine_task(func):
+            return coroutines.run_inline(func, args, kwargs)
         return func(*args, **kwargs)
     finally:
         _current.reset(token)
@@ -324,23 +335,6 @@ def _owner() -> str:
 def claim_value() -> dict[str, t.Any]:
     """What a worker's claim of a job stores: who claims it, and since when it runs."""
     return {"by": _owner(), "at": time.time()}
-
-
-def owner_pid(claim: t.Any) -> int | None:
-    """The process id of the worker that holds a stored claim (see :func:`owner_of`).
-
-    ``None`` for a cancel's claim, or for anything that is not a well-formed claim: stored data
-    is not trusted.
-
-    >>> owner_pid({"by": "web-1:4242:140089", "at": 0.0}), owner_pid({"by": "cancel", "at": 0.0})
-    (4242, None)
-    """
-    by = claim.get("by") if isinstance(claim, dict) else None
-    parts = by.rsplit(":", 2) if isinstance(by, str) else []
-    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
-        return None
-    pid = int(parts[1])
-    return pid if pid > 0 else None
 
 
 @dataclass
@@ -528,7 +522,10 @@ def _run(
     failure: BaseException | None = None
     value: t.Any = None
     try:
-        value = task.func(*args, **kwargs)
+        if task.is_coroutine:  # on this process's event loop, this thread waiting (see .coroutines)
+            value = coroutines.run_job(ctx, task.func, args, kwargs, store.cancel_grace)
+        else:
+            coroutines.refuse_coroutine(value := task.func(*args, **kwargs), task.func)
     except BaseException as exc:  # SystemExit, KeyboardInterrupt too: record them, then re-raise
         failure = exc
     finally:

@@ -108,13 +108,15 @@ def start_celery_worker(
     prefetch: int = 1,
     env: t.Mapping[str, str] | None = None,
     name: str = "w",
+    pool: str = "prefork",
 ) -> subprocess.Popen[bytes]:
     """A Celery worker (prefork) for ``app_path``; ``prefetch``: its ``--prefetch-multiplier``;
     ``env``: more environment variables (tests/celery_app.py reads its app's settings from
-    ``LONGTASK_TEST_CONFIG_*``); ``name``: its node name's start (this process's id follows)."""
+    ``LONGTASK_TEST_CONFIG_*``); ``name``: its node name's start (this process's id follows);
+    ``pool``: its ``--pool``."""
     env = {**os.environ, "LONGTASK_TEST_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), **(env or {})}
     cmd = [
-        sys.executable, "-m", "celery", "-A", app_path, "worker", "--pool=prefork",
+        sys.executable, "-m", "celery", "-A", app_path, "worker", f"--pool={pool}",
         f"--concurrency={concurrency}", "--without-heartbeat", "--without-gossip", "--without-mingle",
         f"--prefetch-multiplier={prefetch}", "--loglevel=INFO", "-n", f"{name}{os.getpid()}@%h",
     ]  # fmt: skip

@@ -60,7 +60,15 @@ def test_a_worker_message_that_cannot_be_read_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "message", [wire.Queued(ID), wire.Later(ID, 1700000000.5), wire.Kill(ID, 1700000000.25), wire.Ended(ID)]
+    "message",
+    [
+        wire.Queued(ID),
+        wire.Queued(ID, coroutine=True),  # (a coroutine job: for a worker of coroutine jobs)
+        wire.Later(ID, 1700000000.5),
+        wire.Later(ID, 1700000000.5, coroutine=True),
+        wire.Kill(ID, 1700000000.25),
+        wire.Ended(ID),
+    ],
 )
 def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
     line = message.encode()
@@ -76,6 +84,9 @@ def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
         b"q not-hex!",
         b"q " + b"a" * 65,
         b"q " + ID.encode() + b" extra",
+        b"q " + ID.encode() + b" a a",
+        b"k " + ID.encode() + b" 1700000000.5 a",  # (only queued jobs and retries say what they are)
+        b"e " + ID.encode() + b" a",
         b"k " + ID.encode(),
         b"k " + ID.encode() + b" soon",
         b"k " + ID.encode() + b" nan",
@@ -138,6 +149,22 @@ def test_the_queue_puts_jobs_back_in_their_place() -> None:
     assert "b" in queue  # taken, not done: still known
     queue.forget("b")
     assert "b" not in queue and queue.push("b")
+
+
+def test_coroutine_jobs_wait_in_a_line_of_their_own() -> None:
+    queue, later = jobqueue.JobQueue(), jobqueue.Delayed()
+    queue.push("s1")
+    queue.push("c1", coroutine=True)
+    queue.push("c2", coroutine=True)
+    assert (len(queue), queue.coroutines()) == (1, 2)  # len(): the other jobs' (the elastic pool's)
+    assert queue.pop_coroutine() == "c1" and queue.pop() == "s1"
+    queue.requeue("c1")  # given back: to its place in its own line
+    assert [queue.pop_coroutine(), queue.pop_coroutine()] == ["c1", "c2"]
+    assert queue.is_coroutine("c2") and not queue.is_coroutine("s1")
+    queue.forget("c2")
+    assert not queue.is_coroutine("c2")
+    later.add("c2", 1.0, coroutine=True)
+    assert later.take_due(2.0, queue) == ["c2"] and "c2" in later.coroutines
 
 
 def test_a_waiter_is_woken_by_the_end_and_handed_what_it_wrote() -> None:

@@ -28,6 +28,8 @@ BAD: list[tuple[str, object, type[Exception]]] = [
     ("LONGTASK_WORKERS", 2.5, TypeError),
     ("LONGTASK_MAX_WORKERS", 0, ValueError),
     ("LONGTASK_WORKER_IDLE", "60", TypeError),
+    ("LONGTASK_ASYNC_CONCURRENCY", 0, ValueError),
+    ("LONGTASK_ASYNC_CONCURRENCY", "many", ValueError),
     ("LONGTASK_RESULT_EXPIRE", "1h", TypeError),
     ("LONGTASK_RESULT_EXPIRE", 0, ValueError),
     ("LONGTASK_CANCEL_GRACE", -0.5, ValueError),

@@ -52,7 +52,7 @@ NAMED = {
     "readme-quickstart": "tests/test_demo.py::test_readme_quick_start_runs",
 }
 #: The pages with blocks that are only compiled, and how many each has.
-COMPILE_ONLY = {"docs/backends.md": 1, "docs/migrating-from-dash.md": 7}
+COMPILE_ONLY = {"docs/async.md": 1, "docs/backends.md": 1, "docs/migrating-from-dash.md": 7}
 
 _BLOCK = re.compile(
     r"^(?:<!-- *(?P<kind>test|compile-only|excerpt)(?:: *(?P<note>[^>]*?))? *-->\n)?```python\n(?P<code>.*?)^```",

@@ -25,3 +25,19 @@ inline: list[int] = crunch(1)
 crunch.submit("three")  # error: wrong argument type
 crunch.submit(3, colour="red")  # error: unknown keyword
 text: str = memo.submit(1).result()  # error: the result is a float
+
+
+@longtask.task
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
+@longtask.task(retries=1)
+async def fetch_size(url: str) -> int:
+    return len(url)
+
+
+body: bytes = fetch.submit("u").result()  # a coroutine task's jobs return what it returns
+size: int = fetch_size.submit("u").result()
+inline_body: bytes = fetch("u")
+wrong: str = fetch.submit("u").result()  # error: the result is bytes

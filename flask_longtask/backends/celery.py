@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import pickle
 import threading
 import time
@@ -19,6 +20,7 @@ try:
 except ImportError as err:  # pragma: no cover
     raise ImportError('CeleryBackend needs Celery and redis: pip install "Flask-LongTask[celery]"') from err
 
+from .. import coroutines
 from ..config import DEFAULT_CONFIG
 from ..ending import outcome_not_stored
 from ..exceptions import LongTaskError, OutcomeNotStoredError, TamperedValueError
@@ -549,6 +551,18 @@ def _on_worker_ready(sender: t.Any = None, **kw: t.Any) -> None:
     backend.start_watchdog(hostname if isinstance(hostname, str) else "celery", stops=stops)
 
 
+def _on_process_init(**kw: t.Any) -> None:
+    # In each prefork pool process (the only pool that sends this): a coroutine job that has not
+    # ended by its grace's end ends its process, as a sync job's forced stop does (one job per
+    # process: no neighbour dies); the main process records the job's end (see .coroutines).
+    coroutines.on_stuck = _exit_stuck
+
+
+def _exit_stuck(reason: str, blocked: bool) -> None:
+    _log.error("Flask-LongTask: %s; this pool process exits.", reason)
+    os._exit(1)
+
+
 def _on_worker_shutdown(sender: t.Any = None, **kw: t.Any) -> None:
     backend = _backend_of(sender)
     if backend is not None:
@@ -559,6 +573,7 @@ def _on_worker_shutdown(sender: t.Any = None, **kw: t.Any) -> None:
 celery_signals.task_revoked.connect(_on_revoked, weak=False)
 celery_signals.task_failure.connect(_on_failure, weak=False)
 celery_signals.worker_ready.connect(_on_worker_ready, weak=False)
+celery_signals.worker_process_init.connect(_on_process_init, weak=False)
 celery_signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
 
 __all__ = ["RUN_TASK", "CeleryBackend"]

@@ -10,6 +10,7 @@ import time
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
 
+from ..coroutines import concurrency_value
 from ._memory_index import MemoryIndex
 from .base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally
 
@@ -28,10 +29,15 @@ class ThreadBackend(Backend):
     would, so a test on this backend catches arguments the real one could not carry.
 
     :param workers: how many jobs run at once (default ``LONGTASK_WORKERS``, else the CPU count).
+    :param async_concurrency: how many coroutine jobs (``async def`` tasks) run at once
+        (``LONGTASK_ASYNC_CONCURRENCY``, 100), beside those: all on one event loop, in a thread of
+        its own, each waited for by a thread of a second pool of that size (see ``docs/async.md``).
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, async_concurrency: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.async_concurrency = concurrency_value(async_concurrency)
+        self._copool: ThreadPoolExecutor | None = None
         self._data: dict[str, tuple[t.Any, float | None]] = {}
         #: Guards the records; a batch holds it, so no other thread sees a batch half done
         #: (isolation without rollback: what a failing batch wrote before it failed stays).
@@ -47,7 +53,9 @@ class ThreadBackend(Backend):
 
     @classmethod
     def from_app(cls, app: Flask) -> ThreadBackend:
-        return cls(workers=app.config.get("LONGTASK_WORKERS"))
+        return cls(
+            workers=app.config.get("LONGTASK_WORKERS"), async_concurrency=app.config.get("LONGTASK_ASYNC_CONCURRENCY")
+        )
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -146,9 +154,14 @@ class ThreadBackend(Backend):
 
     def enqueue(self, request: JobRequest) -> None:
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="longtask")
-            pool = self._pool
+            if request.task.is_coroutine:  # (a thread each, waiting for its coroutine: .coroutines)
+                if self._copool is None:
+                    self._copool = ThreadPoolExecutor(self.async_concurrency, thread_name_prefix="longtask-async")
+                pool = self._copool
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="longtask")
+                pool = self._pool
             self._queued += 1
         pool.submit(self._execute, request)
 
@@ -167,6 +180,7 @@ class ThreadBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=False)
+            pools, self._pool, self._copool = (self._pool, self._copool), None, None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=False)

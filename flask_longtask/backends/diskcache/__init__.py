@@ -25,12 +25,13 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from ...config import DEFAULT_CONFIG
+from ...coroutines import concurrency_value
 from ...exceptions import LongTaskError
 from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
 from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
-from . import child, elastic, fifo, handoff, host, index, private, signed, waiting, wire
+from . import child, elastic, fifo, handoff, host, index, loops, private, signed, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -86,6 +87,7 @@ class DiskcacheBackend(Backend):
     :param embedded: whether this process may host the pool. ``False`` for web processes when
         ``flask longtask worker`` runs the pool (``LONGTASK_EMBEDDED_WORKER = False``).
     :param cleanup_interval: seconds between sweeps of expired records by the pool host.
+    :param async_concurrency: coroutine jobs one worker of them runs at once (default 100).
     :param start_method: how worker processes start: ``"forkserver"`` (default: forked from a
         clean single-threaded server process, fast) or ``"spawn"`` (a new interpreter each).
         Never ``"fork"``: a fork of a threaded web process can inherit a held lock.
@@ -104,10 +106,13 @@ class DiskcacheBackend(Backend):
         cleanup_interval: float = 60.0,
         start_method: str = "forkserver",
         secret_key: str | bytes | None = None,
+        async_concurrency: int | None = None,
     ) -> None:
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}.")
         self.workers, self.max_workers, self.worker_idle = elastic.settings(workers, max_workers, worker_idle)
+        #: Coroutine jobs one worker of coroutine jobs runs at once (see .loops).
+        self.async_concurrency = concurrency_value(async_concurrency)
         #: The process that made a private temporary directory for want of one (it removes it).
         self._made_by = os.getpid() if directory is None else None
         if directory is None:
@@ -148,7 +153,8 @@ class DiskcacheBackend(Backend):
         workers, most, idle = (_setting(app, name) for name in names)
         workers, most, idle = elastic.settings(workers, most, idle, names=names)
         embedded = bool(_setting(app, "LONGTASK_EMBEDDED_WORKER"))
-        return cls(directory, workers, max_workers=most, worker_idle=idle, embedded=embedded)
+        aio = concurrency_value(_setting(app, "LONGTASK_ASYNC_CONCURRENCY"))
+        return cls(directory, workers, max_workers=most, worker_idle=idle, embedded=embedded, async_concurrency=aio)
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)
@@ -264,11 +270,11 @@ class DiskcacheBackend(Backend):
 
     @_storage
     def end_job(self, end: JobEnd) -> bool | None:
-        """Write a job's end. In a pool worker ending its own job, the worker writes it, and
-        claims the job sent ahead to it in the same transaction (:meth:`.child.Child.end_job`).
-        Elsewhere (a cancel while queued, a lost job), the waiters of the pool's host are told."""
-        me = child.current()
-        if me is not None and end.job_id == me.running:
+        """Write a job's end. A pool worker writes its own, and claims the job sent ahead to it in
+        the same transaction (:meth:`.child.Child.end_job`); a worker of coroutine jobs, those
+        that end together in one (.loops). Elsewhere (a lost job...), the host's waiters are told."""
+        me = loops.together or child.current()
+        if me is not None and (me is loops.together or end.job_id == t.cast(child.Child, me).running):
             return me.end_job(self, end)
         chosen = self.table.add_then_write(
             end.key, end.at, end.expire, end.writes, unless=end.unless, otherwise=end.otherwise, ended=end.ended
@@ -281,7 +287,7 @@ class DiskcacheBackend(Backend):
         pool = self._host
         if pool is not None:
             pool.announce_end(job_id)
-        elif not self._closed.is_set():
+        elif not (self._closed.is_set() or loops.together):  # (a loop worker's Done says it)
             try:
                 self._send(wire.Ended(job_id), warn=False)
             except Exception:  # only a wake-up: waiters look at storage again soon anyway
@@ -301,13 +307,12 @@ class DiskcacheBackend(Backend):
         return self.get_many(keys)
 
     def pool_workers(self) -> list[WorkerView] | None:
-        """What each worker process of the pool does, if this process hosts the pool (else
-        ``None``): for an operator's view, and for tests."""
-        pool = self._host
-        if pool is None:
+        """What each worker process of the pool does (workers of coroutine jobs too), if this
+        process hosts the pool (else ``None``): for an operator's view, and for tests."""
+        if (pool := self._host) is None:
             return None
         with pool.mutex:
-            return [worker.view() for worker in pool.workers]
+            return [worker.view() for worker in pool.workers + pool.loops.workers]
 
     def worker_count(self) -> int | None:  # (known in the process hosting the pool)
         workers = self.pool_workers()
@@ -354,10 +359,11 @@ class DiskcacheBackend(Backend):
 
     @_storage
     def store_and_enqueue(self, job: NewJob) -> None:
-        # In the process hosting the pool, with a worker idle: straight to it (see .handoff).
-        # Not inside a caller's batch: its commit, and so the go, would come later.
-        pool = self._host
-        if pool is None or pool.stopping.is_set() or self.table.in_batch or not handoff.submit(self, pool, job):
+        # In the process hosting the pool, with a worker idle (a coroutine job: a free slot, see
+        # .loops): straight to it (see .handoff). Not inside a caller's batch (the commit is later).
+        pool, submit = self._host, loops.submit if job.request.task.is_coroutine else handoff.submit
+        direct = pool is not None and not pool.stopping.is_set() and not self.table.in_batch
+        if not (direct and submit(self, t.cast(PoolHost, pool), job)):
             self.table.write_all(job.writes, entry=job.entry)  # (and its listing entry: see .index)
             job.announce()
             self.enqueue(job.request)
@@ -365,14 +371,14 @@ class DiskcacheBackend(Backend):
     def enqueue(self, request: JobRequest) -> None:
         pool = self._host
         if pool is not None and not pool.stopping.is_set():  # the pool runs here: no need for the FIFO
-            pool.push_local(request.job_id)
+            pool.push_local(request.job_id, coroutine=request.task.is_coroutine)  # (.loops runs those)
         else:
-            self._send(wire.Queued(request.job_id))
+            self._send(wire.Queued(request.job_id, request.task.is_coroutine))
 
     def enqueue_after(self, request: JobRequest, delay: float) -> None:
         """The pool host keeps the delay (a retry's backoff); if it dies meanwhile, the next host
         finds the job in storage and waits out what is left of it (``retry_at``)."""
-        self._send(wire.Later(request.job_id, time.time() + delay))
+        self._send(wire.Later(request.job_id, time.time() + delay, request.task.is_coroutine))
 
     def queue_length(self) -> int | None:
         """How many jobs the pool host has waiting; ``None`` while no process hosts the pool.

@@ -36,7 +36,7 @@ import multiprocess  # the package checks it is installed, with a clear message,
 # dispatcher thread, then reap the workers -- runs first instead of racing with it.
 import multiprocess.util
 
-from . import elastic, fifo, recovery, waiting, wire
+from . import elastic, fifo, loops, recovery, waiting, wire
 from .jobqueue import Delayed, JobQueue
 from .workers import Worker, close, spawn
 
@@ -83,6 +83,8 @@ class PoolHost:
         #: How many workers are kept warm; the pool grows past them up to a ceiling (.elastic).
         self.size = size
         self.elastic = elastic.Elastic(size, elastic.ceiling(size, backend.max_workers), backend.worker_idle)
+        #: The workers of coroutine jobs, apart from the others (see .loops).
+        self.loops = loops.Loops(self, backend.async_concurrency, elastic.ceiling(size, backend.max_workers))
         self._lock_fd = lock_fd
         self._ctx = multiprocess.get_context(backend.start_method)
         if backend.start_method == "forkserver":
@@ -106,7 +108,7 @@ class PoolHost:
         #: Retries waiting out their backoff, queued when due.
         self.later = Delayed()
         #: Jobs pushed locally while the dispatcher held the mutex (push_local never waits).
-        self.inbox: collections.deque[str] = collections.deque()
+        self.inbox: collections.deque[tuple[str, bool]] = collections.deque()  # (id, coroutine)
         self.stopping = threading.Event()
         #: The ends of jobs, for the waiters of this process.
         self.ends = waiting.Ends()
@@ -222,6 +224,7 @@ class PoolHost:
                         self.drain(worker)
                     recovery.left_behind(self, worker)
                     worker.close()
+                self.loops.shutdown(deadline)
                 self.elastic.shutdown()
             self.ends.announce()
         finally:
@@ -246,7 +249,7 @@ class PoolHost:
 
     # -- what other threads call ----------------------------------------------------------------
 
-    def push_local(self, job_id: str) -> None:
+    def push_local(self, job_id: str, *, coroutine: bool = False) -> None:
         """Queue a job submitted in this process and hand it to an idle worker from here.
 
         Saves the hop through the FIFO and a wake-up of the dispatcher thread, which would
@@ -255,13 +258,15 @@ class PoolHost:
         if not self.mutex.acquire(blocking=False):
             # The dispatcher is busy (a sweep, a recovery, a lost job's signals): leave the job
             # to it rather than make the request wait.
-            self.inbox.append(job_id)
+            self.inbox.append((job_id, coroutine))
             self.wake()
             return
         try:
-            while self.inbox:  # (jobs left to the dispatcher were submitted first: they go first)
-                self.queue.push(self.inbox.popleft())
-            self.queue.push(job_id)
+            self._drain_inbox()  # (jobs left to the dispatcher were submitted first: they go first)
+            self.queue.push(job_id, coroutine=coroutine)
+            if coroutine:  # to a worker of coroutine jobs with a free slot; starting one is the dispatcher's
+                wake = self.loops.dispatch(spawn=False)
+                return
             self.dispatch_idle()
             # No idle worker: the next one to be done takes it (whoever reads its "done" gives
             # it the next job), so the dispatcher need not wake; unless none runs a job, the
@@ -274,8 +279,13 @@ class PoolHost:
             )
         finally:
             self.mutex.release()
-        if wake:
-            self.wake()
+            if wake:
+                self.wake()
+
+    def _drain_inbox(self) -> None:
+        while self.inbox:
+            job_id, coroutine = self.inbox.popleft()
+            self.queue.push(job_id, coroutine=coroutine)
 
     def announce_end(self, job_id: str) -> None:
         """Wake the threads of this process that wait for ``job_id``: it was ended here, or in
@@ -290,7 +300,7 @@ class PoolHost:
 
     def queued(self) -> int:
         """How many jobs wait: in the queue, or sent ahead to a busy worker."""
-        return len(self.queue) + sum(len(worker.ahead) for worker in self.workers)
+        return len(self.queue) + self.queue.coroutines() + sum(len(worker.ahead) for worker in self.workers)
 
     def wake(self, *, wait: bool = True) -> None:
         # ``wait=False`` in stop(), which may run in a signal handler: if the lock is held,
@@ -362,7 +372,8 @@ class PoolHost:
             if self.later and self.later.next_due(self.queue) <= time.time():
                 with self.mutex:
                     for job_id in self.later.take_due(time.time(), self.queue):
-                        self.queue.push(job_id)
+                        self.queue.push(job_id, coroutine=job_id in self.later.coroutines)
+                        self.later.coroutines.discard(job_id)
                     self._dispatch()
                     self.publish()
             if now >= self._next_rescan:  # (it takes the mutex only for what it changes)
@@ -384,8 +395,8 @@ class PoolHost:
                 self._handle_lines(self._fifo.read())
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
-            while self.inbox:
-                self.queue.push(self.inbox.popleft())
+            self._drain_inbox()
+            self.loops.read(ready)
             for worker in list(self.workers):
                 if worker.frames.fd in ready and not worker.watched:  # (else its watcher reads it)
                     self.read_messages(worker)
@@ -393,6 +404,7 @@ class PoolHost:
                     recovery.reap(self, worker, None)
             now = time.monotonic()
             if ticked:
+                self.loops.tick(now)
                 self._handle_lines(self.backend.maintain())
                 if self.unrecorded:
                     recovery.record_lost(self)
@@ -407,9 +419,9 @@ class PoolHost:
     def _handle_lines(self, messages: list[wire.Line]) -> None:
         for message in messages:
             if isinstance(message, wire.Queued):
-                self.queue.push(message.job_id)
+                self.queue.push(message.job_id, coroutine=message.coroutine)
             elif isinstance(message, wire.Later):
-                self.later.add(message.job_id, message.due)
+                self.later.add(message.job_id, message.due, coroutine=message.coroutine)
             elif isinstance(message, wire.Kill):
                 self.kills[message.job_id] = message.deadline
             else:
@@ -422,18 +434,19 @@ class PoolHost:
     def _poll(self, timeout: float) -> set[int]:
         """The descriptors that are ready: the FIFO, the wake pipe, workers' sentinels and their
         pipes (but one a waiting thread reads itself: see :meth:`watch`)."""
-        if self.workers != self._polled:  # a worker came or went: one poll set until the next change
+        polled = self.workers + self.loops.workers
+        if polled != self._polled:  # a worker came or went: one poll set until the next change
             with self._poll_lock:
                 old, self._poller = self._poller, select.epoll() if EPOLL else select.poll()
                 close(old)
                 self._poller.register(self._fifo.fd, select.POLLIN)
                 self._poller.register(self._wake_r, select.POLLIN)
-                for worker in self.workers:
+                for worker in polled:
                     self._poller.register(worker.frames.fd, 0 if worker.watched else select.POLLIN)
                     self._poller.register(worker.sentinel, select.POLLIN)
                 # (The workers themselves, not their descriptors' numbers: a new worker's may
                 # reuse a dead one's, and an epoll forgets a descriptor when it is closed.)
-                self._polled = list(self.workers)
+                self._polled = polled
         return {fd for fd, _ in self._poller.poll(timeout if EPOLL else timeout * 1000)}
 
     # -- workers' messages ----------------------------------------------------------------------
@@ -520,6 +533,7 @@ class PoolHost:
             while len(self.workers) < self.size and time.monotonic() >= self.next_spawn:
                 self.add_worker()
         self.dispatch_idle()
+        self.loops.dispatch()
 
     def add_worker(self) -> None:
         """Start one more worker (the pool's minimum, a replacement, or growth: .elastic)."""

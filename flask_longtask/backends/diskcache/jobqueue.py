@@ -13,10 +13,17 @@ class JobQueue:
     put back (given back by a worker, or requeued after its worker died before starting it)
     goes back to its place, before the jobs queued after it. Not thread-safe: the host's mutex
     guards it.
+
+
+    Coroutine jobs (of ``async def`` tasks) wait in a queue of their own, for the workers of
+    coroutine jobs (:mod:`.loops`): ``len()`` and ``pop()`` are the other jobs'.
     """
 
     def __init__(self) -> None:
         self._waiting: collections.deque[str] = collections.deque()
+        #: Coroutine jobs waiting, and every coroutine job known here.
+        self._coroutines: collections.deque[str] = collections.deque()
+        self._async: set[str] = set()
         #: Every job queued or running here, with its order number (0: never queued).
         self._known: dict[str, int] = {}
         self._count = 0
@@ -33,16 +40,32 @@ class JobQueue:
 
     def waiting(self, job_id: str) -> bool:
         """Whether the job waits in the queue (not given to a worker)."""
-        return job_id in self._waiting
+        return job_id in self._waiting or job_id in self._coroutines
 
-    def push(self, job_id: str) -> bool:
+    def push(self, job_id: str, *, coroutine: bool = False) -> bool:
         """Queue a job at the end, unless it is known already; whether it was queued."""
         if job_id in self._known:
             return False
         self._count += 1
         self._known[job_id] = self._count
-        self._waiting.append(job_id)
+        if coroutine:
+            self._async.add(job_id)
+            self._coroutines.append(job_id)
+        else:
+            self._waiting.append(job_id)
         return True
+
+    def coroutines(self) -> int:
+        """How many coroutine jobs wait."""
+        return len(self._coroutines)
+
+    def is_coroutine(self, job_id: str) -> bool:
+        """Whether a job known here is a coroutine job."""
+        return job_id in self._async
+
+    def pop_coroutine(self) -> str:
+        """Take the first coroutine job waiting (it stays known until :meth:`forget`)."""
+        return self._coroutines.popleft()
 
     def know(self, job_id: str) -> None:
         """Know of a job that never waits (handed straight to a worker)."""
@@ -53,20 +76,21 @@ class JobQueue:
         return self._waiting.popleft()
 
     def unpop(self, job_id: str) -> None:
-        """Put back first a job just taken with :meth:`pop`."""
-        self._waiting.appendleft(job_id)
+        """Put back first a job just taken with :meth:`pop` or :meth:`pop_coroutine`."""
+        (self._coroutines if job_id in self._async else self._waiting).appendleft(job_id)
 
     def requeue(self, job_id: str) -> None:
         """Put back a job that was taken and never started, in its place (a job never queued
         here goes before every job queued here)."""
         place = self._known.setdefault(job_id, 0)
-        waiting = self._waiting
+        waiting = self._coroutines if job_id in self._async else self._waiting
         at = next((i for i, queued in enumerate(waiting) if self._known.get(queued, 0) > place), len(waiting))
         waiting.insert(at, job_id)
 
     def forget(self, job_id: str) -> None:
         """The job is over here (ended, or lost)."""
         self._known.pop(job_id, None)
+        self._async.discard(job_id)
 
 
 class Delayed:
@@ -75,6 +99,8 @@ class Delayed:
 
     def __init__(self) -> None:
         self._due: dict[str, float] = {}
+        #: Those of coroutine jobs (queued as such when due).
+        self.coroutines: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._due)
@@ -82,8 +108,10 @@ class Delayed:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._due
 
-    def add(self, job_id: str, due: float) -> None:
+    def add(self, job_id: str, due: float, *, coroutine: bool = False) -> None:
         self._due[job_id] = due
+        if coroutine:
+            self.coroutines.add(job_id)
 
     def next_due(self, queue: JobQueue) -> float:
         """When the first is due (epoch) of those the queue does not know, ``inf`` when none

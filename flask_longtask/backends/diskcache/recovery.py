@@ -66,7 +66,7 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
             and worker.reason is None
             and not worker.preclaimed
             and job_id not in host.requeued
-            and _never_claimed(host, job_id)
+            and never_claimed(host, job_id)
         ):
             # It died before it took the job (killed from outside): the job never started.
             host.requeued.add(job_id)
@@ -85,7 +85,7 @@ def left_behind(host: PoolHost, worker: Worker) -> None:
     (they never started: queued in storage, the next host runs them). Storage errors are
     logged: the next host's first look ends or runs what is left."""
     try:
-        if worker.job_id is not None and not _never_claimed(host, worker.job_id):
+        if worker.job_id is not None and not never_claimed(host, worker.job_id):
             lost(host, worker.job_id, "the worker pool was shut down while it ran")
         for job_id in worker.ahead:
             _unclaimed(host, job_id, worker.pid)
@@ -113,7 +113,7 @@ def record_lost(host: PoolHost) -> None:
         lost(host, job_id, how)
 
 
-def _never_claimed(host: PoolHost, job_id: str) -> bool:
+def never_claimed(host: PoolHost, job_id: str) -> bool:
     """Whether nobody claimed the job; ``False`` when that cannot be read (it is then ended as
     lost, by :func:`lost`, which tries again until it can)."""
     try:
@@ -142,6 +142,9 @@ def _unclaimed(host: PoolHost, job_id: str, pid: int) -> bool:
 def run_kills(host: PoolHost) -> None:
     now = time.time()
     for job_id, deadline in list(host.kills.items()):
+        if host.loops.runs(job_id):  # a coroutine job's own thread owns its deadline (see .loops)
+            del host.kills[job_id]
+            continue
         worker = next((w for w in host.workers if w.job_id == job_id), None)
         if worker is None:
             if job_id not in host.queue:  # not ours, or already over
@@ -183,6 +186,7 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
     unclaimed: list[tuple[float, str]] = []
     abandoned: list[str] = []
     later: list[tuple[str, float]] = []
+    coroutines: set[str] = set()  # (those whose record says so: see .loops)
     now = time.time()
     for key in backend.scan(keys.JOB_PREFIX):
         job_id = keys.job_id(key)
@@ -193,6 +197,8 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
         if record is MISSING or record["status"] not in _ACTIVE:
             continue
         if not is_claimed and record["status"] == JobStatus.QUEUED.value:
+            if record.get("coroutine") is True:
+                coroutines.add(job_id)
             retry_at = record.get("retry_at")
             if isinstance(retry_at, (int, float)) and retry_at > now:
                 # A retry waiting out its backoff (never longer than a backoff can be: a record
@@ -204,9 +210,10 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
             abandoned.append(job_id)
     with host.mutex:
         busy = {job_id for worker in host.workers for job_id in (worker.job_id, *worker.ahead)}
+        busy |= host.loops.running()
         for job_id, due in later:
             if job_id not in busy and job_id not in host.queue and job_id not in host.later:
-                host.later.add(job_id, due)
+                host.later.add(job_id, due, coroutine=job_id in coroutines)
         for job_id in abandoned:  # claimed by a worker of the dead host, which never ended it
             if job_id not in busy and job_id not in host.queue:
                 lost(host, job_id, "the process hosting the worker pool died")
@@ -219,6 +226,6 @@ def rescan(host: PoolHost, *, first: bool = False) -> None:
             if job_id in host.queue:  # known, but left behind by a storage error: in its place
                 host.queue.requeue(job_id)
             else:  # in the order they were submitted (a submit meanwhile pushes its own after)
-                host.queue.push(job_id)
+                host.queue.push(job_id, coroutine=job_id in coroutines)
     if found:
         _log.info("Worker pool of %s: queued %d waiting job(s).", backend.directory, len(found))

@@ -24,7 +24,8 @@ From a worker to the host:
 
 **The FIFO** ``pool.fifo``, from any process on the host to the host: one ASCII line per
 message, written atomically (at most ``PIPE_BUF`` bytes), or left in the mailbox in storage
-when the FIFO is full: :class:`Queued` (``q <id>``), :class:`Later` (``l <id> <due>``),
+when the FIFO is full: :class:`Queued` (``q <id>``, ``q <id> a`` for a coroutine job),
+:class:`Later` (``l <id> <due>``, ``l <id> <due> a``),
 :class:`Kill` (``k <id> <deadline>``), :class:`Ended` (``e <id>``). Lines are untrusted (any
 process that can write the directory can write them): :func:`decode_line` validates each and
 returns ``None`` for anything else.
@@ -201,12 +202,14 @@ class Frames:
 
 @dataclass(frozen=True)
 class Queued:
-    """A job was queued (its records are stored)."""
+    """A job was queued (its records are stored); ``coroutine``: of an ``async def`` task,
+    run by a worker of coroutine jobs (``q <id> a``)."""
 
     job_id: str
+    coroutine: bool = False
 
     def encode(self) -> bytes:
-        return f"q {self.job_id}\n".encode("ascii")
+        return f"q {self.job_id}{' a' if self.coroutine else ''}\n".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -215,9 +218,10 @@ class Later:
 
     job_id: str
     due: float
+    coroutine: bool = False
 
     def encode(self) -> bytes:
-        return f"l {self.job_id} {self.due:.3f}\n".encode("ascii")
+        return f"l {self.job_id} {self.due:.3f}{' a' if self.coroutine else ''}\n".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,11 @@ def decode_line(line: bytes) -> Line | None:
     parts = line.decode("ascii", "replace").split()
     if len(parts) < 2 or (job_id := _job_id(parts[1])) is None:
         return None
+    coroutine = parts[-1] == "a" and parts[0] in ("q", "l")
+    if coroutine:  # (the flag of a coroutine job's line)
+        parts = parts[:-1]
     if parts[0] == "q" and len(parts) == 2:
-        return Queued(job_id)
+        return Queued(job_id, coroutine)
     if parts[0] == "e" and len(parts) == 2:
         return Ended(job_id)
     if parts[0] in ("k", "l") and len(parts) == 3:
@@ -264,5 +271,5 @@ def decode_line(line: bytes) -> Line | None:
             return None
         if not math.isfinite(when):
             return None
-        return Kill(job_id, when) if parts[0] == "k" else Later(job_id, when)
+        return Kill(job_id, when) if parts[0] == "k" else Later(job_id, when, coroutine)
     return None

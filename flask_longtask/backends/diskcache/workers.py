@@ -22,6 +22,7 @@ class Worker:
     __slots__ = (
         "ahead",
         "conn",
+        "coroutines",
         "eof",
         "frames",
         "gave_back",
@@ -56,6 +57,8 @@ class Worker:
         self.sentinel: int = process.sentinel
         #: The job it runs (or was handed), ``None`` while idle.
         self.job_id: str | None = None
+        #: A worker of coroutine jobs (.loops): the jobs it runs at once (it has no job_id).
+        self.coroutines: set[str] = set()
         #: When it was given that job (monotonic).
         self.given = 0.0
         #: The jobs sent to it ahead, while it runs one (in its pipe, in this order).
@@ -131,7 +134,10 @@ class Worker:
         return True
 
     def view(self) -> WorkerView:
-        return WorkerView(self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched, self.waiting)
+        coroutines = tuple(sorted(self.coroutines))
+        return WorkerView(
+            self.pid, self.job_id, tuple(self.ahead), self.gave_back, self.watched, self.waiting, coroutines
+        )
 
 
 @dataclass(frozen=True)
@@ -151,14 +157,25 @@ class WorkerView:
     #: Whether its job was judged waiting (not burning CPU) at the last tick during which every
     #: worker was busy and jobs were queued; ``None`` when not judged (see :mod:`.elastic`).
     waiting: bool | None = None
+    #: A worker of coroutine jobs (see :mod:`.loops`): the jobs it runs at once on its loop.
+    coroutines: tuple[str, ...] = ()
+
+
+#: Seconds a retired worker of coroutine jobs has to exit before it is killed (.loops).
+RETIRE = 1.0
 
 
 def spawn(ctx: t.Any, directory: str, secret: str | bytes) -> Worker:
     """Start a worker process for the pool of ``directory``, whose storage key comes from ``secret``."""
+    return start_process(ctx, worker_main, directory, secret)
+
+
+def start_process(ctx: t.Any, target: t.Callable[..., None], directory: str, secret: str | bytes) -> Worker:
+    """Start a process of the pool that runs ``target(directory, secret, conn, lifeline)``."""
     conn, child_conn = ctx.Pipe()
     life_r, life_w = ctx.Pipe(duplex=False)
     args = (directory, secret, child_conn, life_r)
-    process = ctx.Process(target=worker_main, args=args, name="longtask-worker", daemon=True)
+    process = ctx.Process(target=target, args=args, name="longtask-worker", daemon=True)
     process.start()
     child_conn.close()
     life_r.close()

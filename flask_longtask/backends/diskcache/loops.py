@@ -1,0 +1,385 @@
+"""Workers of coroutine jobs: processes that run many ``async def`` jobs at once on one loop.
+
+A coroutine job (its task an ``async def``: the record says ``coroutine``, and its ``Queued``
+line ends in ``a``) waits in the queue's own line for them (:class:`~.jobqueue.JobQueue`), and
+goes to a *loop worker*: a process of the pool kept apart from the others (``Loops.workers``,
+not ``PoolHost.workers``), so that none of the other workers' bookkeeping (the hand-over, jobs
+sent ahead, the elastic judgements, waiters reading a pipe) sees it. Each loop worker has
+``LONGTASK_ASYNC_CONCURRENCY`` slots; the host sends it ``Run(id)`` while it has a free slot,
+and starts another loop worker only when every one is full (up to the pool's ceiling), so the
+pool never grows for coroutine jobs while a slot is free. A loop worker idle for
+``worker_idle`` seconds exits, as an elastic worker does.
+
+In the process, the main thread reads the pipe; each ``Run`` starts a thread that runs
+:func:`~flask_longtask.worker.execute` (claim, end: the same steps as any job), which runs the
+coroutine on the process's one event loop (:mod:`flask_longtask.coroutines`) and waits for it;
+the thread then sends ``Done(id)``. A cancel or a time limit reaches the coroutine as
+``CancelledError`` from the job's own ticker; the host does not stop a loop worker by force at a
+``Kill``'s deadline (its neighbours would die with it): the job's thread owns that deadline. If
+the cancelled coroutine still blocks the loop at its end, the thread sends ``Failing(reason)``
+and the process exits: the host fails every job it ran with that reason (the cancelled one ends
+cancelled), and the next coroutine jobs go to a new loop worker. See ``docs/internals.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import typing as t
+
+from ... import coroutines
+from ...job import JobStatus
+from ...store import CLAIM_EXPIRE, keys
+from ...worker import Handoff, execute
+from . import recovery, wire
+from .handoff import INLINE_ARGS, RESERVE_WAIT
+from .workers import RETIRE, Worker, exit_reason, start_process
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ..base import JobEnd, NewJob
+    from . import DiskcacheBackend
+    from .host import PoolHost
+
+_log = logging.getLogger(__name__)
+
+
+class Loops:
+    """The host's loop workers, and what each runs (under the host's mutex)."""
+
+    def __init__(self, host: PoolHost, concurrency: int, ceiling: int) -> None:
+        self.host = host
+        #: Coroutine jobs a loop worker runs at once.
+        self.concurrency = concurrency
+        #: How many loop workers there may be at most (the pool's ceiling).
+        self.ceiling = max(1, ceiling)
+        self.workers: list[Worker] = []
+        #: Jobs handed over (claimed in the submit's transaction): lost, never requeued, if
+        #: their worker dies.
+        self.handed: set[str] = set()
+        #: After a loop worker died at its start (an import error...), none starts before this
+        #: (monotonic), the wait doubling from 0.1 s up to 5 s, as for the other workers.
+        self.next_spawn, self.delay = 0.0, 0.0
+        #: Retired loop workers, until their process has exited (or is killed at the deadline).
+        self.retiring: list[tuple[Worker, float]] = []
+
+    def reserve(self, job_id: str) -> Worker | None:
+        """A slot for a coroutine job submitted in the host's process, before its records are
+        written; ``None`` when none is free, coroutine jobs wait (they go first), or the
+        dispatcher is busy."""
+        host = self.host
+        if host.queue.coroutines() or not host.mutex.acquire(timeout=RESERVE_WAIT):
+            return None
+        try:
+            if host.queue.coroutines() or host.inbox or host.stopping.is_set():
+                return None
+            worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
+            if worker is not None:
+                worker.coroutines.add(job_id)
+                worker.idle_since = None
+                self.handed.add(job_id)
+                host.queue.know(job_id)
+            return worker
+        finally:
+            host.mutex.release()
+
+    def unreserve(self, worker: Worker, job_id: str) -> None:
+        with self.host.mutex:
+            worker.coroutines.discard(job_id)
+            self.handed.discard(job_id)
+            self.host.queue.forget(job_id)
+
+    def runs(self, job_id: str) -> bool:
+        """Whether a loop worker runs this job (its deadlines are its own)."""
+        return any(job_id in worker.coroutines for worker in self.workers)
+
+    def running(self) -> set[str]:
+        return {job_id for worker in self.workers for job_id in worker.coroutines}
+
+    def dispatch(self, *, spawn: bool = True) -> bool:
+        """Send the waiting coroutine jobs to loop workers with a free slot, starting one when
+        all are full (``spawn``: not from a thread that submits); whether any still wait."""
+        queue = self.host.queue
+        while queue.coroutines():
+            worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
+            if worker is None:
+                full = len(self.workers) + len(self.retiring) >= self.ceiling
+                if not spawn or full or time.monotonic() < self.next_spawn:
+                    return True
+                worker = self._spawn()
+            job_id = queue.pop_coroutine()
+            if not worker.send(wire.Run(job_id)):
+                queue.unpop(job_id)
+                return True
+            worker.coroutines.add(job_id)
+            worker.idle_since = None
+        return False
+
+    def _spawn(self) -> Worker:
+        host = self.host
+        worker = start_process(host._ctx, loop_main, host.backend.directory, host.backend.storage_secret())
+        self.workers.append(worker)
+        return worker
+
+    # -- their messages -------------------------------------------------------------------------
+
+    def read(self, ready: set[int]) -> None:
+        """Handle the messages of the loop workers whose pipes are ready; reap the dead."""
+        for worker in list(self.workers):
+            if worker.frames.fd in ready:
+                self._read(worker)
+            if worker.sentinel in ready:
+                self.reap(worker)
+
+    def _read(self, worker: Worker) -> None:
+        if not worker.readable():
+            return
+        while True:
+            try:
+                data = worker.frames.recv()
+            except (EOFError, OSError):
+                worker.eof = True  # it died: the sentinel says how
+                return
+            message = wire.decode_from_worker(data)
+            if isinstance(message, wire.Failing):
+                worker.reason = message.reason
+            elif isinstance(message, wire.Done):
+                host, job_id = self.host, message.job_id
+                worker.coroutines.discard(job_id)
+                self.handed.discard(job_id)
+                host.queue.forget(job_id)
+                worker.settled, self.delay = True, 0.0
+                host.kills.pop(job_id, None)
+                host.requeued.discard(job_id)
+                if not message.again:  # (a retry is no end: Later queues it again)
+                    host.ends.add(job_id, message.values, len(data))
+            if not worker.frames.has_message():
+                return
+
+    def reap(self, worker: Worker, how: str | None = None) -> None:
+        """A loop worker died: each of its jobs is lost (or queued again if never claimed)."""
+        host = self.host
+        worker.process.join()
+        self._read(worker)
+        reason = how or worker.reason or exit_reason(worker.process.exitcode)
+        self.workers.remove(worker)
+        worker.close()
+        if how is None and worker.reason is None and not worker.settled:  # (it never ended a job)
+            self.delay = min(max(self.delay * 2, 0.1), 5.0)
+            self.next_spawn = time.monotonic() + self.delay
+            _log.error("A pool worker of coroutine jobs of %s died: %s.", host.backend.directory, reason)
+        for job_id in sorted(worker.coroutines):
+            host.kills.pop(job_id, None)
+            if job_id in host.later:
+                host.queue.forget(job_id)
+            elif job_id not in (host.requeued | self.handed) and recovery.never_claimed(host, job_id):
+                host.requeued.add(job_id)
+                host.queue.requeue(job_id)
+            else:
+                recovery.lost(host, job_id, reason)
+            self.handed.discard(job_id)
+        worker.coroutines.clear()
+
+    # -- retiring, shutting down -----------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Retire the loop workers idle for ``worker_idle``; release those that exited."""
+        for worker in list(self.workers):
+            if worker.coroutines or worker.reason is not None:
+                continue
+            if worker.idle_since is None:
+                worker.idle_since = now
+            elif now - worker.idle_since >= self.host.backend.worker_idle and not worker.readable():
+                self.workers.remove(worker)
+                if not worker.close():
+                    self.retiring.append((worker, now + RETIRE))
+        still = []
+        for worker, deadline in self.retiring:
+            if worker.close():
+                continue
+            if now >= deadline:
+                worker.process.kill()
+            still.append((worker, deadline))
+        self.retiring = still
+
+    def shutdown(self, deadline: float) -> None:
+        for worker in self.workers:
+            if worker.stop(deadline):
+                self._read(worker)
+            for job_id in worker.coroutines:
+                try:
+                    if not recovery.never_claimed(self.host, job_id):
+                        recovery.lost(self.host, job_id, "the worker pool was shut down while it ran")
+                except Exception:
+                    _log.exception("Worker pool: could not record the end of job %s.", job_id)
+            worker.close()
+        for worker, _ in self.retiring:
+            worker.stop(deadline)
+            worker.close()
+        self.workers, self.retiring = [], []
+
+
+def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
+    """Store a coroutine job submitted in the host's process, claimed for a loop worker with a
+    free slot in the same transaction, then hand it over (its record and request: the worker
+    neither claims nor reads it); ``False`` (nothing done) when no slot is free."""
+    from ...worker import owner_of
+
+    worker = host.loops.reserve(job.id)
+    if worker is None:
+        return False
+    started = time.time()
+    claimed = {"by": owner_of(worker.pid, 0), "at": started}
+    claim = ("set", keys.claim(job.id), claimed, max(CLAIM_EXPIRE, job.record["expire"]))
+    try:
+        backend.table.write_all([*job.writes, claim], entry=job.entry)
+    except BaseException:
+        host.loops.unreserve(worker, job.id)
+        raise
+    arguments = job.arguments
+    request = arguments if len(arguments["args"]) <= INLINE_ARGS else None
+    if not worker.send(wire.Handover(job.id, started, job.record, request)) or worker not in host.loops.workers:
+        # It died after it was reserved (its reap may have come before the commit, and found
+        # nothing to end): the job is claimed for a process that is gone.
+        backend.end_lost(job.id, "its worker process died before it could start the job")
+    job.announce()
+    return True
+
+
+class Together:
+    """In a worker of coroutine jobs: the ends of its jobs, written together.
+
+    Coroutine jobs that wait on the same thing end together (200 jobs that each sleep 0.2 s end
+    within milliseconds of each other), and each end is a transaction that takes the writers'
+    lock and commits. The first job's thread to end writes every end that waits in one
+    transaction, then wakes the next one waiting, if any, to write those that came meanwhile: a
+    group commit. Each end is its own ``add_then_write`` (its own claim and outcome); a
+    transaction that fails fails every end in it, each of which its job's thread meets as its
+    own error (and tries again, through ``Patience``, if the error is transient).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[_End] = []
+        self._writing = False
+        #: What each job's end wrote, for its Done (a waiter in the host's process need not
+        #: read it): job id -> values, taken by :meth:`written`.
+        self._values: dict[str, dict[str, t.Any]] = {}
+
+    def written(self, job_id: str) -> dict[str, t.Any] | None:
+        """What the end of ``job_id`` wrote, if this worker wrote it (once)."""
+        with self._lock:
+            return self._values.pop(job_id, None)
+
+    def end_job(self, backend: DiskcacheBackend, end: JobEnd) -> bool | None:
+        mine = _End(end)
+        with self._lock:
+            self._pending.append(mine)
+            if not self._writing:
+                self._writing = mine.lead = True
+        if not mine.lead:
+            mine.woken.wait()  # written by another thread, or this one leads now
+        if not mine.written:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            self._write(backend, batch)
+            with self._lock:
+                if self._pending:
+                    self._pending[0].lead = True
+                    self._pending[0].woken.set()
+                else:
+                    self._writing = False
+        if mine.error is not None:
+            raise mine.error
+        if mine.chosen is not None:
+            with self._lock:
+                self._values[end.job_id] = end.values(mine.chosen)
+        return mine.chosen
+
+    @staticmethod
+    def _write(backend: DiskcacheBackend, batch: list[_End]) -> None:
+        table = backend.table
+        try:
+            with table.batch():
+                for item in batch:
+                    e = item.end
+                    item.chosen = table.add_then_write(
+                        e.key, e.at, e.expire, e.writes, unless=e.unless, otherwise=e.otherwise, ended=e.ended
+                    )
+        except BaseException as exc:
+            for item in batch:
+                item.chosen, item.error = None, exc
+        finally:
+            for item in batch:
+                item.written = True
+                item.woken.set()
+
+
+class _End:
+    __slots__ = ("chosen", "end", "error", "lead", "woken", "written")
+
+    def __init__(self, end: JobEnd) -> None:
+        self.end = end
+        self.chosen: bool | None = None
+        self.error: BaseException | None = None
+        self.lead = self.written = False
+        self.woken = threading.Event()
+
+
+#: The ends of this process's jobs, when it is a worker of coroutine jobs (``None`` elsewhere):
+#: they reach the host in its ``Done`` messages, and are not also announced through the FIFO.
+together: Together | None = None
+
+
+# -- the loop worker's process ---------------------------------------------------------------------
+
+
+def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any) -> None:
+    """The body of a loop worker process: a thread per coroutine job it is sent."""
+    from . import DiskcacheBackend
+    from .child import _watch_lifeline
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
+    backend = DiskcacheBackend(directory, embedded=False, secret_key=secret)
+    send_lock = threading.Lock()
+
+    def send(message: wire.Done | wire.Failing) -> None:
+        with send_lock:
+            conn.send_bytes(message.encode())
+
+    def stuck(reason: str, blocked: bool) -> None:
+        if not blocked:  # (it awaits: its neighbours run on; the job ends, its coroutine left be)
+            return
+        reason += ": the worker process was stopped, with every coroutine job it ran"
+        _log.error("Pool worker %s exits: %s.", os.getpid(), reason)
+        send(wire.Failing(reason))
+        os._exit(71)
+
+    def run(job_id: str, handoff: Handoff | None) -> None:
+        try:
+            again = execute(backend, job_id, handoff=handoff) is JobStatus.QUEUED
+        except Exception as exc:  # storage failed under the job: as in a worker of other jobs
+            _log.exception("Job %s: its outcome could not be stored.", job_id)
+            send(wire.Failing(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}"))
+            os._exit(70)
+        send(wire.Done(job_id, t.cast(Together, together).written(job_id), None, again))
+
+    coroutines.on_stuck = stuck
+    global together
+    together = Together()
+    coroutines.shared()  # (its loop from the start: the first job does not wait for it)
+    while True:
+        try:
+            message = wire.decode_to_worker(conn.recv_bytes())
+        except (EOFError, OSError):  # pragma: no cover - the host went away; the lifeline ends us first
+            return
+        handoff = None
+        if isinstance(message, wire.Handover):  # claimed and stored already: no Go follows
+            handoff = Handoff(message.started, message.record, message.request)
+        elif not isinstance(message, wire.Run):  # pragma: no cover - nothing else is sent here
+            continue
+        name = f"longtask-job-{message.job_id[:8]}"
+        threading.Thread(target=run, args=(message.job_id, handoff), name=name, daemon=True).start()

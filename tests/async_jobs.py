@@ -1,0 +1,55 @@
+"""Module-level coroutine tasks for the pool's own tests (tests/test_async.py): worker processes
+import them by name. The coroutine cases every backend runs are in flask_longtask/testing_async.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from flask import Flask
+
+from flask_longtask import LongTask, current_job
+from flask_longtask.backends import ThreadBackend
+
+longtask = LongTask()
+# The app jobs run in inside a worker process: a 2 s heartbeat timeout (a beat every 0.5 s), so
+# that a job whose coroutine blocks its loop is found lost soon.
+app = Flask(__name__)
+app.config.update(LONGTASK_HEARTBEAT_TIMEOUT=2.0, LONGTASK_PROGRESS_INTERVAL=0.01, LONGTASK_CANCEL_GRACE=0.5)
+longtask.init_app(app, backend=ThreadBackend(workers=1))
+
+
+@longtask.task
+async def nap(seconds: float) -> int:
+    """Waits on the loop; returns its worker's pid."""
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@longtask.task
+def sync_pid() -> int:
+    return os.getpid()
+
+
+@longtask.task
+async def hog(log: str, seconds: float) -> str:
+    """Blocks its loop (the user's bug): ``time.sleep`` inside a coroutine."""
+    with open(log, "a") as f:
+        f.write(f"hog {os.getpid()}\n")
+    time.sleep(seconds)
+    return "woke"
+
+
+@longtask.task
+async def progress_then_nap(seconds: float) -> str | None:
+    current_job.set_progress("napping")
+    await asyncio.sleep(seconds)
+    return current_job.id
+
+
+@longtask.task
+async def wait_gate(gate: str) -> int:
+    while not os.path.exists(gate):
+        await asyncio.sleep(0.005)
+    return os.getpid()

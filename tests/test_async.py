@@ -1,0 +1,189 @@
+"""Coroutine jobs on the pool and ThreadBackend: how many run at once, where, and what a loop
+that a coroutine blocks does to its neighbours. (What every backend does with them -- results,
+progress, the app context, errors, memoization, cancel, time limits, retries, contexts -- is in
+the conformance suite, flask_longtask/testing_async.py, run on all three backends.)"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_longtask import JobStatus
+from flask_longtask.backends import ThreadBackend
+from flask_longtask.backends.diskcache import DiskcacheBackend
+
+from . import async_jobs as jobs
+from .helpers import alive, wait_for
+from .services import start_celery_worker, start_redis, stop, wait_until
+
+TIMEOUT = 30.0
+#: 50 coroutine jobs of 0.5 s. One after another they take 25 s, and 12.5 s on two processes:
+#: under 5 s, they ran at once (a loaded 2-core machine adds seconds, not tens of them).
+MANY, NAP, AT_ONCE = 50, 0.5, 5.0
+
+
+def make_app(backend: t.Any, name: str = "tests.test_async") -> Flask:
+    app = Flask(name)
+    app.config.update(LONGTASK_HEARTBEAT_TIMEOUT=2.0, LONGTASK_PROGRESS_INTERVAL=0.01, LONGTASK_CANCEL_GRACE=0.5)
+    jobs.longtask.init_app(app, backend=backend)
+    return app
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
+    yield backend
+    backend.close()
+
+
+def loop_workers(backend: DiskcacheBackend) -> list[t.Any]:
+    """The pool's workers that run coroutine jobs now."""
+    return [view for view in backend.pool_workers() or [] if view.coroutines]
+
+
+def test_fifty_coroutine_jobs_on_one_pool_worker_take_about_one_jobs_time(pool: DiskcacheBackend) -> None:
+    with make_app(pool).app_context():
+        first = jobs.nap.submit(0).result(timeout=TIMEOUT)  # (the worker's start is not the jobs' time)
+        began = time.monotonic()
+        many = [jobs.nap.submit(NAP) for _ in range(MANY)]
+        pids = {job.result(timeout=TIMEOUT) for job in many}
+        took = time.monotonic() - began
+        assert pids == {first}  # one worker process ran them all
+        assert took < AT_ONCE, took
+        assert len(pool.pool_workers() or []) == 1  # and the pool started no other
+
+
+def test_the_pool_grows_for_coroutine_jobs_only_when_every_loop_is_full(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=4, async_concurrency=4)
+    gate = tmp_path / "gate"
+    try:
+        with make_app(backend).app_context():
+            waiting = [jobs.wait_gate.submit(str(gate)) for _ in range(10)]
+            loops = wait_for(
+                lambda: (
+                    sorted(len(view.coroutines) for view in loop_workers(backend)) == [2, 4, 4]
+                    and loop_workers(backend)
+                ),
+                what="10 coroutine jobs on 3 workers of 4 slots",
+            )
+            # A sync job still takes a worker of its own, beside them.
+            assert jobs.sync_pid.submit().result(timeout=TIMEOUT) not in {view.pid for view in loops}
+            gate.touch()
+            assert {job.result(timeout=TIMEOUT) for job in waiting} == {view.pid for view in loops}
+    finally:
+        backend.close()
+
+
+def test_an_idle_loop_worker_retires(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=2, worker_idle=0.3)
+    try:
+        with make_app(backend).app_context():
+            pid = jobs.nap.submit(0).result(timeout=TIMEOUT)
+            assert [view.pid for view in backend.pool_workers() or []] == [pid]  # (no sync worker yet)
+            wait_for(lambda: backend.pool_workers() == [], what="the idle loop worker to retire")
+            wait_for(lambda: not alive(pid), what="its process to exit")
+            assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid  # a new one, for the next
+    finally:
+        backend.close()
+
+
+def test_coroutine_jobs_submitted_in_another_process_reach_a_loop(pool: DiskcacheBackend) -> None:
+    # A process that does not host the pool queues them through the FIFO ("q <id> a").
+    other = DiskcacheBackend(pool.directory, embedded=False)
+    try:
+        with make_app(pool).app_context():
+            host_pid = jobs.nap.submit(0).result(timeout=TIMEOUT)
+        with make_app(other, "tests.test_async_other").app_context():
+            job = jobs.progress_then_nap.submit(0.01)
+            assert job.result(timeout=TIMEOUT) == job.id
+            assert jobs.nap.submit(0).result(timeout=TIMEOUT) == host_pid
+    finally:
+        other.close()
+
+
+def test_a_coroutine_that_blocks_its_loop_is_found_lost_and_its_neighbour_is_not(
+    pool: DiskcacheBackend, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    with make_app(pool).app_context():
+        neighbour = jobs.progress_then_nap.submit(0.5)
+        wait_for(lambda: neighbour.progress == "napping", what="the neighbour to start")
+        hog = jobs.hog.submit(str(log), 5.0)  # time.sleep(5) on the loop: the user's bug
+        # Its heartbeat stops while it blocks the loop (2 s timeout here): a reader finds it lost.
+        assert wait_for(lambda: hog.status is JobStatus.FAILED, timeout=TIMEOUT, what="the hog found lost")
+        assert hog.error is not None and hog.error["type"] == "WorkerLostError"
+        # The neighbour waited for the loop, beating all along: it ends as it would have.
+        assert neighbour.result(timeout=TIMEOUT) == neighbour.id
+
+
+def test_a_cancelled_coroutine_that_blocks_its_loop_ends_its_worker(pool: DiskcacheBackend, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with make_app(pool).app_context():
+        neighbour = jobs.progress_then_nap.submit(30)
+        wait_for(lambda: neighbour.progress == "napping", what="the neighbour to start")
+        hog = jobs.hog.submit(str(log), 30.0)
+        line = wait_for(lambda: "\n" in (text := log.read_text() if log.exists() else "") and text, what="the hog")
+        pid = int(line.split()[1])
+        hog.cancel()
+        # CancelledError cannot reach it (the loop never turns): after the grace (0.5 s) its
+        # worker exits, and every job it ran ends with it, the reason said.
+        assert hog.wait(timeout=TIMEOUT) is JobStatus.CANCELLED
+        assert neighbour.wait(timeout=TIMEOUT) is JobStatus.FAILED
+        assert neighbour.error is not None and "blocked the event loop" in neighbour.error["message"]
+        # The next coroutine jobs go to a new worker.
+        assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+
+
+def test_fifty_coroutine_jobs_on_thread_backend_take_about_one_jobs_time() -> None:
+    backend = ThreadBackend(workers=1)  # (one thread for sync jobs; the coroutine jobs share a loop)
+    try:
+        with make_app(backend).app_context():
+            began = time.monotonic()
+            many = [jobs.nap.submit(NAP) for _ in range(MANY)]
+            for job in many:
+                job.wait(timeout=TIMEOUT)
+            took = time.monotonic() - began
+            assert all(job.status is JobStatus.SUCCEEDED for job in many)
+            assert took < AT_ONCE, took
+    finally:
+        backend.close()
+
+
+def test_bad_concurrency_is_refused() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="LONGTASK_ASYNC_CONCURRENCY"):
+            ThreadBackend(async_concurrency=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.xdist_group("celery")
+def test_fifty_coroutine_jobs_on_one_celery_worker_of_threads_take_about_one_jobs_time(tmp_path: Path) -> None:
+    # Celery's prefork pool runs one job per process (one loop each); a worker of the threads
+    # pool runs a job per thread, and its coroutine jobs all on the process's one loop.
+    celery = pytest.importorskip("celery")
+    from flask_longtask.backends.celery import CeleryBackend
+
+    (tmp_path / "redis").mkdir()
+    redis, url = start_redis(tmp_path / "redis")
+    worker = None
+    try:
+        log = tmp_path / "worker.log"
+        worker = start_celery_worker("tests.celery_app:celery_app", url, log, concurrency=MANY, pool="threads")
+        probe = celery.Celery("probe", broker=url)
+        wait_until(lambda: probe.control.ping(timeout=0.5), 60, "the Celery worker to answer ping")
+        backend = CeleryBackend(celery.Celery("tests.async_client", broker=url), redis_url=url)
+        with make_app(backend).app_context():
+            first = jobs.nap.submit(0).result(timeout=TIMEOUT)
+            began = time.monotonic()
+            many = [jobs.nap.submit(NAP) for _ in range(MANY)]
+            pids = {job.result(timeout=TIMEOUT) for job in many}
+            took = time.monotonic() - began
+        assert pids == {first} and took < AT_ONCE, (pids, took)
+        backend.close()
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(redis)
