@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import typing as t
 from datetime import datetime
 
@@ -75,13 +77,35 @@ def worker_command(workers: int | None, max_workers: int | None) -> None:
         backend.stop_pool()  # type: ignore[attr-defined]
 
     signal.signal(signal.SIGTERM, stop)
-    click.echo(f"Worker pool for {getattr(backend, 'directory', backend)!s}: {backend.pool_size()}.")  # type: ignore[attr-defined]
+    done = threading.Event()
+    threading.Thread(target=_say_when_hosting, args=(backend, done), name="longtask-cli", daemon=True).start()
     try:
         run_pool()
     except KeyboardInterrupt:
         pass
     finally:
+        done.set()
         backend.close()
+
+
+def _say_when_hosting(backend: t.Any, done: threading.Event) -> None:
+    """Say whether this process hosts the pool or stands by for another's, then when it takes over."""
+    from .backends.diskcache.scripts import holder
+
+    directory = str(getattr(backend, "directory", backend))
+    held = holder(directory) if hasattr(backend, "directory") else None
+    if held is not None and held[0] != os.getpid() and not backend.is_pool_host:
+        script = f" (running {held[1]})" if held[1] else ""
+        click.echo(
+            f"Worker pool for {directory}: standing by for the pool held by pid {held[0]}{script};"
+            " this process hosts it when that one exits."
+        )
+    waited = 0.0
+    while not backend.is_pool_host:
+        if done.wait(0.05 if waited < 1.0 else 0.25):
+            return
+        waited += 0.05
+    click.echo(f"Worker pool for {directory}: hosting the pool (pid {os.getpid()}), {backend.pool_size()}.")
 
 
 def _when(stamp: float | None) -> str:

@@ -374,6 +374,8 @@ class LongTask:
                 return other
 
         arguments = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
+        if task._script is not None:  # (a task of the script run as __main__: whose job it is)
+            arguments["script"] = task._script
         job: Job[R] = store.job(job_id)
         try:
             backend.store_and_enqueue(

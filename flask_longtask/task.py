@@ -81,6 +81,9 @@ class Task(t.Generic[P, R]):
         #: among them: a job stopped at its time limit is retried too).
         self.retry_on = _exception_types(retry_on, f"retry_on of task {self.name!r}")
         self._module = module
+        #: The script that defines it, when it runs as ``__main__`` (``python app.py``): recorded
+        #: with each job, so that a worker of another script does not import this one.
+        self._script = _script_of(func.__module__)
         functools.update_wrapper(self, func)
         _registry[self.name] = self
         longtask._tasks[self.name] = self
@@ -153,13 +156,45 @@ def _module_name(module: str) -> str:
     return os.path.splitext(os.path.basename(path))[0] if path else module
 
 
+def _script_of(module: str) -> str | None:
+    """The file of module ``module`` when it is the script this process runs (``__main__``)."""
+    path = getattr(sys.modules.get(module), "__file__", None) if module in ("__main__", "__mp_main__") else None
+    return os.path.abspath(path) if isinstance(path, str) else None
+
+
+def _foreign(script: t.Any) -> bool:
+    """Whether a job whose task is defined in ``script`` (run as ``__main__`` where it was
+    submitted) is a stranger's here: this process runs another script, whose own tasks are
+    registered (a pool worker started for ``python other.py``, which imported that script
+    again). Importing ``script`` by name would run its code at import in this worker."""
+    main = _script_of("__main__")
+    if not isinstance(script, str) or main is None or _same_file(main, script):
+        return False
+    return any(task._script is not None for task in _registry.values())
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def registered_task(name: t.Any) -> Task[..., t.Any] | None:
     """The task registered under ``name`` in this process, if any (nothing is imported)."""
     return _registry.get(name) if isinstance(name, str) else None
 
 
-def lookup_task(name: str, module: str | None = None) -> Task[..., t.Any]:
-    """The task registered under ``name`` in this process, importing ``module`` if needed."""
+def lookup_task(name: str, module: str | None = None, script: str | None = None) -> Task[..., t.Any]:
+    """The task registered under ``name`` in this process, importing ``module`` if needed; not
+    when it is defined in ``script``, another script than this process's (see :func:`_foreign`)."""
+    if name not in _registry and _foreign(script):
+        raise LookupError(
+            f"Task {name!r} belongs to the script {script} (its job was submitted by 'python"
+            f" {os.path.basename(t.cast(str, script))}'), not to the script this worker pool was started for"
+            f" ({_script_of('__main__')}): the job fails here rather than import another script. To keep"
+            " scripts apart, give each its own LONGTASK_DISKCACHE_DIR."
+        )
     if name not in _registry and module:
         try:
             importlib.import_module(module)

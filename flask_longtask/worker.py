@@ -486,7 +486,7 @@ def _task_and_app(
     if task is None:
         from .task import lookup_task
 
-        task = lookup_task(request["task"], request.get("module"))
+        task = lookup_task(request["task"], request.get("module"), request.get("script"))
     if app is None:
         app = task.longtask._app_for(request["app"])
     return task, app

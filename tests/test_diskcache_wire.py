@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import os
 import threading
 import time
@@ -96,11 +97,32 @@ def test_fifo_lines_decode_as_they_were_sent(message: wire.Line) -> None:
         b"l " + ID.encode() + b" later",
         b"x " + ID.encode(),
         b"\xff\xfe " + ID.encode(),
+        b"s 12",
+        b"s 0 " + binascii.hexlify(b'{"type": "E", "message": "m"}'),
+        b"s -3 " + binascii.hexlify(b'{"type": "E", "message": "m"}'),
+        b"s 12 not-hex",
+        b"s 12 " + binascii.hexlify(b"not json"),
+        b"s 12 " + binascii.hexlify(b'["E", "m"]'),
+        b"s 12 " + binascii.hexlify(b'{"type": "E"}'),
+        b"s 12 " + binascii.hexlify(b'{"type": 1, "message": "m"}'),
     ],
 )
 def test_fifo_lines_from_anyone_are_validated(line: bytes) -> None:
     # Any process that can write the directory can write the FIFO: what is not a message is None.
     assert wire.decode_line(line) is None
+
+
+def test_a_start_failure_fits_one_atomic_write_whatever_its_message() -> None:
+    """A worker that fails as it starts says why in one FIFO line (see .starting)."""
+    short = wire.StartFailed(4242, {"type": "RuntimeError", "message": "An attempt has been made...\nnamed é"})
+    assert wire.decode_line(short.encode().rstrip(b"\n")) == short
+    long = wire.StartFailed(4242, {"type": "ValueError", "message": "é" * 5000})
+    line = long.encode()
+    assert line.endswith(b"\n") and len(line) <= wire.START_FAILED_MAX
+    decoded = wire.decode_line(line.rstrip(b"\n"))
+    assert isinstance(decoded, wire.StartFailed) and decoded.pid == 4242
+    assert decoded.error["type"] == "ValueError" and decoded.error["message"].startswith("ééé")
+    assert decoded.error["message"].endswith("…")
 
 
 def test_frames_are_read_whole_and_in_order() -> None:

@@ -6,7 +6,6 @@ import atexit
 import fcntl
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import threading
@@ -15,7 +14,7 @@ import typing as t
 import weakref
 
 try:
-    import dill
+    import dill  # noqa: F401 - used by .scripts; checked here, once
     import diskcache  # noqa: F401 - used by .connections and .private; checked here, once
     import multiprocess  # noqa: F401 - used by .host; checked here, once
 except ImportError as err:  # pragma: no cover - depends on the environment
@@ -31,7 +30,7 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
 from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
-from . import child, elastic, fifo, handoff, host, index, loops, private, signed, waiting, wire
+from . import child, elastic, fifo, handoff, host, index, loops, private, scripts, signed, starting, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -118,6 +117,7 @@ class DiskcacheBackend(Backend):
         if directory is None:
             directory = tempfile.mkdtemp(prefix="flask-longtask-")
         self.directory = os.path.abspath(os.fspath(directory))
+        starting.watch(self.directory)  # (a worker importing the script: see .starting)
         self.embedded = embedded
         self.cleanup_interval = cleanup_interval
         self.start_method = start_method
@@ -158,6 +158,7 @@ class DiskcacheBackend(Backend):
 
     def init_app(self, app: Flask) -> None:
         self._apps.add(app)
+        starting.guard_run(app)  # (app.run() in a worker importing the script raises)
         if self.secret_key is None:  # (the first app's, if it has one: every process must agree)
             self.secret_key = _setting(app, "LONGTASK_SECRET_KEY") or app.config.get("SECRET_KEY")
         if not _setting(app, "LONGTASK_EMBEDDED_WORKER"):
@@ -166,11 +167,8 @@ class DiskcacheBackend(Backend):
     # -- serialisation --------------------------------------------------------------------------
 
     def dumps(self, value: t.Any) -> bytes:
-        """Pickle ``value``; values plain pickle refuses (lambdas, closures) go through dill."""
-        try:
-            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            return t.cast(bytes, dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        """Pickle ``value`` (else dill: lambdas, closures); ``TypeError`` for an unusable function of ``__main__``."""
+        return scripts.dumps(value, self, in_worker=child.current() is not None)
 
     # -- storage --------------------------------------------------------------------------------
 
@@ -361,6 +359,7 @@ class DiskcacheBackend(Backend):
     def store_and_enqueue(self, job: NewJob) -> None:
         # In the process hosting the pool, with a worker idle (a coroutine job: a free slot, see
         # .loops): straight to it (see .handoff). Not inside a caller's batch (the commit is later).
+        starting.refuse_submit()  # (not in a worker importing the script: see .starting)
         pool, submit = self._host, loops.submit if job.request.task.is_coroutine else handoff.submit
         direct = pool is not None and not pool.stopping.is_set() and not self.table.in_batch
         if not (direct and submit(self, t.cast(PoolHost, pool), job)):
@@ -447,14 +446,14 @@ class DiskcacheBackend(Backend):
         self.table.checkpoint()
         return messages
 
-    def end_lost(self, job_id: str, how: str) -> None:
+    def end_lost(self, job_id: str, how: str, error: dict[str, str] | None = None) -> None:
         """End a job whose worker process is gone (the pool calls this), in the job's own app
         when it is one of this backend's apps."""
         record = self.get(_keys.job(job_id))
         app = None
         if record is not MISSING:
             app = next((a for a in list(self._apps) if a.import_name == record.get("app")), None)
-        mark_lost(self, job_id, how, app=app)
+        mark_lost(self, job_id, how, app=app, error=error)
 
     # -- the pool -------------------------------------------------------------------------------
 
@@ -468,7 +467,7 @@ class DiskcacheBackend(Backend):
             if self._elected:
                 return
             self._elected = True
-            if not self.embedded or child.current() is not None or self._closed.is_set():
+            if not self.embedded or child.current() or self._closed.is_set() or starting.bootstrapping():
                 return
         if not self._try_to_host():
             threading.Thread(target=self._stand_by, name="longtask-standby", daemon=True).start()
@@ -509,7 +508,7 @@ class DiskcacheBackend(Backend):
                 return False
             try:  # (the lock is ours: on any failure from here, let go of it, or nobody hosts)
                 os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                os.write(fd, f"{os.getpid()}\n{scripts.main_script() or ''}\n".encode())  # (.scripts.holder)
                 pool = PoolHost(self, fd, self.workers, on_step_down=self._host_stepped_down)
             except BaseException:
                 os.close(fd)

@@ -25,7 +25,7 @@ from ...job import JobStatus
 from ...store import JobStore, keys
 from ...worker import Handoff, _ticker, claim_value, execute, is_runnable
 from ..base import MISSING
-from . import elastic, wire
+from . import elastic, starting, wire
 from .table import Claim
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -274,6 +274,7 @@ def _watch_lifeline(lifeline: t.Any) -> None:
 def worker_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any) -> None:
     """The body of a pool worker process (the target the host starts)."""
     global _current
+    starting.started()  # (it imported the script: its failures are its jobs' from here on)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the host, which ends us
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
 

@@ -424,6 +424,8 @@ class PoolHost:
                 self.later.add(message.job_id, message.due, coroutine=message.coroutine)
             elif isinstance(message, wire.Kill):
                 self.kills[message.job_id] = message.deadline
+            elif isinstance(message, wire.StartFailed):
+                recovery.start_failed(self, message)
             else:
                 self.ends.add(message.job_id)
 
@@ -530,7 +532,11 @@ class PoolHost:
         if self.queue:
             self._started = True
         if self._started:
-            while len(self.workers) < self.size and time.monotonic() >= self.next_spawn:
+            # (While it backs off after workers that died as they started, a job that comes when
+            # none is left starts one at once: it runs, or fails as they did, without waiting.)
+            while len(self.workers) < self.size and (
+                time.monotonic() >= self.next_spawn or not self.workers and self.queue
+            ):
                 self.add_worker()
         self.dispatch_idle()
         self.loops.dispatch()

@@ -166,14 +166,21 @@ class Loops:
         reason = how or worker.reason or exit_reason(worker.process.exitcode)
         self.workers.remove(worker)
         worker.close()
-        if how is None and worker.reason is None and not worker.settled:  # (it never ended a job)
-            self.delay = min(max(self.delay * 2, 0.1), 5.0)
+        # Died as it started (it said why: .starting; or it never ended a job): back off, as
+        # recovery.reap does for the other workers.
+        if how is None and not worker.settled and (worker.error is not None or worker.reason is None):
+            self.delay = min(max(self.delay * 2, recovery.START_BACKOFF), recovery.START_BACKOFF_MAX)
             self.next_spawn = time.monotonic() + self.delay
-            _log.error("A pool worker of coroutine jobs of %s died: %s.", host.backend.directory, reason)
+            if not host.stopping.is_set():
+                _log.error(
+                    "A pool worker of coroutine jobs of %s died as it started: %s.", host.backend.directory, reason
+                )
         for job_id in sorted(worker.coroutines):
             host.kills.pop(job_id, None)
             if job_id in host.later:
                 host.queue.forget(job_id)
+            elif worker.error is not None:  # it failed as it started, and said why: so does the job
+                recovery.lost(host, job_id, reason, error=worker.error)
             elif job_id not in (host.requeued | self.handed) and recovery.never_claimed(host, job_id):
                 host.requeued.add(job_id)
                 host.queue.requeue(job_id)

@@ -18,6 +18,7 @@ from ..base import MISSING
 from .workers import exit_reason
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from . import wire
     from .host import PoolHost
     from .workers import Worker
 
@@ -26,6 +27,10 @@ _log = logging.getLogger(__name__)
 #: The periodic rescan (see recover()) queues an unclaimed job nobody told the host of once it
 #: is this old (seconds since its submit): a younger one's message may still be on its way.
 RESCAN_AGE = 60.0
+#: Seconds before a worker starts again after one died as it started (importing the app), doubled
+#: with each such death in a row, up to START_BACKOFF_MAX; a job's end starts them at once again.
+START_BACKOFF = 0.25
+START_BACKOFF_MAX = 30.0
 #: What a job's record says while it is not over.
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -42,6 +47,9 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
         # and went on to another: not the one the pool meant to stop.
         how = "its worker process was stopped by force as it ended a cancelled job before it"
     reason = how or worker.reason or exit_reason(worker.process.exitcode)
+    # Died as it started (importing the app): it said why (.starting), or it never ended a job,
+    # nor claimed the one it had.
+    at_start = how is None and not worker.settled and (worker.error is not None or worker.reason is None)
     pid = worker.pid  # (not to be asked once its process object is closed)
     host.workers.remove(worker)
     worker.close()
@@ -57,27 +65,56 @@ def reap(host: PoolHost, worker: Worker, how: str | None, *, killed: str | None 
     if worker.job_id is not None:
         job_id = worker.job_id
         host.kills.pop(job_id, None)
+        unclaimed = (how is None or moved) and not worker.preclaimed and never_claimed(host, job_id)
+        at_start = at_start and (unclaimed or worker.error is not None)
         if job_id in host.later:
             # Its attempt failed and it was queued for a retry before the worker died: the retry
             # stands (it is queued when due, now that the queue forgets it).
             host.queue.forget(job_id)
-        elif (
-            (how is None or moved)
-            and worker.reason is None
-            and not worker.preclaimed
-            and job_id not in host.requeued
-            and never_claimed(host, job_id)
-        ):
-            # It died before it took the job (killed from outside): the job never started.
+        elif worker.error is not None:  # it failed as it started, and said why: so does the job
+            lost(host, job_id, reason, error=worker.error)
+        elif unclaimed and worker.reason is None and job_id not in host.requeued:
+            # It died before it took the job (killed from outside, or as it started): the job
+            # never started. Once: a second death fails it with how that worker died.
             host.requeued.add(job_id)
             host.queue.requeue(job_id)
         else:
             lost(host, job_id, reason)
-    elif how is None:
-        # Died idle, most often at start-up (an import error in __main__): do not spin.
+    if host.stopping.is_set():
+        # The pool is shutting down (a SIGTERM to the whole process group, as systemd stops a
+        # service, reaches the workers and the fork server too): no death to report, none to replace.
+        _log.debug("Pool worker %s of %s ended as the pool shut down: %s.", pid, host.backend.directory, reason)
+    elif at_start:  # the next ones may well die the same way: back off, more each time in a row
+        host.respawn_delay = min(max(host.respawn_delay * 2, START_BACKOFF), START_BACKOFF_MAX)
+        host.next_spawn = time.monotonic() + host.respawn_delay
+        _log.error(
+            "A pool worker of %s %s: %s (the next starts in %g s).",
+            host.backend.directory,
+            "failed as it started (importing the app)" if worker.error else "died before it ran a job",
+            reason,
+            host.respawn_delay,
+        )
+    elif how is None and worker.job_id is None:
+        # Died idle: do not spin.
         host.respawn_delay = min(max(host.respawn_delay * 2, 0.1), 5.0)
         host.next_spawn = time.monotonic() + host.respawn_delay
         _log.error("A pool worker of %s died while idle: %s.", host.backend.directory, reason)
+
+
+def start_failed(host: PoolHost, message: wire.StartFailed) -> None:
+    """A worker said it fails as it starts (see :mod:`.starting`): the job sent to it, if any,
+    fails with that error once its death is seen (:func:`reap`), and nothing more is sent to it."""
+    workers = host.workers + host.loops.workers  # (a worker of coroutine jobs too)
+    worker = next((w for w in workers if w.pid == message.pid and not w.settled), None)
+    if worker is None or worker.reason is not None:
+        return  # (not one of ours, or it said something first)
+    kind, text = message.error["type"], message.error["message"]
+    worker.reason = f"{kind}: {text}"
+    worker.error = {
+        "type": kind,
+        "message": f"{text} (in a pool worker process, as it started: importing the app)",
+        "traceback": "",
+    }
 
 
 def left_behind(host: PoolHost, worker: Worker) -> None:
@@ -93,11 +130,12 @@ def left_behind(host: PoolHost, worker: Worker) -> None:
         _log.exception("Worker pool of %s: could not record what worker %s left.", host.backend.directory, worker.pid)
 
 
-def lost(host: PoolHost, job_id: str, how: str) -> None:
-    """End a job whose worker is gone. If its end cannot be written now (a full disk), the
-    job stays known and the host tries again each tick: it is never forgotten."""
+def lost(host: PoolHost, job_id: str, how: str, *, error: dict[str, str] | None = None) -> None:
+    """End a job whose worker is gone (failed with ``error`` when its worker said why). If its
+    end cannot be written now (a full disk), the job stays known and the host tries again each
+    tick: it is never forgotten."""
     try:
-        host.backend.end_lost(job_id, how)
+        host.backend.end_lost(job_id, how, error)
     except Exception:
         if job_id not in host.unrecorded:
             _log.exception("Worker pool: job %s lost (%s), but its end could not be written yet.", job_id, how)

@@ -26,13 +26,16 @@ From a worker to the host:
 message, written atomically (at most ``PIPE_BUF`` bytes), or left in the mailbox in storage
 when the FIFO is full: :class:`Queued` (``q <id>``, ``q <id> a`` for a coroutine job),
 :class:`Later` (``l <id> <due>``, ``l <id> <due> a``),
-:class:`Kill` (``k <id> <deadline>``), :class:`Ended` (``e <id>``). Lines are untrusted (any
+:class:`Kill` (``k <id> <deadline>``), :class:`Ended` (``e <id>``), :class:`StartFailed`
+(``s <pid> <hex>``, from a worker process that fails while it imports the app). Lines are untrusted (any
 process that can write the directory can write them): :func:`decode_line` validates each and
 returns ``None`` for anything else.
 """
 
 from __future__ import annotations
 
+import binascii
+import json
 import math
 import os
 import pickle
@@ -245,7 +248,30 @@ class Ended:
         return f"e {self.job_id}\n".encode("ascii")
 
 
-Line = Queued | Later | Kill | Ended
+@dataclass(frozen=True)
+class StartFailed:
+    """Worker process ``pid`` failed as it started, while it imported the app (the user's
+    script, imported again as ``__mp_main__``), before its pipe to the host was open: with
+    ``error`` (``type`` and ``message``), which the job sent to it fails with. Best effort: sent
+    from its ``sys.excepthook`` (see :mod:`.starting`)."""
+
+    pid: int
+    error: dict[str, str]
+
+    def encode(self) -> bytes:
+        error = {"type": str(self.error.get("type", ""))[:200], "message": str(self.error.get("message", ""))}
+        while True:  # (one atomic write: under PIPE_BUF, the message cut short if need be)
+            line = f"s {self.pid} {binascii.hexlify(json.dumps(error).encode()).decode()}\n".encode("ascii")
+            if len(line) <= START_FAILED_MAX:
+                return line
+            error["message"] = error["message"][: len(error["message"]) * 3 // 4 - 1] + "…"
+
+
+#: The longest :class:`StartFailed` line (``PIPE_BUF`` is at least 4096 on Linux; 512 by POSIX,
+#: where the line may then be split: the host drops what it cannot decode).
+START_FAILED_MAX = 4000
+
+Line = Queued | Later | Kill | Ended | StartFailed
 
 
 def _job_id(text: str) -> str | None:
@@ -255,6 +281,8 @@ def _job_id(text: str) -> str | None:
 def decode_line(line: bytes) -> Line | None:
     """A FIFO line (without its newline) as a message; ``None`` if it is not a valid one."""
     parts = line.decode("ascii", "replace").split()
+    if len(parts) == 3 and parts[0] == "s":
+        return _start_failed(parts[1], parts[2])
     if len(parts) < 2 or (job_id := _job_id(parts[1])) is None:
         return None
     coroutine = parts[-1] == "a" and parts[0] in ("q", "l")
@@ -273,3 +301,15 @@ def decode_line(line: bytes) -> Line | None:
             return None
         return Kill(job_id, when) if parts[0] == "k" else Later(job_id, when, coroutine)
     return None
+
+
+def _start_failed(pid: str, data: str) -> StartFailed | None:
+    if not (pid.isascii() and pid.isdigit() and 0 < len(pid) < 10 and int(pid) > 0):
+        return None
+    try:
+        error = json.loads(binascii.unhexlify(data).decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not (isinstance(error, dict) and all(isinstance(error.get(k), str) for k in ("type", "message"))):
+        return None
+    return StartFailed(int(pid), {"type": error["type"], "message": error["message"]})

@@ -24,6 +24,7 @@ class Worker:
         "conn",
         "coroutines",
         "eof",
+        "error",
         "frames",
         "gave_back",
         "given",
@@ -72,6 +73,8 @@ class Worker:
         self.preclaimed = False
         #: Why it is about to exit, when it said so first (it could not store an outcome).
         self.reason: str | None = None
+        #: The error it failed with as it started, importing the app (:class:`.wire.StartFailed`).
+        self.error: dict[str, str] | None = None
         #: Whether a thread waiting for its job reads its pipe (the dispatcher then does not).
         self.watched = False
         #: Whether its pipe reached end-of-file (it died; the dispatcher reaps it).
