@@ -53,3 +53,10 @@ async def wait_gate(gate: str) -> int:
     while not os.path.exists(gate):
         await asyncio.sleep(0.005)
     return os.getpid()
+
+
+@longtask.task
+async def measure(payload: str, seconds: float) -> int:
+    """Waits on the loop; returns the length of what it was given."""
+    await asyncio.sleep(seconds)
+    return len(payload)

@@ -5,6 +5,7 @@ the conformance suite, flask_longtask/testing_async.py, run on all three backend
 
 from __future__ import annotations
 
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -89,6 +90,29 @@ def test_an_idle_loop_worker_retires(tmp_path: Path) -> None:
             assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid  # a new one, for the next
     finally:
         backend.close()
+
+
+def test_coroutine_jobs_submitted_from_many_threads_at_once_with_large_arguments_all_run(
+    pool: DiskcacheBackend,
+) -> None:
+    # Each 20 KB argument is sent inline in its Handover, which takes two writes to the pipe; the
+    # submitting threads and the dispatcher send to the same loop worker at once.
+    payload, threads, each = "x" * 20_000, 8, 10
+    submitted: list[t.Any] = []
+    app = make_app(pool)
+
+    def submit() -> None:
+        with app.app_context():
+            submitted.extend(jobs.measure.submit(payload, 0.2) for _ in range(each))
+
+    with app.app_context():
+        jobs.nap.submit(0).result(timeout=TIMEOUT)  # (its loop worker runs: the jobs are handed over)
+        started = [threading.Thread(target=submit) for _ in range(threads)]
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
+        assert [job.result(timeout=TIMEOUT) for job in submitted] == [len(payload)] * threads * each
 
 
 def test_coroutine_jobs_submitted_in_another_process_reach_a_loop(pool: DiskcacheBackend) -> None:
