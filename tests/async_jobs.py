@@ -60,3 +60,25 @@ async def measure(payload: str, seconds: float) -> int:
     """Waits on the loop; returns the length of what it was given."""
     await asyncio.sleep(seconds)
     return len(payload)
+
+
+@longtask.task
+async def exits() -> None:
+    """Raises SystemExit on the loop, as a sync job may in its worker."""
+    await asyncio.sleep(0)
+    raise SystemExit(3)
+
+
+@longtask.task
+async def stubborn(log: str) -> str:
+    """Swallows every cancel and goes on, appending a line to ``log`` every 20 ms (its side
+    effect), for a minute."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        try:
+            await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            pass
+    return "done"

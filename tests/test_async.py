@@ -129,19 +129,74 @@ def test_coroutine_jobs_submitted_in_another_process_reach_a_loop(pool: Diskcach
         other.close()
 
 
-def test_a_coroutine_that_blocks_its_loop_is_found_lost_and_its_neighbour_is_not(
+def test_a_coroutine_that_blocks_its_loop_for_good_ends_its_worker_and_its_neighbours(
     pool: DiskcacheBackend, tmp_path: Path
 ) -> None:
     log = tmp_path / "log"
     with make_app(pool).app_context():
-        neighbour = jobs.progress_then_nap.submit(0.5)
+        neighbour = jobs.progress_then_nap.submit(30)
         wait_for(lambda: neighbour.progress == "napping", what="the neighbour to start")
-        hog = jobs.hog.submit(str(log), 5.0)  # time.sleep(5) on the loop: the user's bug
-        # Its heartbeat stops while it blocks the loop (2 s timeout here): a reader finds it lost.
-        assert wait_for(lambda: hog.status is JobStatus.FAILED, timeout=TIMEOUT, what="the hog found lost")
+        hog = jobs.hog.submit(str(log), 60.0)  # time.sleep(60) on the loop: the user's bug
+        line = wait_for(lambda: "\n" in (text := log.read_text() if log.exists() else "") and text, what="the hog")
+        pid = int(line.split()[1])
+        # The loop misses its pulse past the heartbeat timeout and the grace (2 + 0.5 s here): the
+        # worker's watchdog stops it, naming the hog; its neighbour, which could never run again,
+        # fails with that reason rather than run on forever.
+        assert neighbour.wait(timeout=TIMEOUT) is JobStatus.FAILED
+        assert neighbour.error is not None and f"({hog.id}) blocked the event loop" in neighbour.error["message"]
+        assert hog.wait(timeout=TIMEOUT) is JobStatus.FAILED
         assert hog.error is not None and hog.error["type"] == "WorkerLostError"
-        # The neighbour waited for the loop, beating all along: it ends as it would have.
-        assert neighbour.result(timeout=TIMEOUT) == neighbour.id
+        wait_for(lambda: not alive(pid), what="the blocked worker to exit")
+        # The next coroutine jobs go to a new worker.
+        assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+
+
+def test_a_coroutine_that_raises_system_exit_ends_its_worker_as_a_sync_job_does(
+    pool: DiskcacheBackend, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with make_app(pool).app_context():
+        pid = jobs.nap.submit(0).result(timeout=TIMEOUT)
+        neighbour = jobs.wait_gate.submit(str(gate))
+        wait_for(lambda: neighbour.status is JobStatus.RUNNING, what="the neighbour to start")
+        job = jobs.exits.submit()
+        # It fails with SystemExit, and its process exits (as a sync worker's does), its neighbour
+        # lost with the reason said; the next coroutine job runs on a new worker.
+        assert job.wait(timeout=TIMEOUT) is JobStatus.FAILED
+        assert job.error is not None and "SystemExit" in job.error["type"] + job.error["message"]
+        assert neighbour.wait(timeout=TIMEOUT) is JobStatus.FAILED
+        assert neighbour.error is not None and "SystemExit" in neighbour.error["message"]
+        wait_for(lambda: not alive(pid), what="its worker to exit")
+        assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+
+
+def test_a_coroutine_that_swallows_the_cancel_is_stopped_once_its_neighbours_end(tmp_path: Path) -> None:
+    backend = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=3)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    try:
+        with make_app(backend).app_context():
+            neighbour = jobs.wait_gate.submit(str(gate))
+            wait_for(lambda: neighbour.status is JobStatus.RUNNING, what="the neighbour to start")
+            job = jobs.stubborn.submit(str(log))
+            wait_for(lambda: log.exists() and log.read_text(), what="the stubborn one to start")
+            pid = int(log.read_text().split()[0])
+            job.cancel()
+            # It ends cancelled at the grace's end (0.5 s), as before...
+            assert job.wait(timeout=0.5 + 1.0) is JobStatus.CANCELLED
+            # ...its worker takes no more jobs while its leftover runs beside the neighbour...
+            assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+            size = log.stat().st_size
+            wait_for(lambda: log.stat().st_size > size, what="the leftover to go on meanwhile")
+            # ...and exits once the neighbour has ended: the leftover with it.
+            gate.touch()
+            assert neighbour.result(timeout=TIMEOUT) == pid
+            wait_for(lambda: not alive(pid), what="the drained worker to exit")
+            size = log.stat().st_size
+            assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+            assert log.stat().st_size == size  # (nothing of it runs any more)
+            assert job.status is JobStatus.CANCELLED and neighbour.status is JobStatus.SUCCEEDED
+    finally:
+        backend.close()
 
 
 def test_a_cancelled_coroutine_that_blocks_its_loop_ends_its_worker(pool: DiskcacheBackend, tmp_path: Path) -> None:
