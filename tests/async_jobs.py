@@ -82,3 +82,11 @@ async def stubborn(log: str) -> str:
         except asyncio.CancelledError:
             pass
     return "done"
+
+
+@longtask.task
+def sync_gate(gate: str) -> int:
+    """A sync job that waits (not burning CPU) until ``gate`` exists; returns its worker's pid."""
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return os.getpid()
