@@ -5,6 +5,8 @@ the conformance suite, flask_longtask/testing_async.py, run on all three backend
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import typing as t
@@ -244,6 +246,44 @@ def test_a_cancelled_coroutine_that_blocks_its_loop_ends_its_worker(pool: Diskca
         assert neighbour.error is not None and "blocked the event loop" in neighbour.error["message"]
         # The next coroutine jobs go to a new worker.
         assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+
+
+def test_a_loop_worker_killed_mid_job_loses_its_jobs_and_the_next_runs_on_a_new_one(
+    pool: DiskcacheBackend, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with make_app(pool).app_context():
+        pid = jobs.nap.submit(0).result(timeout=TIMEOUT)
+        running = [jobs.wait_gate.submit(str(gate)) for _ in range(2)]
+        wait_for(lambda: all(job.status is JobStatus.RUNNING for job in running), what="both to run")
+        os.kill(pid, signal.SIGKILL)
+        for job in running:
+            assert job.wait(timeout=TIMEOUT) is JobStatus.FAILED
+            assert job.error is not None and job.error["type"] == "WorkerLostError"
+            assert "killed by SIGKILL" in job.error["message"]
+        assert jobs.nap.submit(0).result(timeout=TIMEOUT) != pid
+
+
+def test_coroutine_jobs_running_as_the_pool_shuts_down_end_lost(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    first = DiskcacheBackend(tmp_path / "lt", workers=1, max_workers=1)
+    try:
+        with make_app(first).app_context():
+            running = [jobs.wait_gate.submit(str(gate)) for _ in range(3)]
+            wait_for(lambda: all(job.status is JobStatus.RUNNING for job in running), what="all to run")
+            pids = [view.pid for view in loop_workers(first)]
+    finally:
+        first.close()
+    assert pids and not any(alive(pid) for pid in pids)  # nothing of them left running
+    second = DiskcacheBackend(tmp_path / "lt", embedded=False)
+    try:
+        with make_app(second).app_context():
+            for job in running:
+                ended = jobs.longtask.get_job(job.id)
+                assert ended.status is JobStatus.FAILED and ended.error is not None
+                assert "shut down while it ran" in ended.error["message"]
+    finally:
+        second.close()
 
 
 def test_fifty_coroutine_jobs_on_thread_backend_take_about_one_jobs_time() -> None:

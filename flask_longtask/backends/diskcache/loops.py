@@ -467,8 +467,13 @@ def _watch_loop(loop: coroutines.Loop, jobs: _Jobs, stop: t.Callable[[str, int],
     timeout and the cancel grace of the job that blocks it (those of :data:`.config` when it
     cannot be told) will not turn again in time: the worker says so and exits, its jobs failing
     with that reason (never-claimed ones queued again). So does one whose loop's thread died."""
+    last = time.monotonic()
     while True:
         time.sleep(WATCH)
+        now = time.monotonic()
+        slept, last = now - last, now
+        if slept > WATCH + coroutines.STALL:
+            continue  # this thread did not run either (the process was stopped): let the loop beat first
         if not loop.thread.is_alive():
             how = "" if jobs.died is None else f" ({jobs.died} escaped it)"
             stop(f"the worker's event loop stopped{how}{STOPPED}", 73)
