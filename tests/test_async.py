@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import typing as t
@@ -20,8 +21,11 @@ from flask_longtask.backends import ThreadBackend
 from flask_longtask.backends.diskcache import DiskcacheBackend
 
 from . import async_jobs as jobs
+from . import diskcache_jobs
 from .helpers import alive, wait_for
-from .services import start_celery_worker, start_redis, stop, wait_until
+from .services import ROOT, start_celery_worker, start_redis, stop, wait_until
+from .test_diskcache_procs import BIN, env_for
+from .test_diskcache_procs import stop as stop_process
 
 TIMEOUT = 30.0
 #: 50 coroutine jobs of 0.5 s. One after another they take 25 s, and 12.5 s on two processes:
@@ -284,6 +288,53 @@ def test_coroutine_jobs_running_as_the_pool_shuts_down_end_lost(tmp_path: Path) 
                 assert "shut down while it ran" in ended.error["message"]
     finally:
         second.close()
+
+
+def test_the_host_dies_while_coroutine_jobs_run_and_a_standby_takes_over(tmp_path: Path) -> None:
+    directory, gate = tmp_path / "lt", tmp_path / "gate"
+    out = (tmp_path / "worker.log").open("wb")
+    host = subprocess.Popen(
+        [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker"],
+        cwd=ROOT,
+        env=env_for(directory, LONGTASK_WORKERS="1"),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    submitter = DiskcacheBackend(directory, embedded=False)  # a web process that never hosts
+    app = Flask("tests.async_submitter")
+    diskcache_jobs.longtask.init_app(app, backend=submitter)
+    standby = None
+    try:
+        with app.app_context():
+            pid_files = [tmp_path / f"pid{n}" for n in range(2)]
+            running = [diskcache_jobs.wait_file.submit(str(gate), str(f)) for f in pid_files]
+            pids = wait_for(
+                lambda: (
+                    all(f.exists() and f.read_text() for f in pid_files) and {int(f.read_text()) for f in pid_files}
+                ),
+                timeout=TIMEOUT,
+                what="both coroutine jobs to run",
+            )
+            standby = DiskcacheBackend(directory)  # stands by while the host holds the pool
+            app2 = Flask("tests.async_standby")
+            diskcache_jobs.longtask.init_app(app2, backend=standby)
+            host.kill()  # kill -9 the process hosting the pool
+            host.wait(10)
+            wait_for(lambda: not any(alive(pid) for pid in pids), what="its loop worker to exit with it")
+            with app2.app_context():
+                for job in running:
+                    ended = diskcache_jobs.longtask.get_job(job.id)
+                    assert ended.wait(timeout=TIMEOUT) is JobStatus.FAILED and ended.error is not None
+                    assert "hosting the worker pool died" in ended.error["message"]
+                gate.touch()
+                again = diskcache_jobs.wait_file.submit(str(gate), str(tmp_path / "pid2"))
+                assert again.result(timeout=TIMEOUT) not in pids  # on the standby's own loop worker
+    finally:
+        if standby is not None:
+            standby.close()
+        submitter.close()
+        stop_process(host)
+        out.close()
 
 
 def test_fifty_coroutine_jobs_on_thread_backend_take_about_one_jobs_time() -> None:
