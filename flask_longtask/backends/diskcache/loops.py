@@ -29,6 +29,7 @@ raises ``SystemExit``, as a sync worker's process exits. See ``docs/internals.md
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -408,7 +409,8 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
 
     def stop(reason: str, code: int) -> t.NoReturn:
         _log.error("Pool worker %s exits: %s.", os.getpid(), reason)
-        send(wire.Failing(reason))
+        with contextlib.suppress(OSError, ValueError):  # (the host is gone: exit all the same)
+            send(wire.Failing(reason))
         os._exit(code)
 
     def run(job_id: str, handoff: Handoff | None) -> None:
