@@ -90,3 +90,21 @@ def sync_gate(gate: str) -> int:
     while not os.path.exists(gate):
         time.sleep(0.005)
     return os.getpid()
+
+
+@longtask.task
+async def cancel_job(directory: str, job_id: str) -> str:
+    """Cancels another job of the pool of ``directory`` from a worker of coroutine jobs; returns
+    its status then."""
+    from flask_longtask.backends.diskcache import DiskcacheBackend
+
+    backend = DiskcacheBackend(directory, embedded=False)
+    other = Flask("tests.async_jobs_canceller")
+    longtask.init_app(other, backend=backend)
+    try:
+        with other.app_context():
+            job = longtask.get_job(job_id)
+            job.cancel()
+            return job.status.value
+    finally:
+        backend.close()

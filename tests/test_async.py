@@ -150,6 +150,20 @@ def test_coroutine_jobs_submitted_from_many_threads_at_once_with_large_arguments
         assert [job.result(timeout=TIMEOUT) for job in submitted] == [len(payload)] * threads * each
 
 
+def test_a_coroutine_job_that_cancels_a_queued_job_wakes_its_waiters(pool: DiskcacheBackend, tmp_path: Path) -> None:
+    # That end is another job's, not one the loop worker runs: written on its own and announced
+    # through the FIFO, as anywhere (not kept for a Done that never comes).
+    gate = tmp_path / "gate"
+    with make_app(pool).app_context():
+        running = jobs.sync_gate.submit(str(gate))
+        wait_for(lambda: running.status is JobStatus.RUNNING, what="the sync worker to be busy")
+        queued = jobs.sync_gate.submit(str(gate))
+        assert jobs.cancel_job.submit(str(pool.directory), queued.id).result(timeout=TIMEOUT) == "cancelled"
+        assert queued.wait(timeout=5) is JobStatus.CANCELLED
+        gate.touch()
+        assert running.result(timeout=TIMEOUT) > 0
+
+
 def test_coroutine_jobs_submitted_in_another_process_reach_a_loop(pool: DiskcacheBackend) -> None:
     # A process that does not host the pool queues them through the FIFO ("q <id> a").
     other = DiskcacheBackend(pool.directory, embedded=False)
