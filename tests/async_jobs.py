@@ -53,3 +53,58 @@ async def wait_gate(gate: str) -> int:
     while not os.path.exists(gate):
         await asyncio.sleep(0.005)
     return os.getpid()
+
+
+@longtask.task
+async def measure(payload: str, seconds: float) -> int:
+    """Waits on the loop; returns the length of what it was given."""
+    await asyncio.sleep(seconds)
+    return len(payload)
+
+
+@longtask.task
+async def exits() -> None:
+    """Raises SystemExit on the loop, as a sync job may in its worker."""
+    await asyncio.sleep(0)
+    raise SystemExit(3)
+
+
+@longtask.task
+async def stubborn(log: str) -> str:
+    """Swallows every cancel and goes on, appending a line to ``log`` every 20 ms (its side
+    effect), for a minute."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        try:
+            await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            pass
+    return "done"
+
+
+@longtask.task
+def sync_gate(gate: str) -> int:
+    """A sync job that waits (not burning CPU) until ``gate`` exists; returns its worker's pid."""
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return os.getpid()
+
+
+@longtask.task
+async def cancel_job(directory: str, job_id: str) -> str:
+    """Cancels another job of the pool of ``directory`` from a worker of coroutine jobs; returns
+    its status then."""
+    from flask_longtask.backends.diskcache import DiskcacheBackend
+
+    backend = DiskcacheBackend(directory, embedded=False)
+    other = Flask("tests.async_jobs_canceller")
+    longtask.init_app(other, backend=backend)
+    try:
+        with other.app_context():
+            job = longtask.get_job(job_id)
+            job.cancel()
+            return job.status.value
+    finally:
+        backend.close()

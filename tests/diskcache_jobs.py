@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import resource
@@ -400,3 +401,13 @@ def ahead_while(seconds: float) -> int:
             most = max(most, me.sent_ahead())
             time.sleep(0.005)
     return most
+
+
+@longtask.task
+async def wait_file(gate: str, pid_file: str) -> int:
+    """A coroutine job: writes its worker's pid to ``pid_file``, then awaits ``gate``."""
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    while not os.path.exists(gate):
+        await asyncio.sleep(0.005)
+    return os.getpid()

@@ -26,7 +26,7 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # (gone, or going as it is read: ESRCH)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

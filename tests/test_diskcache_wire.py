@@ -39,6 +39,7 @@ def test_messages_to_a_worker_decode_as_they_were_sent(message: object) -> None:
         wire.Done(ID, None, None, True),
         wire.GiveBack((ID, ID[::-1])),
         wire.Failing("the worker could not store the job's outcome: OSError: disk full"),
+        wire.Draining(f"a coroutine job ({ID}) went on past its cancel's grace of 0.5 s"),
     ],
 )
 def test_messages_from_a_worker_decode_as_they_were_sent(message: object) -> None:

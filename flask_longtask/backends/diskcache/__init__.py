@@ -271,7 +271,7 @@ class DiskcacheBackend(Backend):
         """Write a job's end. A pool worker writes its own, and claims the job sent ahead to it in
         the same transaction (:meth:`.child.Child.end_job`); a worker of coroutine jobs, those
         that end together in one (.loops). Elsewhere (a lost job...), the host's waiters are told."""
-        me = loops.together or child.current()
+        me = loops.together if loops.together and end.job_id in loops.together.running else child.current()
         if me is not None and (me is loops.together or end.job_id == t.cast(child.Child, me).running):
             return me.end_job(self, end)
         chosen = self.table.add_then_write(
@@ -285,7 +285,7 @@ class DiskcacheBackend(Backend):
         pool = self._host
         if pool is not None:
             pool.announce_end(job_id)
-        elif not (self._closed.is_set() or loops.together):  # (a loop worker's Done says it)
+        elif not self._closed.is_set():  # (not a loop worker's own jobs: their Done says it)
             try:
                 self._send(wire.Ended(job_id), warn=False)
             except Exception:  # only a wake-up: waiters look at storage again soon anyway

@@ -385,7 +385,9 @@ class Elastic:
         idle, used, host_used = ((now - then) / span for now, then in zip(reading[:3], previous[:3], strict=True))
         free = self._cpus.free(idle, used)
         other = self._cpus.capacity - free - host_used - sum(shares)
-        room = self.max_size - len(host.workers) - len(self.retiring)  # (the retiring still run)
+        # (The retiring still run; so do the workers of coroutine jobs: one ceiling for both.)
+        loops = len(host.loops.workers) + len(host.loops.retiring)
+        room = self.max_size - len(host.workers) - len(self.retiring) - loops
         count = growth(
             shares, unknown=busy - len(shares), cpus=CPUS, room=room, queued=host.queued(), free=free, other=other
         )

@@ -481,11 +481,13 @@ class PoolHost:
                 return wanted
 
     def _handle_message(
-        self, worker: Worker, message: wire.Done | wire.GiveBack | wire.Failing, size: int
+        self, worker: Worker, message: wire.Done | wire.GiveBack | wire.Failing | wire.Draining, size: int
     ) -> wire.Done | None:
         """Handle one message of a worker; the :class:`~.wire.Done` it was, if it was one."""
         if isinstance(message, wire.Failing):  # it failed inside execute() and now exits
             worker.reason = message.reason
+            return None
+        if isinstance(message, wire.Draining):  # pragma: no cover - only a loop worker says it (.loops)
             return None
         if isinstance(message, wire.GiveBack):
             worker.gave_back = True

@@ -6,8 +6,9 @@ goes to a *loop worker*: a process of the pool kept apart from the others (``Loo
 not ``PoolHost.workers``), so that none of the other workers' bookkeeping (the hand-over, jobs
 sent ahead, the elastic judgements, waiters reading a pipe) sees it. Each loop worker has
 ``LONGTASK_ASYNC_CONCURRENCY`` slots; the host sends it ``Run(id)`` while it has a free slot,
-and starts another loop worker only when every one is full (up to the pool's ceiling), so the
-pool never grows for coroutine jobs while a slot is free. A loop worker idle for
+and starts another loop worker only when every one is full (up to the pool's ceiling, which
+counts both kinds of worker: :meth:`Loops.full`), so the pool never grows for coroutine jobs
+while a slot is free. A loop worker idle for
 ``worker_idle`` seconds exits, as an elastic worker does.
 
 In the process, the main thread reads the pipe; each ``Run`` starts a thread that runs
@@ -18,27 +19,37 @@ the thread then sends ``Done(id)``. A cancel or a time limit reaches the corouti
 ``Kill``'s deadline (its neighbours would die with it): the job's thread owns that deadline. If
 the cancelled coroutine still blocks the loop at its end, the thread sends ``Failing(reason)``
 and the process exits: the host fails every job it ran with that reason (the cancelled one ends
-cancelled), and the next coroutine jobs go to a new loop worker. See ``docs/internals.md``.
+cancelled), and the next coroutine jobs go to a new loop worker. If it awaits (it swallowed the
+``CancelledError``), the worker says ``Draining``: the host sends it no more jobs and retires it
+once its other jobs have ended, the leftover with it. A watchdog thread stops the worker the
+same way if its loop stays blocked past the heartbeat timeout and grace, and so does a job that
+raises ``SystemExit``, as a sync worker's process exits. See ``docs/internals.md``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
 import typing as t
+import weakref
 
 from ... import coroutines
+from ...config import DEFAULT_CONFIG
 from ...job import JobStatus
 from ...store import CLAIM_EXPIRE, keys
 from ...worker import Handoff, execute
+from ...worker import _current as current_context
 from . import recovery, wire
 from .handoff import INLINE_ARGS, RESERVE_WAIT
 from .workers import RETIRE, Worker, exit_reason, start_process
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from ...worker import JobContext
     from ..base import JobEnd, NewJob
     from . import DiskcacheBackend
     from .host import PoolHost
@@ -53,7 +64,7 @@ class Loops:
         self.host = host
         #: Coroutine jobs a loop worker runs at once.
         self.concurrency = concurrency
-        #: How many loop workers there may be at most (the pool's ceiling).
+        #: The pool's ceiling, which counts both kinds of worker (see :meth:`full`).
         self.ceiling = max(1, ceiling)
         self.workers: list[Worker] = []
         #: Jobs handed over (claimed in the submit's transaction): lost, never requeued, if
@@ -75,7 +86,7 @@ class Loops:
         try:
             if host.queue.coroutines() or host.inbox or host.stopping.is_set():
                 return None
-            worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
+            worker = self._free()
             if worker is not None:
                 worker.coroutines.add(job_id)
                 worker.idle_since = None
@@ -84,6 +95,23 @@ class Loops:
             return worker
         finally:
             host.mutex.release()
+
+    def _free(self) -> Worker | None:
+        """The first loop worker with a free slot that takes jobs (not failing, not draining)."""
+        return next(
+            (w for w in self.workers if len(w.coroutines) < self.concurrency and not (w.reason or w.draining)), None
+        )
+
+    def full(self) -> bool:
+        """Whether no loop worker may start: one pool ceiling counts both kinds of worker (and
+        those retiring), with room kept for the sync workers' minimum not yet started; but the
+        first loop worker that takes jobs may always start, so that coroutine jobs run beside sync workers that
+        fill the ceiling (the pool then runs one process over it)."""
+        if not any(worker.reason is None and not worker.draining for worker in self.workers):
+            return False
+        host = self.host
+        sync = max(len(host.workers), host.size) + len(host.elastic.retiring)
+        return len(self.workers) + len(self.retiring) + sync >= self.ceiling
 
     def unreserve(self, worker: Worker, job_id: str) -> None:
         with self.host.mutex:
@@ -103,10 +131,9 @@ class Loops:
         all are full (``spawn``: not from a thread that submits); whether any still wait."""
         queue = self.host.queue
         while queue.coroutines():
-            worker = next((w for w in self.workers if len(w.coroutines) < self.concurrency and w.reason is None), None)
+            worker = self._free()
             if worker is None:
-                full = len(self.workers) + len(self.retiring) >= self.ceiling
-                if not spawn or full or time.monotonic() < self.next_spawn:
+                if not spawn or self.full() or time.monotonic() < self.next_spawn:
                     return True
                 worker = self._spawn()
             job_id = queue.pop_coroutine()
@@ -132,6 +159,8 @@ class Loops:
                 self._read(worker)
             if worker.sentinel in ready:
                 self.reap(worker)
+            elif worker.draining and not worker.coroutines:
+                self._retire(worker, time.monotonic())
 
     def _read(self, worker: Worker) -> None:
         if not worker.readable():
@@ -145,6 +174,9 @@ class Loops:
             message = wire.decode_from_worker(data)
             if isinstance(message, wire.Failing):
                 worker.reason = message.reason
+            elif isinstance(message, wire.Draining):  # no more jobs to it; retired once it has none
+                worker.draining = True
+                _log.debug("Pool worker %s drains: %s.", worker.pid, message.reason)
             elif isinstance(message, wire.Done):
                 host, job_id = self.host, message.job_id
                 worker.coroutines.discard(job_id)
@@ -196,12 +228,11 @@ class Loops:
         for worker in list(self.workers):
             if worker.coroutines or worker.reason is not None:
                 continue
-            if worker.idle_since is None:
+            if worker.idle_since is None and not worker.draining:
                 worker.idle_since = now
-            elif now - worker.idle_since >= self.host.backend.worker_idle and not worker.readable():
-                self.workers.remove(worker)
-                if not worker.close():
-                    self.retiring.append((worker, now + RETIRE))
+            elif worker.draining or now - (worker.idle_since or now) >= self.host.backend.worker_idle:
+                if not worker.readable():  # (a message, or its death, waits: read it first)
+                    self._retire(worker, now)
         still = []
         for worker, deadline in self.retiring:
             if worker.close():
@@ -210,6 +241,13 @@ class Loops:
                 worker.process.kill()
             still.append((worker, deadline))
         self.retiring = still
+
+    def _retire(self, worker: Worker, now: float) -> None:
+        """Close an idle loop worker's pipe and lifeline (it exits at once, a draining one's
+        leftover coroutine with it): a retirement, not a death."""
+        self.workers.remove(worker)
+        if not worker.close():
+            self.retiring.append((worker, now + RETIRE))
 
     def shutdown(self, deadline: float) -> None:
         for worker in self.workers:
@@ -274,6 +312,9 @@ class Together:
         #: What each job's end wrote, for its Done (a waiter in the host's process need not
         #: read it): job id -> values, taken by :meth:`written`.
         self._values: dict[str, dict[str, t.Any]] = {}
+        #: The jobs this worker runs: only their ends come here (a job's thread may end others:
+        #: cancel a queued one, find one lost; those are written and announced as anywhere).
+        self.running: set[str] = set()
 
     def written(self, job_id: str) -> dict[str, t.Any] | None:
         """What the end of ``job_id`` wrote, if this worker wrote it (once)."""
@@ -352,32 +393,57 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
     threading.Thread(target=_watch_lifeline, args=(lifeline,), name="longtask-lifeline", daemon=True).start()
     backend = DiskcacheBackend(directory, embedded=False, secret_key=secret)
     send_lock = threading.Lock()
+    draining = threading.Event()
 
-    def send(message: wire.Done | wire.Failing) -> None:
+    def send(message: wire.Done | wire.Failing | wire.Draining) -> None:
         with send_lock:
             conn.send_bytes(message.encode())
 
     def stuck(reason: str, blocked: bool) -> None:
-        if not blocked:  # (it awaits: its neighbours run on; the job ends, its coroutine left be)
+        if not blocked:  # it awaits: no more jobs here; the host retires us once the others end
+            if not draining.is_set():
+                draining.set()
+                send(wire.Draining(reason))
             return
-        reason += ": the worker process was stopped, with every coroutine job it ran"
+        stop(reason + STOPPED, 71)
+
+    def stop(reason: str, code: int) -> t.NoReturn:
         _log.error("Pool worker %s exits: %s.", os.getpid(), reason)
-        send(wire.Failing(reason))
-        os._exit(71)
+        with contextlib.suppress(OSError, ValueError):  # (the host is gone: exit all the same)
+            send(wire.Failing(reason))
+        os._exit(code)
 
     def run(job_id: str, handoff: Handoff | None) -> None:
+        mine = t.cast(Together, together)
+        mine.running.add(job_id)
         try:
             again = execute(backend, job_id, handoff=handoff) is JobStatus.QUEUED
         except Exception as exc:  # storage failed under the job: as in a worker of other jobs
             _log.exception("Job %s: its outcome could not be stored.", job_id)
-            send(wire.Failing(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}"))
-            os._exit(70)
-        send(wire.Done(job_id, t.cast(Together, together).written(job_id), None, again))
+            stop(f"the worker could not store the job's outcome: {type(exc).__name__}: {exc}", 70)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: its end is written; as a
+            # sync worker's process, this one exits, and the host reaps it (the others are lost)
+            how = f"a coroutine job ({job_id}) raised {type(exc).__name__}"
+            stop(f"{how}: the worker process exited, with every coroutine job it ran", 72)
+        finally:
+            mine.running.discard(job_id)
+        send(wire.Done(job_id, mine.written(job_id), None, again))
 
     coroutines.on_stuck = stuck
     global together
     together = Together()
-    coroutines.shared()  # (its loop from the start: the first job does not wait for it)
+    loop = coroutines.shared()  # (its loop from the start: the first job does not wait for it)
+    jobs = _Jobs()
+    hook = threading.excepthook
+
+    def died(args: t.Any) -> None:  # (what ended the loop's thread, if it ends: for the watchdog's reason)
+        if args.thread is loop.thread:
+            jobs.died = args.exc_type.__name__
+        hook(args)
+
+    threading.excepthook = died
+    loop.loop.call_soon_threadsafe(loop.loop.set_task_factory, jobs)  # (before any job: none is sent yet)
+    threading.Thread(target=_watch_loop, args=(loop, jobs, stop), name="longtask-watchdog", daemon=True).start()
     while True:
         try:
             message = wire.decode_to_worker(conn.recv_bytes())
@@ -390,3 +456,60 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
             continue
         name = f"longtask-job-{message.job_id[:8]}"
         threading.Thread(target=run, args=(message.job_id, handoff), name=name, daemon=True).start()
+
+
+#: How a loop worker's jobs end when it stops for one of them.
+STOPPED = ": the worker process was stopped, with every coroutine job it ran"
+#: How often a loop worker's watchdog looks at its loop (seconds).
+WATCH = 0.25
+
+
+def _watch_loop(loop: coroutines.Loop, jobs: _Jobs, stop: t.Callable[[str, int], None]) -> None:
+    """A loop worker's watchdog: a loop that has missed its pulse for longer than the heartbeat
+    timeout and the cancel grace of the job that blocks it (those of :data:`.config` when it
+    cannot be told) will not turn again in time: the worker says so and exits, its jobs failing
+    with that reason (never-claimed ones queued again). So does one whose loop's thread died."""
+    last = time.monotonic()
+    while True:
+        time.sleep(WATCH)
+        now = time.monotonic()
+        slept, last = now - last, now
+        if slept > WATCH + coroutines.STALL:
+            continue  # this thread did not run either (the process was stopped): let the loop beat first
+        if not loop.thread.is_alive():
+            how = "" if jobs.died is None else f" ({jobs.died} escaped it)"
+            stop(f"the worker's event loop stopped{how}{STOPPED}", 73)
+        late = time.monotonic() - loop.pulse
+        if late <= coroutines.STALL:
+            continue
+        task = asyncio.current_task(loop.loop)
+        ctx = None if task is None else jobs.of.get(task)
+        store = None if ctx is None else ctx._store
+        limit = (
+            float(DEFAULT_CONFIG["LONGTASK_HEARTBEAT_TIMEOUT"]) + float(DEFAULT_CONFIG["LONGTASK_CANCEL_GRACE"])
+            if store is None
+            else store.heartbeat_timeout + store.cancel_grace
+        )
+        if late > limit:
+            who = "a coroutine" if ctx is None else f"a coroutine job ({ctx.id})"
+            what = f"{who} blocked the event loop for more than {limit:g} s"
+            stop(what + STOPPED, 71)
+
+
+class _Jobs:
+    """The loop's task factory in a loop worker: which job each task was created for (the
+    context it was created in: a job's coroutine, and any task it starts, in a copy of it), for
+    the watchdog (on 3.10 and 3.11 a task does not tell its context)."""
+
+    def __init__(self) -> None:
+        #: What ended the loop's thread, if something did (SystemExit...).
+        self.died: str | None = None
+        self.of: weakref.WeakKeyDictionary[asyncio.Task[t.Any], JobContext] = weakref.WeakKeyDictionary()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, coro: t.Any, **kwargs: t.Any) -> asyncio.Task[t.Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        context = kwargs.get("context")
+        ctx = current_context.get(None) if context is None else context.get(current_context, None)
+        if ctx is not None:
+            self.of[task] = ctx
+        return task

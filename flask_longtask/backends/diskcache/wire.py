@@ -20,6 +20,8 @@ From a worker to the host:
                    the job sent ahead that it claimed as it ended this one, if any
 :class:`GiveBack`  ``R`` + ids: jobs sent ahead that it gives back (its job runs long)
 :class:`Failing`   ``!`` + reason: it could not store an outcome, and exits
+:class:`Draining`  ``D`` + reason: a worker of coroutine jobs whose cancelled coroutine
+                   went on past its grace: send it no more jobs, retire it once idle
 =================  ====================================================================
 
 **The FIFO** ``pool.fifo``, from any process on the host to the host: one ASCII line per
@@ -142,12 +144,25 @@ class Failing:
         return b"!" + self.reason.encode()
 
 
-def decode_from_worker(data: bytes) -> Done | GiveBack | Failing:
+@dataclass(frozen=True)
+class Draining:
+    """A worker of coroutine jobs whose cancelled coroutine went on past its grace (``reason``):
+    send it no more jobs; it is retired once those it runs have ended (the leftover with it)."""
+
+    reason: str
+
+    def encode(self) -> bytes:
+        return b"D" + self.reason.encode()
+
+
+def decode_from_worker(data: bytes) -> Done | GiveBack | Failing | Draining:
     """A message from a worker, as the host reads it. A worker is a child of the host, and
     pickles plain data; a message that cannot be read raises ``ValueError``."""
     kind = data[:1]
     if kind == b"!":
         return Failing(data[1:].decode("utf-8", "replace"))
+    if kind == b"D":
+        return Draining(data[1:].decode("utf-8", "replace"))
     if kind == b"R":
         return GiveBack(tuple(raw.decode() for raw in data[1:].split()))
     if kind == b"E":

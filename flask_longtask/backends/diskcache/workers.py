@@ -6,6 +6,7 @@ import collections
 import logging
 import select
 import signal
+import threading
 import time
 import typing as t
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class Worker:
         "ahead",
         "conn",
         "coroutines",
+        "draining",
         "eof",
         "error",
         "frames",
@@ -38,6 +40,7 @@ class Worker:
         "preclaimed",
         "process",
         "reason",
+        "send_lock",
         "sentinel",
         "settled",
         "started",
@@ -52,6 +55,10 @@ class Worker:
         self.conn = conn
         #: The write end of its lifeline: when it closes (the host dies), the worker exits.
         self.lifeline = lifeline
+        #: Held around each message sent to it: threads of the host's process send to one worker
+        #: at once (a loop worker's ``Handover`` from a submitting thread, ``Run`` from the
+        #: dispatcher), and a message over 16 KiB takes two writes, which must not interleave.
+        self.send_lock = threading.Lock()
         #: Its messages, read whole (see :class:`wire.Frames`).
         self.frames = wire.Frames(conn.fileno())
         #: The descriptor of its exit sentinel.
@@ -60,6 +67,9 @@ class Worker:
         self.job_id: str | None = None
         #: A worker of coroutine jobs (.loops): the jobs it runs at once (it has no job_id).
         self.coroutines: set[str] = set()
+        #: A worker of coroutine jobs that said ``Draining`` (a coroutine went on past its
+        #: cancel's grace): it is sent no more jobs, and retired once those it runs have ended.
+        self.draining = False
         #: When it was given that job (monotonic).
         self.given = 0.0
         #: The jobs sent to it ahead, while it runs one (in its pipe, in this order).
@@ -106,8 +116,10 @@ class Worker:
 
     def send(self, message: wire.Run | wire.Handover | wire.Go) -> bool:
         """Send it a message; ``False`` if it is dying (its sentinel fires soon)."""
+        data = message.encode()
         try:
-            self.conn.send_bytes(message.encode())
+            with self.send_lock:
+                self.conn.send_bytes(data)
         except (OSError, ValueError):
             return False
         return True
