@@ -354,7 +354,7 @@ def run_job(ctx: JobContext, func: t.Callable[..., t.Any], args: t.Any, kwargs: 
         ctx._abandoned = f"Its coroutine did not end within the grace of {grace:g} s ({why}): it was left running."
         if on_stuck is not None:
             on_stuck(f"a coroutine job ({ctx.id}) did not end within its {what}'s grace of {grace:g} s: {why}", blocked)
-        _log.warning("Job %s: its coroutine did not end within %g s of its %s (%s).", ctx.id, grace, what, why)
+        _log.warning("Job %s: its coroutine did not end within %g s of its %s: %s.", ctx.id, grace, what, why)
         running.cancel()  # (once more, in case it awaits again)
         return None
     if running.error is None:
