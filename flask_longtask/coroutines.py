@@ -10,15 +10,20 @@ own, whatever else runs on the loop), and waits for it.
 
 Cancellation: when the job's ticker sees its cancel flag (or its time limit pass), the task is
 cancelled: ``asyncio.CancelledError`` at its next ``await``. The job's thread then waits up to
-``LONGTASK_CANCEL_GRACE`` for it to end; one that swallowed the error and goes on is left to
-itself and the job ends "cancelled" (or failed ``TimeLimitExceeded``) from the job's thread,
-which owns that deadline. If the loop is blocked by that very coroutine at the deadline, and the
-process may be stopped (:data:`on_stuck`: a pool worker of coroutine jobs), the process exits.
+``LONGTASK_CANCEL_GRACE`` for it to end. One still running then is handed to :data:`on_stuck`
+(with whether the loop is blocked, see :meth:`_Running.settle`), which may end the process;
+else it is left to itself, and the job ends "cancelled" (or failed ``TimeLimitExceeded``, not
+retried: ``JobContext._abandoned``) from the job's thread, which owns that deadline.
 
 A coroutine that blocks the loop (``time.sleep``, CPU work) is the user's bug: every coroutine
-of the process waits meanwhile. :meth:`Loop.blocked_by` tells the ticker which job blocks it, and
-that job's heartbeat stops while it does, so that the job (and not its neighbours, which go on
-beating) is found lost once ``LONGTASK_HEARTBEAT_TIMEOUT`` passes.
+of the process waits meanwhile. :meth:`Loop.blocked_by` tells the ticker which job blocks it (the
+job of the task the loop runs, found through the task's context: :data:`JOB`, so a task a job
+started counts as that job's), and that job's heartbeat stops while it does, so that the job
+(and not its neighbours, which go on beating) is found lost once ``LONGTASK_HEARTBEAT_TIMEOUT``
+passes.
+
+Nothing a coroutine raises ends the loop's thread (:class:`Loop`); at exit the loop is closed as
+``asyncio.run`` closes its own (:meth:`Loop.close`); a forked child starts a loop of its own.
 """
 
 from __future__ import annotations
