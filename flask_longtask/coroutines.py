@@ -351,7 +351,7 @@ def run_job(ctx: JobContext, func: t.Callable[..., t.Any], args: t.Any, kwargs: 
     if not running.done:  # it swallowed the CancelledError, or the loop is blocked
         what = "time limit" if ctx._limited else "cancel"
         if not blocked:
-            why = "it went on (it caught CancelledError)"
+            why = "it went on, catching CancelledError"
         elif by is ctx:
             why = "it blocked the event loop"
         else:
