@@ -289,7 +289,7 @@ class _Running:
                 self.value = value
         except BaseException as exc:  # CancelledError
             self.error = exc
-        if inspect.getcoroutinestate(self.coro) == inspect.CORO_CREATED:
+        if inspect.iscoroutine(self.coro) and inspect.getcoroutinestate(self.coro) == inspect.CORO_CREATED:
             self.coro.close()  # (cancelled before its first step: no "never awaited" warning)
         self.done = True
         self.woken.set()
