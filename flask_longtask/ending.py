@@ -83,7 +83,10 @@ def outcome(
     """How a job that returned (or raised) ends, unless retried: its status, its serialised
     result, its error, and that in words (for an error that says it could not be stored)."""
     if ctx._limited:
-        return JobStatus.FAILED, None, time_limit_error(ctx._limit), "failed: TimeLimitExceeded"
+        err = time_limit_error(ctx._limit)
+        if ctx._abandoned:  # (a coroutine still running: not retried, see worker._retry)
+            err["message"] += f" {ctx._abandoned} A job is not retried while an attempt of it may still run."
+        return JobStatus.FAILED, None, err, "failed: TimeLimitExceeded"
     if ctx._cancelled:
         return JobStatus.CANCELLED, None, None, "cancelled"
     if failure is not None:

@@ -81,6 +81,7 @@ class JobContext:
         #: coroutine blocks its loop (no heartbeat then: it, not its neighbours, is found lost).
         self._on_cancel: t.Callable[[], None] | None = None
         self._blocked: t.Callable[[], bool] | None = None
+        self._abandoned: str | None = None  # its coroutine outlived its grace: why (not retried)
 
     @property
     def is_cancel_requested(self) -> bool:
@@ -252,7 +253,7 @@ class _Ticker:
 
 
 _ticker = _Ticker()
-_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("flask_longtask.current_job")
+_current: contextvars.ContextVar[JobContext] = coroutines.JOB  # (a coroutine job's tasks are found by it)
 _OUTSIDE = "Working outside of a job: 'current_job' is only set inside a task."
 
 
@@ -498,9 +499,10 @@ def _retry(
     """Seconds before the next attempt, if this one is to be retried: it raised one of the
     task's ``retry_on`` (an ``Exception``: not ``SystemExit`` or ``KeyboardInterrupt``), or ran
     past its time limit and ``retry_on`` names ``TimeLimitExceeded``; it was not cancelled; and
-    the task allows another attempt."""
+    the task allows another attempt; its coroutine, if any, is not left running (see
+    :func:`~flask_longtask.coroutines.run_job`): two attempts never run at once."""
     attempt = attempt_of(record)
-    if attempt > retries_of(record):  # (what its task allowed when it was submitted)
+    if attempt > retries_of(record) or ctx._abandoned:  # (allowed at submit; no attempt while one runs)
         return None
     if ctx._limited:
         retried = TimeLimitExceeded in task.retry_on and (failure is None or isinstance(failure, Exception))

@@ -60,6 +60,7 @@ def _clean_backend(redis_url: str) -> CeleryBackend:
 
 class TestCeleryConformance(BackendConformance):
     concurrency = 2
+    stops_stubborn_coroutines = True  # (its prefork pool)
 
     @pytest.fixture
     def backend(self, redis_url, celery_worker):

@@ -12,6 +12,8 @@ from flask_longtask.testing import BackendConformance
 
 
 class TestDiskcacheConformance(BackendConformance):
+    stops_stubborn_coroutines = True
+
     @pytest.fixture
     def backend(self, tmp_path: Path) -> t.Iterator[DiskcacheBackend]:
         backend = DiskcacheBackend(tmp_path / "lt", workers=2, max_workers=2)
