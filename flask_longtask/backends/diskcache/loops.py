@@ -28,7 +28,6 @@ raises ``SystemExit``, as a sync worker's process exits. See ``docs/internals.md
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -36,20 +35,17 @@ import signal
 import threading
 import time
 import typing as t
-import weakref
 
 from ... import coroutines
 from ...config import DEFAULT_CONFIG
 from ...job import JobStatus
 from ...store import CLAIM_EXPIRE, keys
 from ...worker import Handoff, execute
-from ...worker import _current as current_context
 from . import recovery, wire
 from .handoff import INLINE_ARGS, RESERVE_WAIT
 from .workers import RETIRE, Worker, exit_reason, start_process
 
 if t.TYPE_CHECKING:  # pragma: no cover
-    from ...worker import JobContext
     from ..base import JobEnd, NewJob
     from . import DiskcacheBackend
     from .host import PoolHost
@@ -433,17 +429,16 @@ def loop_main(directory: str, secret: str | bytes, conn: t.Any, lifeline: t.Any)
     global together
     together = Together()
     loop = coroutines.shared()  # (its loop from the start: the first job does not wait for it)
-    jobs = _Jobs()
+    died_of = _Died()
     hook = threading.excepthook
 
     def died(args: t.Any) -> None:  # (what ended the loop's thread, if it ends: for the watchdog's reason)
         if args.thread is loop.thread:
-            jobs.died = args.exc_type.__name__
+            died_of.name = args.exc_type.__name__
         hook(args)
 
     threading.excepthook = died
-    loop.loop.call_soon_threadsafe(loop.loop.set_task_factory, jobs)  # (before any job: none is sent yet)
-    threading.Thread(target=_watch_loop, args=(loop, jobs, stop), name="longtask-watchdog", daemon=True).start()
+    threading.Thread(target=_watch_loop, args=(loop, died_of, stop), name="longtask-watchdog", daemon=True).start()
     while True:
         try:
             message = wire.decode_to_worker(conn.recv_bytes())
@@ -464,7 +459,7 @@ STOPPED = ": the worker process was stopped, with every coroutine job it ran"
 WATCH = 0.25
 
 
-def _watch_loop(loop: coroutines.Loop, jobs: _Jobs, stop: t.Callable[[str, int], None]) -> None:
+def _watch_loop(loop: coroutines.Loop, died_of: _Died, stop: t.Callable[[str, int], None]) -> None:
     """A loop worker's watchdog: a loop that has missed its pulse for longer than the heartbeat
     timeout and the cancel grace of the job that blocks it (those of :data:`.config` when it
     cannot be told) will not turn again in time: the worker says so and exits, its jobs failing
@@ -477,13 +472,12 @@ def _watch_loop(loop: coroutines.Loop, jobs: _Jobs, stop: t.Callable[[str, int],
         if slept > WATCH + coroutines.STALL:
             continue  # this thread did not run either (the process was stopped): let the loop beat first
         if not loop.thread.is_alive():
-            how = "" if jobs.died is None else f" ({jobs.died} escaped it)"
+            how = "" if died_of.name is None else f" ({died_of.name} escaped it)"
             stop(f"the worker's event loop stopped{how}{STOPPED}", 73)
         late = time.monotonic() - loop.pulse
         if late <= coroutines.STALL:
             continue
-        task = asyncio.current_task(loop.loop)
-        ctx = None if task is None else jobs.of.get(task)
+        ctx = loop.holder()  # (the job whose task, or a task it started, holds the loop)
         store = None if ctx is None else ctx._store
         limit = (
             float(DEFAULT_CONFIG["LONGTASK_HEARTBEAT_TIMEOUT"]) + float(DEFAULT_CONFIG["LONGTASK_CANCEL_GRACE"])
@@ -496,20 +490,9 @@ def _watch_loop(loop: coroutines.Loop, jobs: _Jobs, stop: t.Callable[[str, int],
             stop(what + STOPPED, 71)
 
 
-class _Jobs:
-    """The loop's task factory in a loop worker: which job each task was created for (the
-    context it was created in: a job's coroutine, and any task it starts, in a copy of it), for
-    the watchdog (on 3.10 and 3.11 a task does not tell its context)."""
+class _Died:
+    """What ended a loop worker's loop thread, if something did (``SystemExit``...): for the
+    watchdog's reason."""
 
     def __init__(self) -> None:
-        #: What ended the loop's thread, if something did (SystemExit...).
-        self.died: str | None = None
-        self.of: weakref.WeakKeyDictionary[asyncio.Task[t.Any], JobContext] = weakref.WeakKeyDictionary()
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, coro: t.Any, **kwargs: t.Any) -> asyncio.Task[t.Any]:
-        task = asyncio.Task(coro, loop=loop, **kwargs)
-        context = kwargs.get("context")
-        ctx = current_context.get(None) if context is None else context.get(current_context, None)
-        if ctx is not None:
-            self.of[task] = ctx
-        return task
+        self.name: str | None = None
