@@ -420,14 +420,7 @@ class Elastic:
 
     def _reap(self, now: float) -> None:
         """Release the retired workers that exited; kill one that has not within its time."""
-        still = []
-        for worker, deadline in self.retiring:
-            if worker.close():
-                continue
-            if now >= deadline:
-                worker.process.kill()
-            still.append((worker, deadline))
-        self.retiring = still
+        self.retiring = release_retired(self.retiring, now)
 
     def shutdown(self) -> None:
         """As the pool shuts down: wait for the retired workers that are still exiting."""
@@ -453,3 +446,16 @@ def _since(mark: tuple[float, float] | None, reading: tuple[float, float]) -> fl
     if mark is None or not SHORTEST <= reading[1] - mark[1] <= LONGEST:
         return None
     return (reading[0] - mark[0]) / (reading[1] - mark[1])
+
+
+def release_retired(retiring: list[tuple[Worker, float]], now: float) -> list[tuple[Worker, float]]:
+    """Release the retired workers (each with its deadline; here and in .loops) that exited;
+    kill one still there past its deadline. The ones still exiting, returned."""
+    still = []
+    for worker, deadline in retiring:
+        if worker.close():
+            continue
+        if now >= deadline:
+            worker.process.kill()
+        still.append((worker, deadline))
+    return still

@@ -42,6 +42,7 @@ from ...job import JobStatus
 from ...store import CLAIM_EXPIRE, keys
 from ...worker import Handoff, execute
 from . import recovery, wire
+from .elastic import release_retired
 from .handoff import INLINE_ARGS, RESERVE_WAIT
 from .workers import RETIRE, Worker, exit_reason, start_process
 
@@ -229,14 +230,7 @@ class Loops:
             elif worker.draining or now - (worker.idle_since or now) >= self.host.backend.worker_idle:
                 if not worker.readable():  # (a message, or its death, waits: read it first)
                     self._retire(worker, now)
-        still = []
-        for worker, deadline in self.retiring:
-            if worker.close():
-                continue
-            if now >= deadline:
-                worker.process.kill()
-            still.append((worker, deadline))
-        self.retiring = still
+        self.retiring = release_retired(self.retiring, now)
 
     def _retire(self, worker: Worker, now: float) -> None:
         """Close an idle loop worker's pipe and lifeline (it exits at once, a draining one's
