@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 import typing as t
@@ -23,8 +22,8 @@ from flask_longtask.backends.diskcache import DiskcacheBackend
 from . import async_jobs as jobs
 from . import diskcache_jobs
 from .helpers import alive, wait_for
-from .services import ROOT, start_celery_worker, start_redis, stop, wait_until
-from .test_diskcache_procs import BIN, env_for
+from .services import start_celery_worker, start_redis, stop, wait_until
+from .test_diskcache_procs import cli_host
 from .test_diskcache_procs import stop as stop_process
 
 TIMEOUT = 30.0
@@ -307,13 +306,7 @@ def test_coroutine_jobs_running_as_the_pool_shuts_down_end_lost(tmp_path: Path) 
 def test_the_host_dies_while_coroutine_jobs_run_and_a_standby_takes_over(tmp_path: Path) -> None:
     directory, gate = tmp_path / "lt", tmp_path / "gate"
     out = (tmp_path / "worker.log").open("wb")
-    host = subprocess.Popen(
-        [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker"],
-        cwd=ROOT,
-        env=env_for(directory, LONGTASK_WORKERS="1"),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    host = cli_host(directory, out, LONGTASK_WORKERS="1")
     submitter = DiskcacheBackend(directory, embedded=False)  # a web process that never hosts
     app = Flask("tests.async_submitter")
     diskcache_jobs.longtask.init_app(app, backend=submitter)

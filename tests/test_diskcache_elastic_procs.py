@@ -6,7 +6,6 @@ extra workers runs. Real processes: the host is ``flask longtask worker`` in the
 from __future__ import annotations
 
 import logging
-import subprocess
 import typing as t
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from flask_longtask.backends.diskcache import DiskcacheBackend
 from tests import diskcache_jobs as jobs
 from tests import test_diskcache_elastic
 from tests.helpers import alive, wait_for
-from tests.services import ROOT
 from tests.test_diskcache import GRACE, workers_of
 from tests.test_diskcache_elastic import grows, wait_for_growth
-from tests.test_diskcache_procs import BIN, env_for, stop
+from tests.test_diskcache_procs import cli_host, stop
 
 #: Makes elastic pools, closes them, and checks no worker outlives them.
 pools = test_diskcache_elastic.pools
@@ -37,13 +35,7 @@ def test_the_host_of_a_grown_pool_dies_a_standby_takes_over(tmp_path: Path) -> N
     directory = tmp_path / "lt"
     log = tmp_path / "worker.log"
     out = log.open("wb")
-    host = subprocess.Popen(  # one worker kept warm, up to three
-        [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker", "--max-workers", "3"],
-        cwd=ROOT,
-        env=env_for(directory, LONGTASK_WORKERS="1"),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    host = cli_host(directory, out, "--max-workers", "3", LONGTASK_WORKERS="1")  # one kept warm, up to three
     submitter = DiskcacheBackend(directory, embedded=False)  # a web process that never hosts
     app = Flask("tests.submitter")
     jobs.longtask.init_app(app, backend=submitter)

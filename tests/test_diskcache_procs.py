@@ -50,6 +50,13 @@ def env_for(directory: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def cli_host(directory: Path, out: t.IO[bytes], *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """``flask longtask worker`` (of ``tests.apps.diskcache_app``, with ``args``) for the pool of
+    ``directory``, its output into ``out``; ``env`` as :func:`env_for`'s."""
+    command = [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env_for(directory, **env), stdout=out, stderr=subprocess.STDOUT)
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -64,13 +71,7 @@ def test_host_death_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> N
     directory = tmp_path / "lt"
     log = tmp_path / "worker.log"
     out = log.open("wb")
-    worker = subprocess.Popen(
-        [str(BIN / "flask"), "--app", "tests.apps.diskcache_app", "longtask", "worker"],
-        cwd=ROOT,
-        env=env_for(directory, LONGTASK_WORKERS="1"),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    worker = cli_host(directory, out, LONGTASK_WORKERS="1")
     submitter = DiskcacheBackend(directory, embedded=False)  # a web process that never hosts
     app = Flask("tests.submitter")
     jobs.longtask.init_app(app, backend=submitter)
