@@ -145,11 +145,13 @@ def test_jobs_prefetched_by_a_worker_run_soon_after_a_redis_restart(app, redis_s
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     jobs = [note_then_wait.submit(str(runs), str(gate)) for _ in range(20)]
     broker = app.extensions["longtask"].backend.redis
-    wait_for(lambda: _held(broker, jobs) == 2 * PREFETCH, 30, "the worker to prefetch 8 messages")
-    assert sum(job.status is JobStatus.RUNNING for job in jobs) == 2
-
-    redis_server.restart()
-    gate.touch()
+    try:
+        wait_for(lambda: _held(broker, jobs) == 2 * PREFETCH, 30, "the worker to prefetch 8 messages")
+        # (the two it runs hold their messages before they write "running": wait for that too)
+        wait_for(lambda: sum(job.status is JobStatus.RUNNING for job in jobs) == 2, 30, "two jobs to run")
+        redis_server.restart()
+    finally:
+        gate.touch()  # (whatever happened: the worker's processes are the next tests' too)
     wait_for(lambda: _ended(jobs), 20, "every job to end after the restart")
     assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 20
     assert all(job.result(timeout=0) == str(gate) for job in jobs)
