@@ -29,12 +29,13 @@ and its pools are closed before Dash's run (Dash forks this process for each job
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import typing as t
 
@@ -111,38 +112,50 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 class Sampler:
     """Peak number and summed RSS of this process's descendants while a block runs, but those in
     ``ignore`` (the workers of the other pools hosted here, idle meanwhile; before Dash's run, the
-    fork server and resource tracker our pools left)."""
+    fork server and resource tracker our pools left).
+
+    The sampling runs in a process of its own (not counted): listing descendants reads every
+    process's ``/proc/<pid>/stat``, and a thread doing that every 5 ms in this process would take
+    the GIL from the side being measured, which submits its jobs from here.
+    """
 
     def __init__(self, ignore: t.Collection[int] = ()) -> None:
-        import psutil
-
-        self.me = psutil.Process()
         self.ignore = set(ignore)
         self.procs, self.rss = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            children = [child for child in self.me.children(recursive=True) if child.pid not in self.ignore]
-            rss = 0
-            for child in children:
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.procs, self.rss = max(self.procs, len(children)), max(self.rss, rss)
-            self._stop.wait(0.005)
+        self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Sampler:
-        self._thread.start()
+        args = [sys.executable, "-c", _SAMPLE, str(os.getpid()), *map(str, self.ignore)]
+        self._process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sampler did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._process is not None
+        out, _ = self._process.communicate()  # closes its stdin: it stops and prints its peaks
+        self.procs, self.rss = json.loads(out)
+
+
+_SAMPLE = """
+import json, os, select, sys
+import psutil
+
+root, ignore = psutil.Process(int(sys.argv[1])), {int(pid) for pid in sys.argv[2:]} | {os.getpid()}
+procs = rss = 0
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.005)[0]:
+    children = [child for child in root.children(recursive=True) if child.pid not in ignore]
+    total = 0
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    procs, rss = max(procs, len(children)), max(rss, total)
+print(json.dumps([procs, rss]))
+"""
 
 
 class Run(t.NamedTuple):
@@ -153,11 +166,14 @@ class Run(t.NamedTuple):
     most: int  # most jobs running at once (CPU case only)
 
 
-def ours(task: t.Any, arg: t.Any, count: int, ignore: t.Collection[int], timeout: float = 60.0) -> Run:
+def ours(
+    task: t.Any, arg: t.Any, count: int, ignore: t.Collection[int], timeout: float = 60.0, *, many: bool = False
+) -> Run:
+    """``count`` jobs of ``task(arg)``, a ``submit()`` each (``many``: one ``submit_many()``)."""
     hung, spans = 0, []
     with Sampler(ignore) as sampler:
         started = time.perf_counter()
-        jobs = [task.submit(arg) for _ in range(count)]
+        jobs = task.submit_many([arg] * count) if many else [task.submit(arg) for _ in range(count)]
         deadline = time.monotonic() + timeout
         for job in jobs:
             try:

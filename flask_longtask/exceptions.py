@@ -74,12 +74,19 @@ class JobTimeoutError(LongTaskError, TimeoutError):
 
 
 class QueueFullError(LongTaskError):
-    """``submit()`` was refused: ``LONGTASK_MAX_QUEUED`` jobs are already waiting to start."""
+    """``submit()`` was refused: ``LONGTASK_MAX_QUEUED`` jobs are already waiting to start (or
+    ``submit_many()``: its jobs would make more than that)."""
 
-    def __init__(self, queued: int, limit: int) -> None:
-        super().__init__(f"{queued} jobs are already queued (LONGTASK_MAX_QUEUED = {limit}); try again later.")
+    def __init__(self, queued: int, limit: int, adding: int = 1) -> None:
+        more = "" if adding == 1 else f", and {adding} more would be too many"
+        super().__init__(
+            f"{queued} jobs are already queued{more} (LONGTASK_MAX_QUEUED = {limit});"
+            " nothing was queued, try again later."
+        )
         self.queued = queued
         self.limit = limit
+        #: How many jobs the refused submit would have queued (``Task.submit_many``: more than one).
+        self.adding = adding
 
 
 class TamperedValueError(LongTaskError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import reprlib
 import secrets
 import threading
@@ -15,13 +17,15 @@ from flask import Blueprint, Flask, current_app, has_app_context
 from . import listing, memo, settings, signals
 from .attempts import time_limit_value
 from .backends import backend_from_app
-from .backends.base import Backend, JobRequest
+from .backends.base import MISSING, Backend, JobRequest, NewJob
 from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
 from .job import Job, JobStatus
-from .store import JobStore
+from .store import JobStore, keys
 from .task import Task
+
+_log = logging.getLogger(__name__)
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -340,32 +344,17 @@ class LongTask:
         state = self._state()
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         store, backend = state.store, state.backend
-        try:
-            bound = task.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{task.name}(): {exc}") from None
-        bound.apply_defaults()
-        call = (bound.args, bound.kwargs)
-        try:
-            payload = backend.dumps(call)
-        except Exception as exc:
-            raise _unserialisable(task, backend, bound.arguments) from exc
+        bound, call, payload = _bind(task, backend, args, kwargs)
 
         memo_key = None
         if task.cache_by is not None:
-            values = [f() for f in task.cache_by]
-            memo_key = memo.make_key(task.name, bound, values, store.memo_generation(task.name), task.cache_ignore)
+            memo_key = _memo_key(task, store, bound, [f() for f in task.cache_by])
             hit = store.find_memo(memo_key)
             if hit is not None:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)
                 return hit
 
-        limit = app.config["LONGTASK_MAX_QUEUED"]
-        if limit is not None:
-            queued = backend.queue_length()
-            if queued is not None and queued >= limit:
-                raise QueueFullError(queued, limit)
-
+        _check_room(app, backend, 1)
         job_id = new_job_id()
         if memo_key is not None:
             other = store.join_inflight(memo_key, job_id)
@@ -373,27 +362,61 @@ class LongTask:
                 signals.send(signals.cache_hit, app, job=other, in_flight=True)
                 return other
 
-        arguments = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
-        if task._script is not None:  # (a task of the script run as __main__: whose job it is)
-            arguments["script"] = task._script
         job: Job[R] = store.job(job_id)
         try:
-            backend.store_and_enqueue(
-                store.new_job(
-                    JobRequest(job_id, task.name, task, app),
-                    arguments,
-                    memo_key,
-                    owner,
-                    announce=lambda: signals.send(signals.job_submitted, app, job=job),
-                    time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
-                    retries=task.retries,
-                    shown=_shown(call),
-                )
-            )
+            backend.store_and_enqueue(_new_job(app, store, task, job, call, payload, memo_key, owner))
         except BaseException:
             store.discard(job_id, memo_key)
             raise
         return job
+
+    def _submit_many(self, task: Task[P, R], calls: t.Sequence[tuple[t.Any, ...]]) -> list[Job[R]]:
+        """:meth:`Task.submit_many`: every call checked first, then the new jobs stored and
+        queued together (:meth:`Backend.store_and_enqueue_many`)."""
+        state = self._state()
+        app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        store, backend = state.store, state.backend
+        prepared = [_bind(task, backend, args, {}, item=n) for n, args in enumerate(calls)]
+        values = None if task.cache_by is None else [f() for f in task.cache_by]  # (one request: once)
+        memo_keys = [None if values is None else _memo_key(task, store, bound, values) for bound, _, _ in prepared]
+        found: list[Job[R] | None] = []
+        for memo_key in memo_keys:
+            hit = None if memo_key is None else store.find_memo(memo_key)
+            if hit is not None:
+                signals.send(signals.cache_hit, app, job=hit, in_flight=False)
+            found.append(hit)
+        _check_room(app, backend, found.count(None))
+
+        jobs: list[Job[R]] = []
+        new: list[NewJob] = []
+        made: list[tuple[str, str | None]] = []  # (job id, memo key) of each new job, to undo
+        batch: dict[str, Job[R]] = {}  # memo key -> the new job of this batch for it
+        try:
+            for (_, call, payload), memo_key, hit in zip(prepared, memo_keys, found, strict=True):
+                if hit is None and memo_key is not None:
+                    hit = batch.get(memo_key)  # (the same call earlier in this batch: not stored yet)
+                if hit is not None:
+                    jobs.append(hit)
+                    continue
+                job_id = new_job_id()
+                if memo_key is not None:
+                    other = store.join_inflight(memo_key, job_id)
+                    if other is not None:
+                        signals.send(signals.cache_hit, app, job=other, in_flight=True)
+                        jobs.append(other)
+                        continue
+                made.append((job_id, memo_key))
+                job: Job[R] = store.job(job_id)
+                new.append(_new_job(app, store, task, job, call, payload, memo_key, None))
+                jobs.append(job)
+                if memo_key is not None:
+                    batch[memo_key] = job
+            if new:
+                backend.store_and_enqueue_many(new)
+        except BaseException:
+            _undo(store, made)
+            raise
+        return jobs
 
     def _app_for(self, import_name: str) -> Flask:
         """The app a job submitted by app ``import_name`` runs in, in this (worker) process."""
@@ -470,13 +493,86 @@ def _shown(call: tuple[tuple[t.Any, ...], dict[str, t.Any]]) -> str:
     return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
 
 
-def _unserialisable(task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any]) -> TypeError:
+def _bind(
+    task: Task[..., t.Any], backend: Backend, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], item: int | None = None
+) -> tuple[inspect.BoundArguments, tuple[tuple[t.Any, ...], dict[str, t.Any]], bytes]:
+    """A call's arguments bound to the task's signature (defaults applied), as a call, and
+    serialised; ``TypeError`` if they do not fit or cannot be serialised (``item``: the call's
+    place in :meth:`Task.submit_many`, named in the error)."""
+    where = "" if item is None else f" (item {item} of submit_many)"
+    try:
+        bound = task.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{task.name}(){where}: {exc}") from None
+    bound.apply_defaults()
+    call = (bound.args, bound.kwargs)
+    try:
+        payload = backend.dumps(call)
+    except Exception as exc:
+        raise _unserialisable(task, backend, bound.arguments, where) from exc
+    return bound, call, payload
+
+
+def _memo_key(task: Task[..., t.Any], store: JobStore, bound: inspect.BoundArguments, values: list[t.Any]) -> str:
+    return memo.make_key(task.name, bound, values, store.memo_generation(task.name), task.cache_ignore)
+
+
+def _check_room(app: Flask, backend: Backend, adding: int) -> None:
+    """``QueueFullError`` if ``adding`` more jobs would pass ``LONGTASK_MAX_QUEUED``."""
+    limit = app.config["LONGTASK_MAX_QUEUED"]
+    if limit is not None and adding:
+        queued = backend.queue_length()
+        if queued is not None and queued + adding > limit:
+            raise QueueFullError(queued, limit, adding)
+
+
+def _new_job(
+    app: Flask,
+    store: JobStore,
+    task: Task[..., t.Any],
+    job: Job[t.Any],
+    call: tuple[tuple[t.Any, ...], dict[str, t.Any]],
+    payload: bytes,
+    memo_key: str | None,
+    owner: str | None,
+) -> NewJob:
+    arguments = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
+    if task._script is not None:  # (a task of the script run as __main__: whose job it is)
+        arguments["script"] = task._script
+    return store.new_job(
+        JobRequest(job.id, task.name, task, app),
+        arguments,
+        memo_key,
+        owner,
+        announce=lambda: signals.send(signals.job_submitted, app, job=job),
+        time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
+        retries=task.retries,
+        shown=_shown(call),
+    )
+
+
+def _undo(store: JobStore, made: list[tuple[str, str | None]]) -> None:
+    """After a batch failed part way: cancel its jobs that were queued (a backend that stores
+    and queues them one by one got that far; they may have started), remove the others."""
+    for job_id, memo_key in made:
+        try:
+            if store.backend.get(keys.job(job_id)) is MISSING:
+                store.discard(job_id, memo_key)
+            else:
+                store.job(job_id).cancel()
+        except Exception:  # (storage may be what failed: the first error is the one to raise)
+            _log.exception("Could not undo job %s of a submit_many that failed.", job_id)
+
+
+def _unserialisable(
+    task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any], where: str = ""
+) -> TypeError:
     for name, value in arguments.items():
         try:
             backend.dumps(value)
         except Exception as exc:
             return TypeError(
-                f"Argument {name!r} of task {task.name!r} cannot be serialised by"
+                f"Argument {name!r} of task {task.name!r}{where} cannot be serialised by"
                 f" {type(backend).__name__}: {exc}. Nothing was queued."
             )
-    return TypeError(f"The arguments of task {task.name!r} cannot be serialised by {type(backend).__name__}.")
+    return TypeError(f"The arguments of task {task.name!r}{where} cannot be serialised by {type(backend).__name__}.")

@@ -313,6 +313,22 @@ class BackendConformance(ListingConformance, CoroutineConformance):
         assert announced == [True]  # after the writes
         assert store.job(job_id).result(timeout=TIMEOUT) == 7
 
+    def test_store_and_enqueue_many(self, app: Flask, backend: Backend, tmp_path: Path) -> None:
+        # What Task.submit_many hands the backend: every job stored (and listed) before its
+        # job_submitted signal, and run once.
+        log = tmp_path / "log"
+        stored: list[bool] = []
+
+        def submitted(sender: t.Any, job: t.Any, **kwargs: t.Any) -> None:
+            stored.append(backend.get(keys.job(job.id)) is not MISSING)
+
+        with signals.job_submitted.connected_to(submitted, sender=app):
+            jobs = echo.submit_many(range(30), [str(log)] * 30)
+        assert [job.result(timeout=TIMEOUT) for job in jobs] == list(range(30))
+        assert stored == [True] * 30
+        assert len(_lines(log)) == 30
+        assert {job.id for job in longtask.jobs(task=echo, limit=100)} >= {job.id for job in jobs}
+
     def test_unknown_job(self, app: Flask) -> None:
         with pytest.raises(JobNotFoundError):
             longtask.get_job("no-such-job")

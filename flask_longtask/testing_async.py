@@ -211,6 +211,11 @@ class CoroutineConformance:
             assert job.result(timeout=TIMEOUT) == [job.id, [(job.id, tag)]]
             assert job.progress == (tag, 24)
 
+    def test_a_batch_of_coroutine_jobs(self, app: Flask) -> None:
+        jobs = co_tagged.submit_many(range(12), [5] * 12)  # (Task.submit_many: one batch)
+        for tag, job in enumerate(jobs):
+            assert job.result(timeout=TIMEOUT) == [job.id, [(job.id, tag)]]
+
     def test_inline_call_of_a_coroutine_task(self, app: Flask, tmp_path: Path) -> None:
         log = tmp_path / "log"
         assert co_memo(7, str(log)) == 7  # run to its end on a loop of its own, no job

@@ -332,6 +332,17 @@ class Backend(abc.ABC):
         job.announce()
         self.enqueue(job.request)
 
+    def store_and_enqueue_many(self, jobs: t.Sequence[NewJob]) -> None:
+        """Store and queue several new jobs (``Task.submit_many``), each as
+        :meth:`store_and_enqueue` would.
+
+        The default calls :meth:`store_and_enqueue` for each in turn. A backend that can write
+        them all at once (one transaction, one round trip) should: that is the point of a batch.
+        Raise if any fails: the core then cancels those already queued and removes the rest.
+        """
+        for job in jobs:
+            self.store_and_enqueue(job)
+
     def end_job(self, end: JobEnd) -> bool | None:
         """End a job: atomically add ``end.key`` and apply ``end.writes``, or ``end.otherwise``
         when the key ``end.unless`` (the cancel flag) exists.

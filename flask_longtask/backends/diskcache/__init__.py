@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import fcntl
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from ...store import keys as _keys
 from ...worker import mark_lost
 from .._signing import mac_key
 from ..base import MISSING, Backend, JobEnd, JobQuery, JobRequest, NewJob, Tally, Write
-from . import child, elastic, fifo, handoff, host, index, loops, private, scripts, signed, starting, waiting, wire
+from . import child, elastic, fifo, host, index, loops, private, scripts, signed, starting, submits, waiting, wire
 from .connections import Cache, ErrorLog
 from .connections import storage_call as _storage
 from .host import LOCK_NAME, TICK, PoolHost
@@ -357,15 +356,11 @@ class DiskcacheBackend(Backend):
 
     @_storage
     def store_and_enqueue(self, job: NewJob) -> None:
-        # In the process hosting the pool, with a worker idle (a coroutine job: a free slot, see
-        # .loops): straight to it (see .handoff). Not inside a caller's batch (the commit is later).
-        starting.refuse_submit()  # (not in a worker importing the script: see .starting)
-        pool, submit = self._host, loops.submit if job.request.task.is_coroutine else handoff.submit
-        direct = pool is not None and not pool.stopping.is_set() and not self.table.in_batch
-        if not (direct and submit(self, t.cast(PoolHost, pool), job)):
-            self.table.write_all(job.writes, entry=job.entry)  # (and its listing entry: see .index)
-            job.announce()
-            self.enqueue(job.request)
+        submits.one(self, job)
+
+    @_storage
+    def store_and_enqueue_many(self, jobs: t.Sequence[NewJob]) -> None:
+        submits.many(self, jobs)
 
     def enqueue(self, request: JobRequest) -> None:
         pool = self._host
@@ -492,23 +487,14 @@ class DiskcacheBackend(Backend):
         return hosted
 
     def _try_host(self, *, start: bool) -> bool:
-        private.prepare(self.directory)
-        fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = private.lock_pool(self.directory, LOCK_NAME, scripts.main_script())
+        if fd is None:
             return False
-        except BaseException:
-            os.close(fd)
-            raise
         with self._lock:
             if self._closed.is_set():
                 os.close(fd)
                 return False
             try:  # (the lock is ours: on any failure from here, let go of it, or nobody hosts)
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n{scripts.main_script() or ''}\n".encode())  # (.scripts.holder)
                 pool = PoolHost(self, fd, self.workers, on_step_down=self._host_stepped_down)
             except BaseException:
                 os.close(fd)

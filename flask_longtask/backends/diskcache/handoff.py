@@ -58,7 +58,7 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
 
     claim_write = ("set", keys.claim(job.id), claim, max(CLAIM_EXPIRE, job.record["expire"]))
     try:
-        backend.table.write_all([*job.writes, claim_write], locked=hand_over_locked, entry=job.entry)
+        backend.table.write_all([*job.writes, claim_write], locked=hand_over_locked, entries=(job.entry,))
     except BaseException:
         if handed:
             go(host, worker, False)

@@ -4,7 +4,7 @@ of the same database, ``longtask_jobs``, one row per job
 ``longtask_tallies`` (:class:`~flask_longtask.backends.entry.Tally`).
 
 Their rows change in the transactions that change the job's records, and only in those two: the
-one that creates the job (:meth:`.table.Table.write_all` with ``entry=``: its records, and in
+one that creates the job (:meth:`.table.Table.write_all` with ``entries=``: its records, and in
 the pool's host the claim of the worker it is handed to) and the one that ends it
 (:meth:`.table.Table.add_then_write` with ``ended=``: the end claim and the final records, to
 which it adds the job's tally). Both add their statements to a transaction that exists anyway;

@@ -73,23 +73,27 @@ class Loops:
         #: Retired loop workers, until their process has exited (or is killed at the deadline).
         self.retiring: list[tuple[Worker, float]] = []
 
-    def reserve(self, job_id: str) -> Worker | None:
-        """A slot for a coroutine job submitted in the host's process, before its records are
-        written; ``None`` when none is free, coroutine jobs wait (they go first), or the
-        dispatcher is busy."""
+    def reserve(self, job_ids: t.Sequence[str]) -> list[Worker]:
+        """Slots for coroutine jobs submitted in the host's process, before their records are
+        written: a worker for each of the first jobs while one has a free slot; none when
+        coroutine jobs wait (they go first) or the dispatcher is busy."""
         host = self.host
         if host.queue.coroutines() or not host.mutex.acquire(timeout=RESERVE_WAIT):
-            return None
+            return []
+        taken: list[Worker] = []
         try:
             if host.queue.coroutines() or host.inbox or host.stopping.is_set():
-                return None
-            worker = self._free()
-            if worker is not None:
+                return taken
+            for job_id in job_ids:
+                worker = self._free()
+                if worker is None:
+                    break
                 worker.coroutines.add(job_id)
                 worker.idle_since = None
                 self.handed.add(job_id)
                 host.queue.know(job_id)
-            return worker
+                taken.append(worker)
+            return taken
         finally:
             host.mutex.release()
 
@@ -110,11 +114,12 @@ class Loops:
         sync = max(len(host.workers), host.size) + len(host.elastic.retiring)
         return len(self.workers) + len(self.retiring) + sync >= self.ceiling
 
-    def unreserve(self, worker: Worker, job_id: str) -> None:
+    def unreserve(self, taken: t.Iterable[tuple[Worker, str]]) -> None:
         with self.host.mutex:
-            worker.coroutines.discard(job_id)
-            self.handed.discard(job_id)
-            self.host.queue.forget(job_id)
+            for worker, job_id in taken:
+                worker.coroutines.discard(job_id)
+                self.handed.discard(job_id)
+                self.host.queue.forget(job_id)
 
     def runs(self, job_id: str) -> bool:
         """Whether a loop worker runs this job (its deadlines are its own)."""
@@ -260,27 +265,45 @@ def submit(backend: DiskcacheBackend, host: PoolHost, job: NewJob) -> bool:
     """Store a coroutine job submitted in the host's process, claimed for a loop worker with a
     free slot in the same transaction, then hand it over (its record and request: the worker
     neither claims nor reads it); ``False`` (nothing done) when no slot is free."""
+    return not submit_many(backend, host, [job], all_or_none=True)
+
+
+def submit_many(
+    backend: DiskcacheBackend, host: PoolHost, jobs: t.Sequence[NewJob], *, all_or_none: bool = False
+) -> t.Sequence[NewJob]:
+    """Store coroutine jobs submitted in the host's process in one transaction, those that fit
+    in loop workers' free slots claimed for them, and hand those over; the jobs left for the
+    caller to queue (stored and announced, unless ``all_or_none`` and a slot was missing: then
+    nothing was done, and all are left)."""
     from ...worker import owner_of
 
-    worker = host.loops.reserve(job.id)
-    if worker is None:
-        return False
+    taken = host.loops.reserve([job.id for job in jobs])
+    given = list(zip(jobs, taken, strict=False))  # (the first jobs, each with its worker)
+    if all_or_none and len(taken) < len(jobs):
+        host.loops.unreserve((worker, job.id) for job, worker in given)
+        return jobs
     started = time.time()
-    claimed = {"by": owner_of(worker.pid, 0), "at": started}
-    claim = ("set", keys.claim(job.id), claimed, max(CLAIM_EXPIRE, job.record["expire"]))
+    writes = [write for job in jobs for write in job.writes]
+    for job, worker in given:
+        claimed = {"by": owner_of(worker.pid, 0), "at": started}
+        writes.append(("set", keys.claim(job.id), claimed, max(CLAIM_EXPIRE, job.record["expire"])))
     try:
-        backend.table.write_all([*job.writes, claim], entry=job.entry)
+        backend.table.write_all(writes, entries=[job.entry for job in jobs])
     except BaseException:
-        host.loops.unreserve(worker, job.id)
+        host.loops.unreserve((worker, job.id) for job, worker in given)
         raise
-    arguments = job.arguments
-    request = arguments if len(arguments["args"]) <= INLINE_ARGS else None
-    if not worker.send(wire.Handover(job.id, started, job.record, request)) or worker not in host.loops.workers:
-        # It died after it was reserved (its reap may have come before the commit, and found
-        # nothing to end): the job is claimed for a process that is gone.
-        backend.end_lost(job.id, "its worker process died before it could start the job")
-    job.announce()
-    return True
+    for job, worker in given:
+        arguments = job.arguments
+        request = arguments if len(arguments["args"]) <= INLINE_ARGS else None
+        if not worker.send(wire.Handover(job.id, started, job.record, request)) or worker not in host.loops.workers:
+            # It died after it was reserved (its reap may have come before the commit, and found
+            # nothing to end): the job is claimed for a process that is gone.
+            backend.end_lost(job.id, "its worker process died before it could start the job")
+        job.announce()
+    left = jobs[len(taken) :]
+    for job in left:
+        job.announce()
+    return left
 
 
 class Together:

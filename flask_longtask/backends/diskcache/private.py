@@ -14,6 +14,7 @@ their own ``os.open``/``os.mkfifo`` with ``0o600``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import typing as t
@@ -104,3 +105,24 @@ class PrivateDisk(diskcache.Disk):  # type: ignore[misc]
                     writer.write(chunk)
                 return size
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def lock_pool(directory: str, name: str, script: str | None) -> int | None:
+    """Take the pool's lock file ``name`` in ``directory`` (made private first), and write in it
+    who holds it: this process's id and ``script`` (read by :func:`.scripts.holder`). Its
+    descriptor, which holds the lock until it is closed; ``None`` if another process holds it."""
+    prepare(directory)
+    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n{script or ''}\n".encode())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    return fd

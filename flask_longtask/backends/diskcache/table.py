@@ -403,16 +403,22 @@ class Table(Connections):
         return chosen
 
     def write_all(
-        self, writes: t.Sequence[Write], *, locked: t.Callable[[], None] | None = None, entry: JobEntry | None = None
+        self,
+        writes: t.Sequence[Write],
+        *,
+        locked: t.Callable[[], None] | None = None,
+        entries: t.Sequence[JobEntry] = (),
     ) -> None:
         """Apply ``writes`` in one transaction, every value encoded before it takes the lock.
 
         A few sets only (a new job's records): one multi-row statement, which SQLite commits by
         itself. ``locked()`` is called once the transaction holds the writers' lock, before the
-        writes: every other writer then waits for their commit. ``entry``: a new job's listing
-        entry, written in the same transaction (see :mod:`.index`).
+        writes: every other writer then waits for their commit. ``entries``: new jobs' listing
+        entries, written in the same transaction (see :mod:`.index`).
         """
-        plan = self._with_entry(self._plan(writes), entry)
+        plan = self._plan(writes)
+        if entries:
+            plan.append((index.PUT, [index.row(entry) for entry in entries]))
         try:
             state = self._state
             if not _one_statement(plan) or state.depth:
