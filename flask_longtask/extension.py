@@ -87,6 +87,7 @@ class LongTask:
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._tasks: dict[str, Task[..., t.Any]] = {}
         self._factory_app: Flask | None = None
+        self._factory_lock = threading.RLock()
         self._owner_loader: t.Callable[[], str | None] | None = None
         self._authorize: t.Callable[[Task[..., t.Any]], bool] | None = None
         if app is not None:
@@ -419,19 +420,26 @@ class LongTask:
         return jobs
 
     def _app_for(self, import_name: str) -> Flask:
-        """The app a job submitted by app ``import_name`` runs in, in this (worker) process."""
+        """The app a job submitted by app ``import_name`` runs in, in this (worker) process: the
+        registered app of that name (a script's app, ``__main__`` where it was submitted, is
+        ``__mp_main__`` in a pool worker that imported the script again); else the only one;
+        else the one ``app_factory`` made here, once."""
+        names = _MAINS if import_name in _MAINS else (import_name,)
         apps = list(self._apps)
         for app in apps:
-            if app.import_name == import_name:
+            if app.import_name in names:
                 return app
-        if len(apps) == 1:
-            return apps[0]
-        if self._app_factory is not None:
-            app = self._app_factory()
-            if app not in self._apps:
-                self.init_app(app)
-            self._factory_app = app  # _apps holds apps weakly: keep this one for the next job
-            return app
+        with self._factory_lock:  # (jobs start in many threads at once: one app from the factory)
+            if self._factory_app is not None:
+                return self._factory_app
+            if len(apps) == 1:
+                return apps[0]
+            if self._app_factory is not None:
+                app = self._app_factory()
+                if app not in self._apps:
+                    self.init_app(app)
+                self._factory_app = app  # _apps holds apps weakly: keep this one for the next jobs
+                return app
         raise LookupError(
             f"No Flask app {import_name!r} is registered with this LongTask in this worker process."
             " Create the app where the tasks are defined, or pass 'LongTask(app_factory=create_app)'."
@@ -474,6 +482,9 @@ def new_job_id() -> str:
     made in a process sorts after the one before (see :class:`_JobIds`)."""
     return _job_ids()
 
+
+#: A script's module names: ``__main__`` where it runs, ``__mp_main__`` in the pool's workers.
+_MAINS: t.Final = ("__main__", "__mp_main__")
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 60

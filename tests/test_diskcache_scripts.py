@@ -6,6 +6,7 @@ real pool: job state lives in ``./instance/longtask``, as it does for a script.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -299,3 +300,44 @@ def test_a_function_of_main_when_the_pool_runs_another_script(tmp_path: Path) ->
     assert "TypeError Argument 'f' of task 'elsewhere.call' cannot be serialised" in output, output
     assert f"top() is a function of __main__ (the script {tmp_path / 'elsewhere.py'})" in output, output
     assert f"the pool is hosted by process {worker.pid}, which runs another script" in output, output
+
+
+def test_a_scripts_jobs_run_in_one_app_per_worker_made_by_its_factory_once(tmp_path: Path) -> None:
+    # 40 coroutine jobs start at once in a new loop worker, where no app exists yet: the worker
+    # makes one with the factory, once, and every job runs in it (not an app per job).
+    code, output, _ = run(
+        tmp_path,
+        "factory",
+        """
+        import asyncio, json
+        from flask import current_app
+
+        made = 0
+
+        def make_app():
+            global made
+            made += 1
+            return Flask(__name__)
+
+        longtask = LongTask(app_factory=make_app)
+
+        @longtask.task
+        async def where(n: int) -> list:
+            await asyncio.sleep(0.1)
+            return [os.getpid(), id(current_app._get_current_object()), made]
+
+        if __name__ == "__main__":
+            main = make_app()
+            longtask.init_app(main)
+            with main.app_context():
+                jobs = where.submit_many(range(40))
+                print(json.dumps([job.result(timeout=30) for job in jobs]))
+        """,
+    )
+    assert code == 0, output
+    seen = json.loads(output.strip().splitlines()[-1])
+    assert {made for _, _, made in seen} == {1}, seen
+    apps: dict[int, set[int]] = {}
+    for pid, app, _ in seen:
+        apps.setdefault(pid, set()).add(app)
+    assert all(len(ids) == 1 for ids in apps.values()), apps
