@@ -393,3 +393,36 @@ def test_fifty_coroutine_jobs_on_one_celery_worker_of_threads_take_about_one_job
         if worker is not None:
             stop(worker)
         stop(redis)
+
+
+def test_a_loop_workers_job_threads_are_kept_for_the_next_jobs() -> None:
+    # KeptThreads (a loop worker's threads of jobs): as many threads as calls at once, each
+    # kept when its call ends, and reused by the next calls; a call that raises loses none.
+    from flask_longtask.backends.diskcache.loops import KeptThreads
+
+    threads = KeptThreads()
+    gate, lock = threading.Event(), threading.Lock()
+    seen: list[list[int]] = [[], []]
+    done: list[int] = []
+
+    def call(round_: int, fail: bool = False) -> None:
+        with lock:
+            seen[round_].append(threading.get_ident())
+        gate.wait(TIMEOUT)
+        with lock:
+            done.append(round_)
+        if fail:
+            raise RuntimeError("a call that fails")
+
+    for i in range(5):
+        threads.run(call, 0, i == 0)
+    wait_for(lambda: len(seen[0]) == 5, what="five calls running at once")
+    gate.set()
+    wait_for(lambda: len(done) == 5 and threads.idle == 5, what="the five calls to end, their threads kept")
+    gate.clear()
+    for _ in range(5):
+        threads.run(call, 1)
+    wait_for(lambda: len(seen[1]) == 5, what="five more calls running at once")
+    gate.set()
+    assert len(set(seen[0])) == 5
+    assert set(seen[1]) == set(seen[0])  # the same five threads, the one whose call raised among them
