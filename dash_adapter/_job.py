@@ -11,6 +11,7 @@ with that of its ``set_props``: a page is given what is numbered above its curso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import threading
@@ -169,6 +170,35 @@ def run_callback(
     :param args: the callback's arguments: a dict (keyword grouping), a list, or one value.
     :param context: from :func:`capture_context`, in the submitting request.
     """
+    try:
+        with _dash_context(context) as extra:
+            output = _call(fn, extra if has_progress else [], args)
+            if inspect.isawaitable(output):  # (a plain function that returns an awaitable)
+                output = asyncio.run(_await(output))
+    except PreventUpdate:
+        return NO_UPDATE
+    return plain_json(output)
+
+
+async def run_async_callback(
+    fn: t.Callable[..., t.Awaitable[t.Any]],
+    has_progress: bool,
+    args: t.Any,
+    context: dict[str, t.Any],
+) -> t.Any:
+    """:func:`run_callback` for an ``async def`` callback, awaited in a coroutine job: on the
+    worker's event loop, where a cancel reaches it as ``CancelledError`` at its next ``await``."""
+    try:
+        with _dash_context(context) as extra:
+            output = await _call(fn, extra if has_progress else [], args)
+    except PreventUpdate:
+        return NO_UPDATE
+    return plain_json(output)
+
+
+@contextlib.contextmanager
+def _dash_context(context: dict[str, t.Any]) -> t.Iterator[list[t.Callable[[t.Any], None]]]:
+    """Dash's callback context for the job (its ``set_props`` published); gives ``[set_progress]``."""
     publisher = _Publisher()
     ctx = AttributeDict({key: _attribute_dicts(value) for key, value in context.items()})
     ctx.ignore_register_page = False
@@ -176,21 +206,18 @@ def run_callback(
         ctx.custom_data = AttributeDict(ctx.custom_data)  # (ctx.custom_data.<namespace>)
     ctx.updated_props = _PropsRecorder(publisher)
     token = context_value.set(ctx)
-    extra = [publisher.set_progress] if has_progress else []
     try:
-        if isinstance(args, dict):
-            output = fn(*extra, **args)
-        elif isinstance(args, (list, tuple)):
-            output = fn(*extra, *args)
-        else:
-            output = fn(*extra, args)
-        if inspect.isawaitable(output):
-            output = asyncio.run(_await(output))
-    except PreventUpdate:
-        return NO_UPDATE
+        yield [publisher.set_progress]
     finally:
         context_value.reset(token)
-    return plain_json(output)
+
+
+def _call(fn: t.Callable[..., t.Any], extra: list[t.Any], args: t.Any) -> t.Any:
+    if isinstance(args, dict):
+        return fn(*extra, **args)
+    if isinstance(args, (list, tuple)):
+        return fn(*extra, *args)
+    return fn(*extra, args)
 
 
 async def _await(awaitable: t.Awaitable[t.Any]) -> t.Any:
@@ -229,10 +256,21 @@ def make_job_function(fn: t.Callable[..., t.Any], has_progress: bool) -> t.Calla
     ignored arguments and the callback context), so the task can leave ``hidden`` out of the
     memo key exactly as Dash's ``cache_args_to_ignore`` and ``cache_ignore_triggered`` say.
     It carries ``fn``'s module and name, so a worker process finds it by importing that module.
+    For an ``async def`` callback it is one too: its jobs are coroutine jobs (on the pool, a
+    worker of coroutine jobs runs many at once; a cancel reaches the callback as
+    ``CancelledError`` at its next ``await``, and its ``finally:`` blocks run).
     """
 
-    def run(args: t.Any, triggered: t.Any, hidden: dict[str, t.Any]) -> t.Any:
-        return run_callback(fn, has_progress, join_args(args, hidden["args"]), hidden["context"])
+    run: t.Callable[..., t.Any]
+    if inspect.iscoroutinefunction(fn):  # a coroutine job (see docs/async.md)
+
+        async def run(args: t.Any, triggered: t.Any, hidden: dict[str, t.Any]) -> t.Any:
+            return await run_async_callback(fn, has_progress, join_args(args, hidden["args"]), hidden["context"])
+
+    else:
+
+        def run(args: t.Any, triggered: t.Any, hidden: dict[str, t.Any]) -> t.Any:
+            return run_callback(fn, has_progress, join_args(args, hidden["args"]), hidden["context"])
 
     run.__module__ = fn.__module__
     run.__name__ = getattr(fn, "__name__", "callback")

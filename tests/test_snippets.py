@@ -15,8 +15,8 @@ How a block is run depends on what the page says about it:
   not run here (a Celery worker and Redis, your own package). The set is small, and listed in
   :data:`COMPILE_ONLY` (page: how many), so adding one is a visible decision.
 * A block marked ``<!-- excerpt: examples/NAME.py -->`` is compiled, and is part of that example
-  file (the strings it names, component ids and properties, are the file's), which
-  ``tests/test_dash_examples.py`` runs in Chromium.
+  file (the strings it names, component ids and properties, are the file's), which a
+  ``tests/test_dash_*.py`` runs in Chromium (``test_dash_examples.py``, ``test_dash_async.py``).
 
 An unmarked block that fails fails the test, with the page and line of the block.
 """
@@ -101,7 +101,9 @@ def test_the_markers_are_known_and_few() -> None:
             elif block.kind == "excerpt":
                 example = ROOT / str(block.note)
                 assert example.is_file(), f"{block.where}: no such example {block.note}"
-                assert f'"{example.stem}"' in (ROOT / "tests" / "test_dash_examples.py").read_text(), block.where
+                tests = (ROOT / "tests").glob("test_dash_*.py")
+                runs = [test for test in tests if f'"{example.stem}"' in test.read_text()]
+                assert runs, f"{block.where}: no tests/test_dash_*.py runs {block.note}"
                 # Of that example: the ids and properties it names are the example's.
                 source = example.read_text()
                 calls = [n for n in ast.walk(ast.parse(block.code)) if isinstance(n, ast.Call)]
