@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import reprlib
 import secrets
 import threading
@@ -17,15 +18,19 @@ from flask import Blueprint, Flask, current_app, has_app_context
 from . import listing, memo, settings, signals
 from .attempts import time_limit_value
 from .backends import backend_from_app
-from .backends.base import MISSING, Backend, JobRequest, NewJob
+from .backends.base import Backend, JobRequest, NewJob
 from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
 from .exceptions import QueueFullError
 from .job import Job, JobStatus
-from .store import JobStore, keys
+from .store import JobStore
 from .task import Task
 
 _log = logging.getLogger(__name__)
+
+#: Every LongTask, for their locks to be made anew in a forked child (a fork while another
+#: thread held one would leave it held there for good).
+_instances: weakref.WeakSet[LongTask] = weakref.WeakSet()
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -88,6 +93,7 @@ class LongTask:
         self._tasks: dict[str, Task[..., t.Any]] = {}
         self._factory_app: Flask | None = None
         self._factory_lock = threading.RLock()
+        _instances.add(self)
         self._owner_loader: t.Callable[[], str | None] | None = None
         self._authorize: t.Callable[[Task[..., t.Any]], bool] | None = None
         if app is not None:
@@ -372,52 +378,67 @@ class LongTask:
         return job
 
     def _submit_many(self, task: Task[P, R], calls: t.Sequence[tuple[t.Any, ...]]) -> list[Job[R]]:
-        """:meth:`Task.submit_many`: every call checked first, then the new jobs stored and
-        queued together (:meth:`Backend.store_and_enqueue_many`)."""
+        """:meth:`Task.submit_many`: every call checked first (arguments, memo keys, the queue's
+        room for the jobs it will make); then, :data:`BATCH` jobs at a time, their memo keys
+        taken and the jobs stored and queued (together, where the backend ``stores_batches``)."""
         state = self._state()
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         store, backend = state.store, state.backend
         prepared = [_bind(task, backend, args, {}, item=n) for n, args in enumerate(calls)]
-        values = None if task.cache_by is None else [f() for f in task.cache_by]  # (one request: once)
-        memo_keys = [None if values is None else _memo_key(task, store, bound, values) for bound, _, _ in prepared]
-        found: list[Job[R] | None] = []
-        for memo_key in memo_keys:
-            hit = None if memo_key is None else store.find_memo(memo_key)
+        keys_: list[str | None] = [None] * len(prepared)
+        if task.cache_by is not None:
+            values = [f() for f in task.cache_by]  # (one request: once)
+            for n, (bound, _, _) in enumerate(prepared):
+                try:
+                    keys_[n] = _memo_key(task, store, bound, values)
+                except TypeError as exc:
+                    raise TypeError(f"{task.name}() (item {n} of submit_many): {exc}") from None
+        jobs: list[Job[R] | None] = [None if key is None else store.find_memo(key) for key in keys_]
+        first: dict[str, int] = {}  # memo key -> its first call in the batch without a result
+        for n, key in enumerate(keys_):
+            if key is not None and jobs[n] is None:
+                first.setdefault(key, n)
+        fresh = [n for n, key in enumerate(keys_) if jobs[n] is None and (key is None or first[key] == n)]
+        _check_room(app, backend, len(fresh))  # (every new job counts, even one a worker takes at once)
+        for hit in jobs:
             if hit is not None:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)
-            found.append(hit)
-        _check_room(app, backend, found.count(None))
 
-        jobs: list[Job[R]] = []
-        new: list[NewJob] = []
-        made: list[tuple[str, str | None]] = []  # (job id, memo key) of each new job, to undo
-        batch: dict[str, Job[R]] = {}  # memo key -> the new job of this batch for it
+        made: list[tuple[str, str | None]] = []  # (job id, memo key) of each new job, in order
+        queued = 0  # how many of them are queued
         try:
-            for (_, call, payload), memo_key, hit in zip(prepared, memo_keys, found, strict=True):
-                if hit is None and memo_key is not None:
-                    hit = batch.get(memo_key)  # (the same call earlier in this batch: not stored yet)
-                if hit is not None:
-                    jobs.append(hit)
-                    continue
-                job_id = new_job_id()
-                if memo_key is not None:
-                    other = store.join_inflight(memo_key, job_id)
+            for start in range(0, len(fresh), BATCH):
+                # A batch at a time: a memo key taken is stored soon (a submit() of the same call
+                # meanwhile waits for the job's record, and takes the key over after 5 s).
+                new: list[NewJob] = []
+                for n in fresh[start : start + BATCH]:
+                    _, call, payload = prepared[n]
+                    job_id, key = new_job_id(), keys_[n]
+                    other = None if key is None else store.join_inflight(key, job_id)
                     if other is not None:
                         signals.send(signals.cache_hit, app, job=other, in_flight=True)
-                        jobs.append(other)
+                        jobs[n] = other
                         continue
-                made.append((job_id, memo_key))
-                job: Job[R] = store.job(job_id)
-                new.append(_new_job(app, store, task, job, call, payload, memo_key, None))
-                jobs.append(job)
-                if memo_key is not None:
-                    batch[memo_key] = job
-            if new:
-                backend.store_and_enqueue_many(new)
+                    made.append((job_id, key))
+                    job: Job[R] = store.job(job_id)
+                    new.append(_new_job(app, store, task, job, call, payload, key, None))
+                    jobs[n] = job
+                if backend.stores_batches:
+                    if new:
+                        backend.store_and_enqueue_many(new)  # (all or none)
+                    queued += len(new)
+                else:
+                    for one in new:
+                        backend.store_and_enqueue(one)
+                        queued += 1
         except BaseException:
-            _undo(store, made)
+            _undo(store, made, queued)
             raise
-        return jobs
+        for n, key in enumerate(keys_):
+            if jobs[n] is None:  # the same call as an earlier one of the batch: its job
+                jobs[n] = jobs[first[t.cast(str, key)]]
+                signals.send(signals.cache_hit, app, job=jobs[n], in_flight=True)
+        return t.cast("list[Job[R]]", jobs)
 
     def _app_for(self, import_name: str) -> Flask:
         """The app a job submitted by app ``import_name`` runs in, in this (worker) process: the
@@ -482,6 +503,10 @@ def new_job_id() -> str:
     made in a process sorts after the one before (see :class:`_JobIds`)."""
     return _job_ids()
 
+
+#: How many jobs :meth:`Task.submit_many` stores at a time (one transaction on the default backend):
+#: the memo keys of a batch's calls are taken just before their jobs are stored.
+BATCH: t.Final = 200
 
 #: A script's module names: ``__main__`` where it runs, ``__mp_main__`` in the pool's workers.
 _MAINS: t.Final = ("__main__", "__mp_main__")
@@ -562,15 +587,16 @@ def _new_job(
     )
 
 
-def _undo(store: JobStore, made: list[tuple[str, str | None]]) -> None:
-    """After a batch failed part way: cancel its jobs that were queued (a backend that stores
-    and queues them one by one got that far; they may have started), remove the others."""
-    for job_id, memo_key in made:
+def _undo(store: JobStore, made: list[tuple[str, str | None]], queued: int) -> None:
+    """After a batch failed part way: cancel the jobs that were queued (the first ``queued``
+    of ``made``; those that ended meanwhile keep their end), and remove the others, as a
+    failed submit() removes its job."""
+    for n, (job_id, memo_key) in enumerate(made):
         try:
-            if store.backend.get(keys.job(job_id)) is MISSING:
-                store.discard(job_id, memo_key)
-            else:
+            if n < queued:
                 store.job(job_id).cancel()
+            else:
+                store.discard(job_id, memo_key)
         except Exception:  # (storage may be what failed: the first error is the one to raise)
             _log.exception("Could not undo job %s of a submit_many that failed.", job_id)
 
@@ -587,3 +613,11 @@ def _unserialisable(
                 f" {type(backend).__name__}: {exc}. Nothing was queued."
             )
     return TypeError(f"The arguments of task {task.name!r}{where} cannot be serialised by {type(backend).__name__}.")
+
+
+def _after_fork_in_child() -> None:
+    for longtask in list(_instances):
+        longtask._factory_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -117,16 +117,17 @@ class Task(t.Generic[P, R]):
 
         The same as calling :meth:`submit` for each, but every call is checked before any job is
         queued, and the backend stores and queues them together: on the default backend, one
-        transaction for all of them (much faster than one submit each). A memoized task returns
+        transaction per 200 jobs (much faster than one submit each). A memoized task returns
         the existing job for a call whose result or run it already has, and one job for calls
-        that are the same within the batch. If the backend fails part way, the jobs it had
-        queued are cancelled and the error is raised.
+        that are the same within the batch (with the ``cache_hit`` signals :meth:`submit`
+        sends). If the backend fails part way, the jobs it had queued are cancelled, the others
+        removed, and the error is raised.
 
         :raises TypeError: a call does not fit the signature, or its arguments cannot be
             serialised (the error names the call's place); nothing is queued.
         :raises ValueError: the iterables have different lengths; nothing is queued.
-        :raises QueueFullError: the new jobs would pass ``LONGTASK_MAX_QUEUED``; nothing is
-            queued.
+        :raises QueueFullError: the new jobs would pass ``LONGTASK_MAX_QUEUED`` (each counts,
+            even one a free worker would take at once); nothing is queued.
         """
         if not iterables:
             raise TypeError(f"{self.name}.submit_many() needs at least one iterable of arguments.")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_longtask import JobStatus, LongTask, QueueFullError, current_job
+from flask_longtask import JobStatus, LongTask, QueueFullError, current_job, signals
 from flask_longtask.backends import ThreadBackend
-from flask_longtask.backends.base import NewJob
+from flask_longtask.backends.base import JobRequest
 from flask_longtask.backends.diskcache import DiskcacheBackend
 
 from . import async_jobs, diskcache_jobs
@@ -99,27 +99,28 @@ def test_memoized_calls_reuse_results_and_share_one_job_within_a_batch(app: Flas
     assert sorted(runs) == [1, 2, 3]
 
 
-class _FailsThirdEnqueue(ThreadBackend):
-    """A backend whose broker refuses the third job it is given (a custom backend, on the
-    default ``store_and_enqueue_many``: one job at a time)."""
+class _BrokerDownFromThird(ThreadBackend):
+    """A backend whose broker refuses the third message it is given, and every one after, once
+    the job's records are written (as a Celery broker can): a custom backend, storing a batch's
+    jobs one by one (no ``stores_batches``)."""
 
-    def store_and_enqueue(self, job: NewJob) -> None:
-        self.given = getattr(self, "given", 0) + 1
-        if self.given == 3:
+    given = 0
+
+    def enqueue(self, request: JobRequest) -> None:
+        self.given += 1
+        if self.given >= 3:
             raise ConnectionError("the broker went away")
-        super().store_and_enqueue(job)
+        super().enqueue(request)
 
 
-def test_a_backend_failing_part_way_cancels_what_it_queued_and_loses_nothing(longtask: LongTask) -> None:
-    backend = _FailsThirdEnqueue(workers=1)
+def test_a_backend_failing_part_way_cancels_what_it_queued_and_removes_the_rest(longtask: LongTask) -> None:
+    backend = _BrokerDownFromThird(workers=1)
     app = Flask("tests.failing")
     longtask.init_app(app, backend=backend)
     gate = threading.Event()
-    started: list[str] = []
 
     @longtask.task
     def held(n: int) -> int:
-        started.append(current_job.id)
         while not gate.is_set() and not current_job.is_cancel_requested:
             gate.wait(0.005)  # the job's own work: waiting for its gate or its cancel
         return n
@@ -129,11 +130,43 @@ def test_a_backend_failing_part_way_cancels_what_it_queued_and_loses_nothing(lon
             with pytest.raises(ConnectionError, match="went away"):
                 held.submit_many(range(5))
             listed = longtask.jobs()
-            assert len(listed) == 2  # the two queued before the failure; the rest never stored
+            # The two queued before the failure, cancelled; the third, stored but not queued,
+            # removed as a failed submit() removes its job; the last two never stored.
+            assert len(listed) == 2
             for job in listed:
                 assert job.wait(TIMEOUT) is JobStatus.CANCELLED
             gate.set()
-            assert held.submit(7).result(timeout=TIMEOUT) == 7  # the backend still serves
+            with pytest.raises(ConnectionError):
+                held.submit(7)  # (the broker is still down)
+            assert len(longtask.jobs()) == 2
+    finally:
+        gate.set()
+        backend.close()
+
+
+def test_repeated_calls_count_once_against_the_queue_and_say_cache_hit(longtask: LongTask) -> None:
+    backend = ThreadBackend(workers=1)
+    app = Flask("tests.repeats")
+    app.config["LONGTASK_MAX_QUEUED"] = 2
+    longtask.init_app(app, backend=backend)
+    gate = threading.Event()
+
+    @longtask.task(cache_by=[])
+    def held(n: int) -> int:
+        gate.wait(TIMEOUT)
+        return n
+
+    hits: list[bool] = []
+    try:
+        with signals.cache_hit.connected_to(lambda sender, job, in_flight: hits.append(in_flight), sender=app):
+            with app.app_context():
+                singles = [held.submit(5) for _ in range(3)]  # one job, two hits in flight
+                assert len({job.id for job in singles}) == 1 and hits == [True, True]
+                hits.clear()
+                batch = held.submit_many([7, 7, 7])  # as three submit() calls: one job, accepted
+                assert len({job.id for job in batch}) == 1 and hits == [True, True]
+                gate.set()
+                assert [job.result(timeout=TIMEOUT) for job in batch] == [7, 7, 7]
     finally:
         gate.set()
         backend.close()
@@ -188,3 +221,42 @@ def test_a_batch_of_sync_jobs_submitted_outside_the_host_runs_once_each(tmp_path
     finally:
         client.close()
         host.close()
+
+
+def test_a_process_forked_while_the_factory_makes_an_app_makes_its_own(tmp_path: Path) -> None:
+    # The app factory runs under a lock (one app per process); a fork while another thread is
+    # in it must not leave the child with that lock held for good.
+    from .test_coroutines import _run_script
+
+    done = _run_script(
+        tmp_path,
+        """
+        import os, signal, threading, warnings
+        from flask import Flask
+        from flask_longtask import LongTask
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # (fork() of a process with threads)
+        inside, release = threading.Event(), threading.Event()
+
+        def make_app():
+            if threading.current_thread() is not threading.main_thread():
+                inside.set()
+                release.wait()
+            return Flask("made")
+
+        longtask = LongTask(app_factory=make_app)
+        # Two apps registered, none of that name: a job's app is the factory's (as in a worker).
+        for name in ("one", "two"):
+            longtask.init_app(Flask(name))
+        threading.Thread(target=longtask._app_for, args=("elsewhere",)).start()
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            os._exit(0 if longtask._app_for("elsewhere").import_name == "made" else 1)
+        release.set()
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "0"], done.stdout + done.stderr

@@ -188,6 +188,9 @@ class Backend(abc.ABC):
 
     #: Whether :meth:`terminate` can stop a running job that ignores the cancel flag.
     can_terminate: t.ClassVar[bool] = False
+    #: Whether :meth:`store_and_enqueue_many` stores a batch of new jobs all or none (else the
+    #: core stores a batch's jobs one by one, and knows which were queued if one fails).
+    stores_batches: t.ClassVar[bool] = False
 
     #: The exceptions of this backend's calls that mean "storage (or the queue) is away for a
     #: moment" (a Redis restart). A worker that ran a job to its end and gets one of these while
@@ -333,15 +336,14 @@ class Backend(abc.ABC):
         self.enqueue(job.request)
 
     def store_and_enqueue_many(self, jobs: t.Sequence[NewJob]) -> None:
-        """Store and queue several new jobs (``Task.submit_many``), each as
-        :meth:`store_and_enqueue` would.
+        """Store and queue several new jobs of one task (``Task.submit_many``), each as
+        :meth:`store_and_enqueue` would, **all or none**: raise only if none is stored.
 
-        The default calls :meth:`store_and_enqueue` for each in turn. A backend that can write
-        them all at once (one transaction, one round trip) should: that is the point of a batch.
-        Raise if any fails: the core then cancels those already queued and removes the rest.
+        Called only on a backend whose :attr:`stores_batches` is true; the core calls
+        :meth:`store_and_enqueue` for each job on the others. A backend that can write them
+        all at once (one transaction) should: that is the point of a batch.
         """
-        for job in jobs:
-            self.store_and_enqueue(job)
+        raise NotImplementedError(f"{type(self).__name__} sets stores_batches but has no store_and_enqueue_many.")
 
     def end_job(self, end: JobEnd) -> bool | None:
         """End a job: atomically add ``end.key`` and apply ``end.writes``, or ``end.otherwise``

@@ -92,6 +92,7 @@ class DiskcacheBackend(Backend):
     """
 
     can_terminate = True
+    stores_batches = True  # (one transaction: see .submits)
 
     def __init__(
         self,

@@ -517,8 +517,9 @@ class KeptThreads:
     the GIL, a burst of 100 jobs spent a tenth of the worker's time starting threads: 200
     coroutine jobs of 0.2 s took 7% longer end to end than with kept threads (and each new
     thread opened its own SQLite connection, closed when it exited). A call goes to an idle
-    kept thread if there is one, else to a new thread; so there are never more threads than
-    calls that ran at once (the worker's slots).
+    kept thread if there is one, else to a new thread. A thread counts itself idle only once its
+    call has returned (after the job's ``Done`` is sent), so the next job may start a thread of
+    its own meanwhile: a few more threads than the calls that ran at once (the worker's slots).
     """
 
     def __init__(self) -> None:

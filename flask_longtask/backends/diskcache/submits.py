@@ -6,7 +6,7 @@ claimed for it in the transaction that stores it. Elsewhere, or when no worker c
 job is stored with its listing entry and queued: to the host's queue in its own process, through
 the FIFO from any other (:meth:`DiskcacheBackend.enqueue`).
 
-:func:`many` stores a batch (``Task.submit_many``) in one transaction: the writes of every job,
+:func:`many` stores a batch (``Task.submit_many``: up to 200 jobs) in one transaction: the writes of every job,
 their listing entries, and the claims of those that go straight to a loop worker's free slots;
 then it queues the rest. A batch of sync jobs is queued whole: its jobs go to idle workers from
 the queue, since :mod:`.handoff`'s reservation holds an idle worker for one job's transaction.
