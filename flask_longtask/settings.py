@@ -94,12 +94,12 @@ def _prefix(config: Config) -> None:
 
 
 def _pool(config: Config) -> None:
-    # The pool's own check (it says how the three relate).
-    from .backends.diskcache import elastic
+    # The pool's own check (it says how the three relate), without importing the pool.
+    from .backends import pool_size
 
     names = ("LONGTASK_WORKERS", "LONGTASK_MAX_WORKERS", "LONGTASK_WORKER_IDLE")
     workers, most, idle = (config[name] for name in names)
-    elastic.settings(workers, most, idle, names=names)
+    pool_size.settings(workers, most, idle, names=names)
 
 
 def _async_concurrency(config: Config) -> None:
