@@ -4,6 +4,7 @@ processes. (That every backend runs a batch is in the conformance suite.)"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import typing as t
 from pathlib import Path
@@ -53,19 +54,30 @@ def test_a_bad_call_anywhere_queues_nothing_and_names_its_place(app: Flask, long
         assert longtask.jobs() == [] and ran == []
 
 
-def test_a_batch_that_would_overfill_the_queue_is_refused_whole(longtask: LongTask) -> None:
+@contextlib.contextmanager
+def one_worker(longtask: LongTask, max_queued: int) -> t.Iterator[tuple[Flask, ThreadBackend, threading.Event]]:
+    """An app on a ThreadBackend of one worker with ``LONGTASK_MAX_QUEUED`` set, and a gate that
+    its tests' jobs wait for (set at the end)."""
     backend = ThreadBackend(workers=1)
-    app = Flask("tests.full")
-    app.config["LONGTASK_MAX_QUEUED"] = 5
+    app = Flask(f"tests.max_queued_{max_queued}")
+    app.config["LONGTASK_MAX_QUEUED"] = max_queued
     longtask.init_app(app, backend=backend)
     gate = threading.Event()
-
-    @longtask.task
-    def held(n: int) -> int:
-        gate.wait(TIMEOUT)
-        return n
-
     try:
+        yield app, backend, gate
+    finally:
+        gate.set()
+        backend.close()
+
+
+def test_a_batch_that_would_overfill_the_queue_is_refused_whole(longtask: LongTask) -> None:
+    with one_worker(longtask, 5) as (app, backend, gate):
+
+        @longtask.task
+        def held(n: int) -> int:
+            gate.wait(TIMEOUT)
+            return n
+
         with app.app_context():
             first = held.submit_many(range(4))  # one runs, three wait
             wait_for(lambda: backend.queue_length() == 3, what="three jobs queued")
@@ -76,9 +88,6 @@ def test_a_batch_that_would_overfill_the_queue_is_refused_whole(longtask: LongTa
             more = held.submit_many(range(2))  # exactly up to the limit
             gate.set()
             assert [job.result(timeout=TIMEOUT) for job in first + more] == [0, 1, 2, 3, 0, 1]
-    finally:
-        gate.set()
-        backend.close()
 
 
 def test_memoized_calls_reuse_results_and_share_one_job_within_a_batch(app: Flask, longtask: LongTask) -> None:
@@ -145,19 +154,14 @@ def test_a_backend_failing_part_way_cancels_what_it_queued_and_removes_the_rest(
 
 
 def test_repeated_calls_count_once_against_the_queue_and_say_cache_hit(longtask: LongTask) -> None:
-    backend = ThreadBackend(workers=1)
-    app = Flask("tests.repeats")
-    app.config["LONGTASK_MAX_QUEUED"] = 2
-    longtask.init_app(app, backend=backend)
-    gate = threading.Event()
-
-    @longtask.task(cache_by=[])
-    def held(n: int) -> int:
-        gate.wait(TIMEOUT)
-        return n
-
     hits: list[bool] = []
-    try:
+    with one_worker(longtask, 2) as (app, _, gate):
+
+        @longtask.task(cache_by=[])
+        def held(n: int) -> int:
+            gate.wait(TIMEOUT)
+            return n
+
         with signals.cache_hit.connected_to(lambda sender, job, in_flight: hits.append(in_flight), sender=app):
             with app.app_context():
                 singles = [held.submit(5) for _ in range(3)]  # one job, two hits in flight
@@ -167,9 +171,6 @@ def test_repeated_calls_count_once_against_the_queue_and_say_cache_hit(longtask:
                 assert len({job.id for job in batch}) == 1 and hits == [True, True]
                 gate.set()
                 assert [job.result(timeout=TIMEOUT) for job in batch] == [7, 7, 7]
-    finally:
-        gate.set()
-        backend.close()
 
 
 # -- the pool: one transaction, real worker processes --------------------------------------------------
