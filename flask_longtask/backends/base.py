@@ -103,7 +103,9 @@ class NewJob:
     #: Both, as writes, in the order to store them (the request first: a worker that finds the
     #: record finds the request too).
     writes: tuple[Write, ...]
-    #: Sends ``job_submitted``: call it after the writes, before the job can start.
+    #: Sends ``job_submitted``: call it once the writes are stored, and before the job can
+    #: start if it runs in this process (its ``job_started`` would be sent here too). A job run
+    #: by another process may have started already: its ``job_started`` is sent there.
     announce: t.Callable[[], None]
 
     @property
