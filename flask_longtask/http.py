@@ -344,14 +344,18 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
         if isinstance(exc, HTTPException):
             headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
             return _error(exc.code or 500, exc.description or exc.name, headers)
+        return _error(500, "Internal server error.", None, **reported(exc))
+
+    def reported(exc: Exception) -> dict[str, str]:
+        """Log ``exc`` as Flask logs a ``500`` (the app's log, ``got_request_exception``); what
+        the client may be told of it: nothing outside debug mode."""
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         got_request_exception.send(app, _async_wrapper=app.ensure_sync, exception=exc)
         app.log_exception((type(exc), exc, t.cast(types.TracebackType, exc.__traceback__)))
         if not app.debug:
-            return _error(500, "Internal server error.")
+            return {}
         error = error_record(exc)
-        exception = f"{error['type']}: {error['message']}"
-        return _error(500, "Internal server error.", exception=exception, traceback=error["traceback"])
+        return {"exception": f"{error['type']}: {error['message']}", "traceback": error["traceback"]}
 
     def only(*methods: str) -> None:
         if request.method not in methods:
@@ -493,6 +497,11 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
                 seq, value = s.read_progress(job_id)
             except JobNotFoundError:
                 yield _event("gone", last + 1, {"id": job_id})
+                return
+            except Exception as exc:  # storage failed, or a value failed its signature check
+                # An event that says so, rather than a dropped connection (which the browser
+                # would take for a network error, and reconnect at once).
+                yield _event("server-error", last + 1, {"error": "Internal server error.", **reported(exc)})
                 return
             if seq > last:
                 last = seq

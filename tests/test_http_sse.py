@@ -103,3 +103,28 @@ def test_stream_of_someone_elses_job_is_404(server):
     job = requests.Session().post(f"{base}/api/tasks/tests.http_tasks.add", json={"args": [1]}).json()
     r = requests.get(f"{base}/api/jobs/{job['id']}/events", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["status"] == 404
+
+
+@pytest.mark.parametrize("server", ["diskcache"], indirect=True)  # (storage to tamper with: its file)
+def test_a_stream_that_fails_mid_way_ends_with_a_server_error_event(server, tmp_path, caplog):
+    # The job's progress rewritten in storage by someone without the key while a client streams
+    # it: the stream says so in an event and ends, rather than dropping the connection.
+    from flask_longtask import TamperedValueError
+
+    from .test_diskcache_signed import rewrite
+
+    app, base = server
+    gate = tmp_path / "gate"
+    s = requests.Session()
+    job = s.post(f"{base}/api/tasks/tests.http_tasks.steps", json={"args": [2, str(gate)]}).json()
+    wait_for(lambda: s.get(f"{base}/api/jobs/{job['id']}").json()["progress"] == {"done": 2, "total": 2})
+    with s.get(f"{base}/api/jobs/{job['id']}/events", stream=True, timeout=30) as r:
+        lines = r.iter_lines(decode_unicode=True)
+        assert next(line for line in lines if line.startswith("event:")) == "event: progress"
+        rewrite(tmp_path / "lt", f"progress:{job['id']}", 4, b"\x80\x04N.")  # (pickled None, unsigned)
+        rest = list(lines)  # until the server ends the stream
+    assert "event: server-error" in rest
+    assert 'data: {"error":"Internal server error."}' in rest
+    logged = [record.exc_info[0] for record in caplog.records if record.exc_info]
+    assert TamperedValueError in logged  # (in the app's log, as a 500 is)
+    gate.touch()
