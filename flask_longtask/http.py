@@ -501,7 +501,8 @@ def make_blueprint(longtask: LongTask, url_prefix: str = "/longtask") -> Bluepri
             except Exception as exc:  # storage failed, or a value failed its signature check
                 # An event that says so, rather than a dropped connection (which the browser
                 # would take for a network error, and reconnect at once).
-                yield _event("server-error", last + 1, {"error": "Internal server error.", **reported(exc)})
+                error = {"status": 500, "message": "Internal server error.", **reported(exc)}
+                yield _event("server-error", last + 1, {"error": error})  # (as the API's errors)
                 return
             if seq > last:
                 last = seq

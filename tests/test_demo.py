@@ -6,6 +6,7 @@ the README's quick start and configuration table.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -293,3 +294,23 @@ def test_readme_dash_snippet_registers_a_background_callback(tmp_path: Path) -> 
     assert type(app._background_manager).__name__ == "LongTaskManager"
     assert [str(o) for o in background["progress"]] == ["bar.value", "bar.max"]
     assert app.server.extensions["longtask"].longtask is namespace["longtask"]
+
+
+def test_demo_page_shows_the_error_when_its_stream_fails(chrome: WebDriver, tmp_path: Path) -> None:
+    """The job's progress rewritten in storage by someone without the key: its stream ends with a
+    ``server-error`` event, and the page polls, and shows the API's error."""
+    import sqlite3
+
+    port = free_port()
+    cmd = [sys.executable, str(DEMO), "--port", str(port)]
+    with live_server_process(cmd, port, env=demo_env(tmp_path, 3.0, "diskcache"), cwd=ROOT) as url:
+        chrome.get(url)
+        start_job(chrome, 5)  # a step every 3 s: the tampered value is read before the next one
+        wait_for(lambda: progress_value(chrome) >= 1, 20, what="the first progress value")
+        assert transport(chrome) == "sse"
+        with contextlib.closing(sqlite3.connect(tmp_path / "longtask" / "cache.db")) as con, con:
+            unsigned = b"\x80\x04N."  # (pickled None, without the signature)
+            assert con.execute("UPDATE longtask SET mode = 4, value = ? WHERE kind = 'progress:'", (unsigned,)).rowcount
+        wait_for(lambda: status_of(chrome) == "error", 20, what="the page to show the error")
+        assert chrome.find_element("id", "status").text == "Error: Internal server error."
+        assert transport(chrome) == "poll"

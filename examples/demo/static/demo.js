@@ -98,6 +98,12 @@ function follow(id) {
     main.dataset.transport = "sse";
     if (id === jobId) render(JSON.parse(event.data));
   });
+  source.addEventListener("server-error", () => {
+    // Reading the job failed on the server: the stream ends; polling shows the job, or the error.
+    source.close();
+    source = null;
+    poll(id);
+  });
   source.onerror = () => {
     // The server ends a stream after LONGTASK_SSE_TIMEOUT and the browser reconnects by
     // itself. A stream the server refuses (429 or 503: past its limits on streams, or a job
