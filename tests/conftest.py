@@ -12,6 +12,9 @@ from flask_longtask.backends import ThreadBackend
 from .dash_apps.upstream import dash_longtask, dash_longtask_workers  # noqa: F401 (fixtures)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: Dash's async tests need dash[async] (asgiref), which would make every Dash app of this process
+#: serve async views: tests/test_dash_async.py runs them in a pytest of their own, with it.
+collect_ignore = [] if os.environ.get("DASH_ASYNC_TESTS") else ["async_tests"]
 UPSTREAM = Path(__file__).resolve().parent / "background_callback"
 
 

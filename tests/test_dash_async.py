@@ -5,6 +5,8 @@ async callbacks needs ``dash[async]``; the job is the same)."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 import time
 import typing as t
@@ -122,3 +124,25 @@ def test_the_async_example_cleans_up_at_once_when_cancelled_in_chromium(
         assert time.monotonic() - cancelled < 5.0
         assert not (scratch.exists() and list(scratch.iterdir()))
         assert text(chrome, "result") == ""  # a cancelled run returns nothing
+
+
+@pytest.mark.xdist_group("dash-browser")
+def test_dashs_own_async_background_callback_tests_pass_on_longtaskmanager() -> None:
+    """plotly/dash's ``tests/async_tests`` (its two async background-callback tests, in
+    Chromium) on LongTaskManager: in a pytest of their own, where dash[async]'s asgiref is
+    importable (tests/async_tests/README.md)."""
+    if not (DASH_ASYNC / "asgiref").is_dir():
+        pytest.skip(f"asgiref is not installed in {DASH_ASYNC}: bash scripts/test installs it")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}  # (not xdist's)
+    env.update(DASH_ASYNC_TESTS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{DASH_ASYNC}")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "tests/async_tests"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert re.fullmatch(r"=* ?2 passed.*", summary), summary  # both ran: none skipped, none left out

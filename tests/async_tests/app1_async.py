@@ -8,6 +8,7 @@ background_callback_manager = get_background_callback_manager()
 handle = background_callback_manager.handle
 
 app = Dash(__name__)
+handle.init_app(app.server)  # Flask-LongTask
 app.layout = html.Div(
     [
         dcc.Input(id="input", value="initial value"),

@@ -8,6 +8,7 @@ background_callback_manager = get_background_callback_manager()
 handle = background_callback_manager.handle
 
 app = Dash(__name__, background_callback_manager=background_callback_manager)
+handle.init_app(app.server)  # Flask-LongTask
 
 app.layout = html.Div(
     [

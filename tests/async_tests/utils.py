@@ -36,7 +36,11 @@ def get_background_callback_manager():
     """
     Get the long callback mangaer configured by environment variables
     """
-    if os.environ.get("LONG_CALLBACK_MANAGER", None) == "celery":
+    if os.environ.get("LONG_CALLBACK_MANAGER", "").startswith("longtask"):  # Flask-LongTask
+        from tests.dash_apps.upstream import get_manager
+
+        background_callback_manager = get_manager()
+    elif os.environ.get("LONG_CALLBACK_MANAGER", None) == "celery":
         from dash.background_callback import CeleryManager
         from celery import Celery
 
@@ -77,7 +81,12 @@ def kill(proc_pid):
 def setup_background_callback_app(manager_name, app_name):
     from dash.testing.application_runners import import_app
 
-    if manager_name == "celery":
+    if manager_name.startswith("longtask"):  # Flask-LongTask
+        from tests.dash_apps.upstream import setup_app
+
+        with setup_app(manager_name, app_name, package="tests.async_tests") as app:
+            yield app
+    elif manager_name == "celery":
         os.environ["LONG_CALLBACK_MANAGER"] = "celery"
         redis_url = os.environ["REDIS_URL"].rstrip("/")
         os.environ["CELERY_BROKER"] = f"{redis_url}/0"

@@ -39,7 +39,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
     import flask
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-UPSTREAM = ROOT / "tests" / "background_callback"
+#: Dash's own tests run here: its background callbacks', and (with dash[async]) its async ones'.
+UPSTREAM = (ROOT / "tests" / "background_callback", ROOT / "tests" / "async_tests")
 KINDS = ("longtask", "longtask-celery")
 _backend: Backend | None = None
 _lock_cache: t.Any = None
@@ -109,19 +110,20 @@ def get_manager() -> TestLongTaskManager:
 
 
 @contextlib.contextmanager
-def setup_app(manager_name: str, app_name: str) -> t.Iterator[dash.Dash]:
+def setup_app(manager_name: str, app_name: str, package: str = "tests.background_callback") -> t.Iterator[dash.Dash]:
     """Dash's ``setup_background_callback_app`` for LongTaskManager: import the app; at the end,
     cancel the jobs it started that are still running and wait for each to end (Dash's sleeps
     there, for a poll that may still come, are not needed: the server answers while it runs)."""
+    import importlib
+
     from dash import page_registry
     from dash.testing.application_runners import import_app
 
-    from tests.background_callback import utils
-
+    utils = importlib.import_module(f"{package}.utils")
     os.environ["LONG_CALLBACK_MANAGER"] = manager_name
     app = None
     try:
-        app = import_app(f"tests.background_callback.{app_name}")
+        app = import_app(f"{package}.{app_name}")
         yield app
     finally:
         manager = utils.manager  # the app's (Dash's utils keep the last one made)
@@ -188,9 +190,9 @@ def dash_longtask_workers(tmp_path_factory: pytest.TempPathFactory) -> t.Iterato
 
 @pytest.fixture(autouse=True)
 def dash_longtask(request: pytest.FixtureRequest) -> None:
-    """For each of Dash's tests (in ``tests/background_callback``): the worker process of its
+    """For each of Dash's tests (in ``tests/background_callback``, ``tests/async_tests``): the worker process of its
     manager's kind runs. (Nothing for the other tests.)"""
-    if UPSTREAM in request.path.parents:
+    if any(folder in request.path.parents for folder in UPSTREAM):
         from dash.testing.application_runners import BaseDashRunner
 
         from ..services import free_port
