@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import reprlib
-import secrets
 import threading
-import time
 import typing as t
 import weakref
 from datetime import datetime
 
 from flask import Blueprint, Flask, current_app, has_app_context
 
-from . import listing, memo, settings, signals
-from .attempts import time_limit_value
+from . import listing, newjobs, settings, signals
 from .backends import backend_from_app
-from .backends.base import Backend, JobRequest, NewJob
+from .backends.base import Backend, NewJob
 from .cli import longtask_cli
 from .config import DEFAULT_CONFIG as DEFAULT_CONFIG
-from .exceptions import QueueFullError
 from .job import Job, JobStatus
+from .newjobs import new_job_id as new_job_id  # (imported from here by tests and testing.py)
 from .store import JobStore
 from .task import Task
 
@@ -351,17 +346,17 @@ class LongTask:
         state = self._state()
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         store, backend = state.store, state.backend
-        bound, call, payload = _bind(task, backend, args, kwargs)
+        bound, call, payload = newjobs.bind(task, backend, args, kwargs)
 
         memo_key = None
         if task.cache_by is not None:
-            memo_key = _memo_key(task, store, bound, [f() for f in task.cache_by])
+            memo_key = newjobs.memo_key(task, store, bound, [f() for f in task.cache_by])
             hit = store.find_memo(memo_key)
             if hit is not None:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)
                 return hit
 
-        _check_room(app, backend, 1)
+        newjobs.check_room(app, backend, 1)
         job_id = new_job_id()
         if memo_key is not None:
             other = store.join_inflight(memo_key, job_id)
@@ -371,7 +366,7 @@ class LongTask:
 
         job: Job[R] = store.job(job_id)
         try:
-            backend.store_and_enqueue(_new_job(app, store, task, job, call, payload, memo_key, owner))
+            backend.store_and_enqueue(newjobs.new_job(app, store, task, job, call, payload, memo_key, owner))
         except BaseException:
             store.discard(job_id, memo_key)
             raise
@@ -379,18 +374,18 @@ class LongTask:
 
     def _submit_many(self, task: Task[P, R], calls: t.Sequence[tuple[t.Any, ...]]) -> list[Job[R]]:
         """:meth:`Task.submit_many`: every call checked first (arguments, memo keys, the queue's
-        room for the jobs it will make); then, :data:`BATCH` jobs at a time, their memo keys
+        room for the jobs it will make); then, :data:`~.newjobs.BATCH` jobs at a time, their memo keys
         taken and the jobs stored and queued (together, where the backend ``stores_batches``)."""
         state = self._state()
         app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         store, backend = state.store, state.backend
-        prepared = [_bind(task, backend, args, {}, item=n) for n, args in enumerate(calls)]
+        prepared = [newjobs.bind(task, backend, args, {}, item=n) for n, args in enumerate(calls)]
         keys_: list[str | None] = [None] * len(prepared)
         if task.cache_by is not None:
             values = [f() for f in task.cache_by]  # (one request: once)
             for n, (bound, _, _) in enumerate(prepared):
                 try:
-                    keys_[n] = _memo_key(task, store, bound, values)
+                    keys_[n] = newjobs.memo_key(task, store, bound, values)
                 except TypeError as exc:
                     raise TypeError(f"{task.name}() (item {n} of submit_many): {exc}") from None
         jobs: list[Job[R] | None] = [None if key is None else store.find_memo(key) for key in keys_]
@@ -399,7 +394,7 @@ class LongTask:
             if key is not None and jobs[n] is None:
                 first.setdefault(key, n)
         fresh = [n for n, key in enumerate(keys_) if jobs[n] is None and (key is None or first[key] == n)]
-        _check_room(app, backend, len(fresh))  # (every new job counts, even one a worker takes at once)
+        newjobs.check_room(app, backend, len(fresh))  # (every new job counts, even one a worker takes at once)
         for hit in jobs:
             if hit is not None:
                 signals.send(signals.cache_hit, app, job=hit, in_flight=False)
@@ -407,11 +402,11 @@ class LongTask:
         made: list[tuple[str, str | None]] = []  # (job id, memo key) of each new job, in order
         queued = 0  # how many of them are queued
         try:
-            for start in range(0, len(fresh), BATCH):
+            for start in range(0, len(fresh), newjobs.BATCH):
                 # A batch at a time: a memo key taken is stored soon (a submit() of the same call
                 # meanwhile waits for the job's record, and takes the key over after 5 s).
                 new: list[NewJob] = []
-                for n in fresh[start : start + BATCH]:
+                for n in fresh[start : start + newjobs.BATCH]:
                     _, call, payload = prepared[n]
                     job_id, key = new_job_id(), keys_[n]
                     other = None if key is None else store.join_inflight(key, job_id)
@@ -421,7 +416,7 @@ class LongTask:
                         continue
                     made.append((job_id, key))
                     job: Job[R] = store.job(job_id)
-                    new.append(_new_job(app, store, task, job, call, payload, key, None))
+                    new.append(newjobs.new_job(app, store, task, job, call, payload, key, None))
                     jobs[n] = job
                 if backend.stores_batches:
                     if new:
@@ -432,7 +427,7 @@ class LongTask:
                         backend.store_and_enqueue(one)
                         queued += 1
         except BaseException:
-            _undo(store, made, queued)
+            newjobs.undo(store, made, queued)
             raise
         for n, key in enumerate(keys_):
             if jobs[n] is None:  # the same call as an earlier one of the batch: its job
@@ -467,152 +462,8 @@ class LongTask:
         )
 
 
-class _JobIds:
-    """Makes job ids: 32 hex digits, the time in milliseconds (12 digits), then 80 random bits.
-
-    Time first, as in a UUIDv7: the ids of new jobs sort after those of older ones, so storage
-    that keeps keys in order (the diskcache backend's SQLite table) writes each new job next to
-    the newest ones, in a page already in memory, instead of into a random page of the table,
-    and a listing's newest-first order is the ids' order. Within a process the ids only grow: one
-    made in the same millisecond as the one before (or after the clock stepped back) takes that
-    one's time, and its random part is the one before's plus a random step of up to 64 bits (as
-    UUIDv7's "monotonic random" counter), so ids stay unguessable.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = (0, 0)  # (milliseconds, random part) of the last id made here
-
-    def __call__(self) -> str:
-        ms, rand = time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF, secrets.randbits(80)
-        with self._lock:
-            last_ms, last_rand = self._last
-            if ms <= last_ms:
-                ms, rand = last_ms, last_rand + 1 + secrets.randbits(64)
-                if rand >> 80:  # (the random part overflows: on to the next millisecond)
-                    ms, rand = ms + 1, secrets.randbits(79)
-            self._last = (ms, rand)
-        return f"{ms:012x}{rand:020x}"
-
-
-_job_ids = _JobIds()
-
-
-def new_job_id() -> str:
-    """A new job's id: 32 hex digits, the time in milliseconds, then 80 random bits; each id
-    made in a process sorts after the one before (see :class:`_JobIds`)."""
-    return _job_ids()
-
-
-#: How many jobs :meth:`Task.submit_many` stores at a time (one transaction on the default backend):
-#: the memo keys of a batch's calls are taken just before their jobs are stored.
-BATCH: t.Final = 200
-
 #: A script's module names: ``__main__`` where it runs, ``__mp_main__`` in the pool's workers.
 _MAINS: t.Final = ("__main__", "__mp_main__")
-
-_SHOWN = reprlib.Repr()
-_SHOWN.maxstring = _SHOWN.maxother = 60
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 2, 5, 5, 5
-#: The longest a job's arguments are shown (the dashboard); the record keeps that much.
-SHOWN_MAX: t.Final = 200
-
-
-def _shown(call: tuple[tuple[t.Any, ...], dict[str, t.Any]]) -> str:
-    """A job's arguments as the dashboard shows them: ``1, 'a', key=[1, 2]``, each value's repr
-    cut short (``reprlib``), the whole at most :data:`SHOWN_MAX` characters."""
-    args, kwargs = call
-    try:
-        text = ", ".join([*(_SHOWN.repr(a) for a in args), *(f"{k}={_SHOWN.repr(v)}" for k, v in kwargs.items())])
-    except Exception:  # (a __repr__ that raises)
-        return "<arguments that cannot be shown>"
-    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
-
-
-def _bind(
-    task: Task[..., t.Any], backend: Backend, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], item: int | None = None
-) -> tuple[inspect.BoundArguments, tuple[tuple[t.Any, ...], dict[str, t.Any]], bytes]:
-    """A call's arguments bound to the task's signature (defaults applied), as a call, and
-    serialised; ``TypeError`` if they do not fit or cannot be serialised (``item``: the call's
-    place in :meth:`Task.submit_many`, named in the error)."""
-    where = "" if item is None else f" (item {item} of submit_many)"
-    try:
-        bound = task.signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{task.name}(){where}: {exc}") from None
-    bound.apply_defaults()
-    call = (bound.args, bound.kwargs)
-    try:
-        payload = backend.dumps(call)
-    except Exception as exc:
-        raise _unserialisable(task, backend, bound.arguments, where) from exc
-    return bound, call, payload
-
-
-def _memo_key(task: Task[..., t.Any], store: JobStore, bound: inspect.BoundArguments, values: list[t.Any]) -> str:
-    return memo.make_key(task.name, bound, values, store.memo_generation(task.name), task.cache_ignore)
-
-
-def _check_room(app: Flask, backend: Backend, adding: int) -> None:
-    """``QueueFullError`` if ``adding`` more jobs would pass ``LONGTASK_MAX_QUEUED``."""
-    limit = app.config["LONGTASK_MAX_QUEUED"]
-    if limit is not None and adding:
-        queued = backend.queue_length()
-        if queued is not None and queued + adding > limit:
-            raise QueueFullError(queued, limit, adding)
-
-
-def _new_job(
-    app: Flask,
-    store: JobStore,
-    task: Task[..., t.Any],
-    job: Job[t.Any],
-    call: tuple[tuple[t.Any, ...], dict[str, t.Any]],
-    payload: bytes,
-    memo_key: str | None,
-    owner: str | None,
-) -> NewJob:
-    arguments = {"task": task.name, "module": task._module, "app": app.import_name, "args": payload}
-    if task._script is not None:  # (a task of the script run as __main__: whose job it is)
-        arguments["script"] = task._script
-    return store.new_job(
-        JobRequest(job.id, task.name, task, app),
-        arguments,
-        memo_key,
-        owner,
-        announce=lambda: signals.send(signals.job_submitted, app, job=job),
-        time_limit=store.time_limit if task.time_limit is None else time_limit_value(task.time_limit, ""),
-        retries=task.retries,
-        shown=_shown(call),
-    )
-
-
-def _undo(store: JobStore, made: list[tuple[str, str | None]], queued: int) -> None:
-    """After a batch failed part way: cancel the jobs that were queued (the first ``queued``
-    of ``made``; those that ended meanwhile keep their end), and remove the others, as a
-    failed submit() removes its job."""
-    for n, (job_id, memo_key) in enumerate(made):
-        try:
-            if n < queued:
-                store.job(job_id).cancel()
-            else:
-                store.discard(job_id, memo_key)
-        except Exception:  # (storage may be what failed: the first error is the one to raise)
-            _log.exception("Could not undo job %s of a submit_many that failed.", job_id)
-
-
-def _unserialisable(
-    task: Task[..., t.Any], backend: Backend, arguments: t.Mapping[str, t.Any], where: str = ""
-) -> TypeError:
-    for name, value in arguments.items():
-        try:
-            backend.dumps(value)
-        except Exception as exc:
-            return TypeError(
-                f"Argument {name!r} of task {task.name!r}{where} cannot be serialised by"
-                f" {type(backend).__name__}: {exc}. Nothing was queued."
-            )
-    return TypeError(f"The arguments of task {task.name!r}{where} cannot be serialised by {type(backend).__name__}.")
 
 
 def _after_fork_in_child() -> None:

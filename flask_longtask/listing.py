@@ -30,7 +30,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 MAX_LIMIT: t.Final = 1000
 #: The longest task name or owner a listing accepts (longer ones match no job anyway).
 MAX_NAME: t.Final = 1000
-#: How a job id looks (:func:`~flask_longtask.extension.new_job_id`): 32 lowercase hex digits.
+#: How a job id looks (:func:`~flask_longtask.newjobs.new_job_id`): 32 lowercase hex digits.
 JOB_ID: t.Final = re.compile(r"[0-9a-f]{32}")
 _ACTIVE = frozenset({JobStatus.QUEUED.value, JobStatus.RUNNING.value})
 _FINISHED = frozenset(status.value for status in JobStatus if status.is_finished)

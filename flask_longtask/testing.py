@@ -47,7 +47,7 @@ from . import (
 from ._conformance import _MARK, TIMEOUT, _lines, _make_app, _until
 from ._conformance import longtask as longtask  # (its tasks are registered on it: users import it here)
 from .backends.base import MISSING, Backend, JobRequest
-from .extension import new_job_id
+from .newjobs import new_job_id
 from .store import keys
 from .testing_async import CoroutineConformance
 from .testing_listing import ListingConformance

@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 
 from .backends.base import Backend, JobRequest
-from .extension import new_job_id
 from .job import JobStatus
+from .newjobs import new_job_id
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from .job import Job

@@ -79,7 +79,8 @@ def test_a_cancel_reaches_an_async_callback_at_its_await_and_its_finally_runs(ap
 
 #: Where scripts/test installs ``asgiref`` (what ``dash[async]`` adds) for the example's server
 #: alone: with it importable, every Dash app serves its callbacks as async views, and the other
-#: Dash tests run in this process without it, as most apps do.
+#: Dash tests run in this process without it, as most apps do. (Without it the tests below skip,
+#: which tests/conftest.py turns into a failure under CI=true.)
 DASH_ASYNC = Path(sys.prefix) / "dash-async"
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "dash_async_cleanup"

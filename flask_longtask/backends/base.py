@@ -394,7 +394,7 @@ class Backend(abc.ABC):
 
     def list_jobs(self, query: JobQuery) -> list[str]:
         """The ids of the jobs whose listing entry matches ``query``, newest first (ids sort by
-        their submit time: see :func:`~flask_longtask.extension.new_job_id`), at most
+        their submit time: see :func:`~flask_longtask.newjobs.new_job_id`), at most
         ``query.limit``, all sorting before ``query.before`` if given.
 
         An entry is what :class:`JobEntry` says: ``"queued"`` until the job ends. The core reads
