@@ -32,7 +32,7 @@ import pytest
 
 from dash_adapter import LongTaskManager
 from flask_longtask import JobNotFoundError, LongTask
-from flask_longtask.backends import Backend
+from flask_longtask.backends import Backend, ThreadBackend
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import dash
@@ -138,6 +138,20 @@ def setup_app(manager_name: str, app_name: str, package: str = "tests.background
         page_registry.clear()
 
 
+#: The warm-up's extension (see :meth:`Workers.warm_loop`); the app its job enters in a worker
+#: process (which imports this module to find the task, and Dash with it) is this one.
+_warm = LongTask()
+_warm_app = __import__("flask").Flask(__name__)
+_warm.init_app(_warm_app, backend=ThreadBackend(workers=1))
+
+
+@_warm.task
+async def warm_up() -> int:
+    """Nothing: a coroutine job that starts a worker of coroutine jobs, which imports this
+    module, and Dash with it."""
+    return os.getpid()
+
+
 # -- the worker processes, one per kind and test session ----------------------------------------
 
 
@@ -148,6 +162,7 @@ class Workers:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.redis: subprocess.Popen[bytes] | None = None
+        self.warmed: set[str] = set()
         os.environ["DASH_LONGTASK_DIR"] = str(tmp)
 
     def ensure(self, kind: str) -> None:
@@ -171,6 +186,25 @@ class Workers:
         ready = b"ready." if kind == "longtask-celery" else b"Worker pool for"
         wait_until(lambda: ready in log_path.read_bytes() or proc.poll() is not None, 60, f"the {kind} worker")
         assert proc.poll() is None, log_path.read_text()
+
+    def warm_loop(self, kind: str) -> None:
+        """Run a coroutine job once (per kind), before Dash's async tests: its worker of
+        coroutine jobs starts and imports Dash (a minute's start under coverage on a loaded
+        machine would eat into the 10 s Dash's tests wait for a job's first ``set_props``), as
+        the pool's other workers are started before the tests."""
+        if kind in self.warmed:
+            return
+        from flask import Flask
+
+        os.environ["LONG_CALLBACK_MANAGER"] = kind
+        try:
+            app = Flask(f"{__name__}.warm")
+            _warm.init_app(app, backend=backend())
+            with app.app_context():
+                warm_up.submit().result(timeout=120)
+        finally:
+            os.environ.pop("LONG_CALLBACK_MANAGER", None)
+        self.warmed.add(kind)
 
     def close(self) -> None:
         from ..services import stop
@@ -201,4 +235,7 @@ def dash_longtask(request: pytest.FixtureRequest) -> None:
         # (or two runs on this machine) would serve on the same port. A free one, for each test.
         BaseDashRunner._next_port = free_port()
         workers: Workers = request.getfixturevalue("dash_longtask_workers")
-        workers.ensure(request.getfixturevalue("manager"))
+        kind = request.getfixturevalue("manager")
+        workers.ensure(kind)
+        if UPSTREAM[1] in request.path.parents:  # Dash's async tests: coroutine jobs
+            workers.warm_loop(kind)
