@@ -86,7 +86,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "dash_async_cleanup"
 
 
-@pytest.mark.xdist_group("dash-browser")
 @pytest.mark.parametrize("backend", ["thread", "diskcache"])
 def test_the_async_example_cleans_up_at_once_when_cancelled_in_chromium(
     chrome: t.Any, tmp_path: Path, backend: str
@@ -127,7 +126,6 @@ def test_the_async_example_cleans_up_at_once_when_cancelled_in_chromium(
         assert text(chrome, "result") == ""  # a cancelled run returns nothing
 
 
-@pytest.mark.xdist_group("dash-browser")
 def test_dashs_own_async_background_callback_tests_pass_on_longtaskmanager() -> None:
     """plotly/dash's ``tests/async_tests`` (its two async background-callback tests, in
     Chromium) on LongTaskManager: in a pytest of their own, where dash[async]'s asgiref is
